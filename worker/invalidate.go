@@ -1,0 +1,192 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Invalidate invalidates the entry of key with the worker's action. With
+// [Refresh] (the default) the entry is rebuilt from its stored arguments:
+// readers keep getting the old value until the new one is in place, and
+// Invalidate returns once it is (or when ctx ends; the rebuild goes on). If
+// the rebuild fails, the entry is removed, since the old value must not be
+// served any longer. With [Drop] the entry is removed. In both cases a
+// computation of key that is running is not kept as fresh.
+//
+// Invalidate only rebuilds values this node owns; near-cache copies of
+// other nodes' keys are dropped (their owner rebuilds them).
+func (w *Worker) Invalidate(ctx context.Context, key string) error {
+	f, err := w.invalidate(key, w.cfg.Action, nil)
+	if err != nil || f == nil {
+		return err
+	}
+	select {
+	case <-f.done:
+		if f.err != nil && !errors.Is(f.err, ErrClosed) {
+			return f.err
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// InvalidateArgs is Invalidate for the key of args.
+func (w *Worker) InvalidateArgs(ctx context.Context, args Args) error {
+	key, err := w.Key(args)
+	if err != nil {
+		return err
+	}
+	return w.Invalidate(ctx, key)
+}
+
+// Refresh rebuilds the entry of args whether or not it is cached (the node
+// uses it for keys known from its created-cache records but evicted from
+// memory), with the semantics of Invalidate.
+func (w *Worker) Refresh(ctx context.Context, args Args) error {
+	key, err := w.Key(args)
+	if err != nil {
+		return err
+	}
+	f, err := w.invalidate(key, Refresh, args)
+	if err != nil || f == nil {
+		return err
+	}
+	select {
+	case <-f.done:
+		return f.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Drop removes the entry of key (a near-cache copy, or an entry whose
+// worker drops on invalidation), and makes sure no computation of key that
+// is running gets kept.
+func (w *Worker) Drop(key string) {
+	_, _ = w.invalidate(key, Drop, nil)
+}
+
+// InvalidateAll invalidates every key of the worker held by this node and
+// every computation running, and returns how many keys it acted on. Rebuilds
+// run concurrently; it returns when all finished or ctx ended.
+func (w *Worker) InvalidateAll(ctx context.Context) (int, error) {
+	keys := make(map[string]struct{})
+	for e := range w.cache.Entries() {
+		if e.Label == w.cfg.Label {
+			keys[e.Key] = struct{}{}
+		}
+	}
+	w.mu.Lock()
+	for k := range w.flights {
+		keys[k] = struct{}{}
+	}
+	w.mu.Unlock()
+	var pending []*flight
+	for k := range keys {
+		f, err := w.invalidate(k, w.cfg.Action, nil)
+		if err != nil {
+			return len(keys), err
+		}
+		if f != nil {
+			pending = append(pending, f)
+		}
+	}
+	var errs []error
+	for _, f := range pending {
+		select {
+		case <-f.done:
+			if f.err != nil && !errors.Is(f.err, ErrClosed) {
+				errs = append(errs, f.err)
+			}
+		case <-ctx.Done():
+			return len(keys), ctx.Err()
+		}
+	}
+	return len(keys), errors.Join(errs...)
+}
+
+// invalidate bumps the generation of key, detaches its running flight, and
+// either removes the entry or starts its rebuild, which it returns. args,
+// when given, are used if neither an entry nor a flight knows them.
+func (w *Worker) invalidate(key string, action Action, args Args) (*flight, error) {
+	w.stats.invalidations.Add(1)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if g := w.gens[key]; g != nil {
+		g.gen++
+	}
+	if old := w.flights[key]; old != nil {
+		delete(w.flights, key)
+		if args == nil {
+			args = old.args
+		}
+	}
+	e, cached := w.cache.store.GetIfPresent(key)
+	if cached && e.Owner != w.cache.cfg.Self {
+		// A near-cache copy: the owner rebuilds; this node forgets it.
+		action = Drop
+	}
+	if cached {
+		args = e.Args
+	}
+	if action == Drop || args == nil {
+		w.cache.store.Invalidate(key)
+		return nil, nil
+	}
+	// The entry stays in place so that readers see the old value, never a
+	// miss, until the rebuild replaces it.
+	w.stats.refreshes.Add(1)
+	return w.startFlightLocked(key, args, w.base, false, true)
+}
+
+// Put stores an entry obtained elsewhere: a hot entry handed over by a node
+// that leaves the ring, or a value kept on disk. It is ignored when the
+// entry has expired or the store holds a newer one for the key.
+func (w *Worker) Put(e *Entry) bool {
+	if e.Label != w.cfg.Label || e.Expired(w.cache.clock.Now()) {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if cur, ok := w.cache.store.GetIfPresent(e.Key); ok && cur.CreatedAt.After(e.CreatedAt) {
+		return false
+	}
+	w.cache.store.Set(e.Key, e)
+	return true
+}
+
+// Sweep starts a background rebuild of every owned entry of the worker that
+// is past its relevance deadline, and returns how many it found. A rebuild
+// already running for a key is not started twice.
+func (w *Worker) Sweep() int {
+	now := w.cache.clock.Now()
+	n := 0
+	for e := range w.cache.Entries() {
+		if e.Label != w.cfg.Label || e.Owner != w.cache.cfg.Self || e.RelevanceTo.IsZero() || now.Before(e.RelevanceTo) || e.Expired(now) {
+			continue
+		}
+		n++
+		w.background(e.Key, e.Args, w.base, false)
+	}
+	return n
+}
+
+func (w *Worker) sweepLoop() {
+	c := w.cache
+	defer c.wg.Done()
+	for {
+		t := c.clock.NewTimer(w.cfg.SweepInterval)
+		select {
+		case <-t.C():
+			w.Sweep()
+		case <-c.ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+}
+
+// Age returns how long ago e was created, on the worker's clock.
+func (w *Worker) Age(e *Entry) time.Duration { return w.cache.clock.Now().Sub(e.CreatedAt) }

@@ -1,0 +1,156 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakePeer answers fetches from a map of owner-side behaviours.
+type fakePeer struct {
+	name    string
+	fetches atomic.Int64
+	fetch   func(ctx context.Context, req FetchRequest) (*Entry, Status, error)
+}
+
+func (p *fakePeer) Name() string { return p.name }
+func (p *fakePeer) Fetch(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+	p.fetches.Add(1)
+	return p.fetch(ctx, req)
+}
+
+type pickAll struct{ p *fakePeer }
+
+func (pa pickAll) PickPeer(string) (Peer, bool) { return pa.p, true }
+
+func TestPeerSeam(t *testing.T) {
+	ctx := context.Background()
+	local := GetterFunc(func(ctx context.Context, a Args) (Value, error) { return Value{Data: []byte("local")}, nil })
+
+	t.Run("owner answers: near copy kept", func(t *testing.T) {
+		p := &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+			return &Entry{Label: req.Label, Key: req.Key, Args: req.Args, Value: []byte("remote"), Owner: "n2",
+				CreatedAt: epoch, AvailableTo: epoch.Add(time.Hour)}, Miss, nil
+		}}
+		c, _ := newTestCache(t, CacheConfig{Self: "n1", Peers: pickAll{p}})
+		var fills atomic.Int64
+		w := register(t, c, Config{Label: "r", Getter: GetterFunc(func(ctx context.Context, a Args) (Value, error) {
+			fills.Add(1)
+			return Value{Data: []byte("local")}, nil
+		})})
+		e, st, err := w.Get(ctx, Args{"a": 1}, Settings{})
+		if err != nil || st != Miss || string(e.Value) != "remote" {
+			t.Fatalf("%v %v %v", e, st, err)
+		}
+		if _, st, _ := w.Get(ctx, Args{"a": 1}, Settings{}); st != Hit || p.fetches.Load() != 1 {
+			t.Fatalf("near copy not kept: %v, %d fetches", st, p.fetches.Load())
+		}
+		if fills.Load() != 0 {
+			t.Fatal("the getter ran on a non-owner")
+		}
+		// An invalidation drops a near copy instead of rebuilding it here.
+		if err := w.Invalidate(ctx, e.Key); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := c.Lookup(e.Key); ok || fills.Load() != 0 {
+			t.Fatal("near copy not dropped on invalidation")
+		}
+	})
+
+	t.Run("owner unreachable: fallback not kept", func(t *testing.T) {
+		p := &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+			return nil, 0, errors.New("connection refused")
+		}}
+		c, _ := newTestCache(t, CacheConfig{Self: "n1", Peers: pickAll{p}})
+		w := register(t, c, Config{Label: "f", Getter: local})
+		for range 2 {
+			e, st, err := w.Get(ctx, Args{}, Settings{})
+			if err != nil || st != Fallback || string(e.Value) != "local" {
+				t.Fatalf("%v %v %v", e, st, err)
+			}
+		}
+		if c.Len() != 0 {
+			t.Fatal("a fallback value was kept as the owner's copy")
+		}
+		if s := w.Stats(); s.Fallbacks != 2 {
+			t.Fatalf("fallbacks %d", s.Fallbacks)
+		}
+	})
+
+	t.Run("owner too slow: fallback after the budget", func(t *testing.T) {
+		p := &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+			<-ctx.Done()
+			return nil, 0, ctx.Err()
+		}}
+		c, _ := newTestCache(t, CacheConfig{Self: "n1", Peers: pickAll{p}, Clock: SystemClock()})
+		w := register(t, c, Config{Label: "s", Getter: local, Settings: Settings{Tick: time.Millisecond, TickAmount: Int(5)}})
+		if _, st, err := w.Get(ctx, Args{}, Settings{}); err != nil || st != Fallback {
+			t.Fatalf("%v %v", st, err)
+		}
+	})
+
+	t.Run("owner's getter failed: error, no local retry", func(t *testing.T) {
+		p := &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+			return nil, 0, fmt.Errorf("remote: %w", ErrFill)
+		}}
+		c, _ := newTestCache(t, CacheConfig{Self: "n1", Peers: pickAll{p}})
+		var fills atomic.Int64
+		w := register(t, c, Config{Label: "e", Getter: GetterFunc(func(ctx context.Context, a Args) (Value, error) {
+			fills.Add(1)
+			return Value{}, nil
+		})})
+		if _, _, err := w.Get(ctx, Args{}, Settings{}); !errors.Is(err, ErrFill) || fills.Load() != 0 {
+			t.Fatalf("%v, %d local fills", err, fills.Load())
+		}
+	})
+
+	t.Run("GetOwned never forwards", func(t *testing.T) {
+		p := &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+			t.Error("forwarded")
+			return nil, 0, errors.New("no")
+		}}
+		var filled []*Entry
+		c, _ := newTestCache(t, CacheConfig{Self: "n1", Peers: pickAll{p}, OnFill: func(e *Entry, _ Policy) { filled = append(filled, e) }})
+		w := register(t, c, Config{Label: "o", Getter: local})
+		e, st, err := w.GetOwned(ctx, Args{"x": 1}, Settings{Expires: time.Minute})
+		if err != nil || st != Miss || e.Owner != "n1" || e.AvailableTo.Sub(e.CreatedAt) != time.Minute {
+			t.Fatalf("%+v %v %v", e, st, err)
+		}
+		if len(filled) != 1 || filled[0] != e {
+			t.Fatalf("OnFill saw %v", filled)
+		}
+	})
+
+	t.Run("per-call overrides travel to the owner", func(t *testing.T) {
+		var got atomic.Value
+		p := &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+			got.Store(req.Overrides)
+			return &Entry{Label: req.Label, Key: req.Key, Owner: "n2", CreatedAt: epoch, AvailableTo: epoch.Add(time.Hour)}, Miss, nil
+		}}
+		c, _ := newTestCache(t, CacheConfig{Self: "n1", Peers: pickAll{p}})
+		w := register(t, c, Config{Label: "ov", Getter: local})
+		w.Get(ctx, Args{}, Settings{Expires: 42 * time.Second, IsConcurrent: Bool(false)})
+		ov := got.Load().(Settings)
+		if ov.Expires != 42*time.Second || ov.IsConcurrent == nil || *ov.IsConcurrent {
+			t.Fatalf("overrides %+v", ov)
+		}
+	})
+}
+
+func TestPutKeepsNewest(t *testing.T) {
+	c, clock := newTestCache(t, CacheConfig{})
+	w := register(t, c, Config{Label: "put", Getter: GetterFunc(nil)})
+	now := clock.Now()
+	newer := &Entry{Label: "put", Key: "put@", Value: []byte("new"), CreatedAt: now, AvailableTo: now.Add(time.Hour)}
+	older := &Entry{Label: "put", Key: "put@", Value: []byte("old"), CreatedAt: now.Add(-time.Second), AvailableTo: now.Add(time.Hour)}
+	expired := &Entry{Label: "put", Key: "put@x", CreatedAt: now.Add(-time.Hour), AvailableTo: now}
+	if !w.Put(newer) || w.Put(older) || w.Put(expired) {
+		t.Fatal("Put kept the wrong entries")
+	}
+	if e, _ := c.Lookup("put@"); string(e.Value) != "new" {
+		t.Fatalf("%q", e.Value)
+	}
+}

@@ -1,0 +1,442 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"runtime/debug"
+	"sync"
+	"time"
+)
+
+// Worker is a named loader of one [Cache]: it answers Gets from the store,
+// runs its getter once per key for concurrent callers, and rebuilds entries
+// on invalidation and when they turn stale. Create it with
+// [Cache.Register]; it is safe for concurrent use.
+type Worker struct {
+	cache *Cache
+	cfg   Config
+	base  Policy // the cache's defaults with the worker's settings applied
+	stats counters
+
+	mu sync.Mutex
+	// flights are the computations that callers can join, by key. An
+	// invalidation detaches the flight of its key (its result is no longer
+	// wanted), so a later caller never joins a computation that started
+	// before the invalidation. Guarded by mu.
+	flights map[string]*flight
+	// gens holds, for each key with a computation running, the generation
+	// of the key: an invalidation bumps it, and a computation stores its
+	// result only if the generation it started with is still current (the
+	// idea of memcache leases). Entries live only while computations run,
+	// so the map does not grow with the key space. Guarded by mu.
+	gens map[string]*keyGen
+}
+
+type keyGen struct {
+	gen     uint64
+	running int
+}
+
+// flight is one computation of a key that callers wait on.
+type flight struct {
+	done chan struct{} // closed when the fields below are set
+	args Args
+	// results, written before done is closed
+	entry  *Entry
+	status Status
+	err    error
+}
+
+// Label returns the worker's label.
+func (w *Worker) Label() string { return w.cfg.Label }
+
+// Config returns the worker's definition.
+func (w *Worker) Config() Config { return w.cfg }
+
+// Policy returns the settings in force for calls without overrides.
+func (w *Worker) Policy() Policy { return w.base }
+
+// Stats returns the worker's counters.
+func (w *Worker) Stats() Stats { return w.stats.snapshot() }
+
+// Key returns the key of args: "label@" and the canonical encoding of
+// [KeyOf], or of the worker's KeyGen.
+func (w *Worker) Key(args Args) (string, error) {
+	if w.cfg.KeyGen == nil {
+		return KeyOf(w.cfg.Label, args)
+	}
+	s, err := w.cfg.KeyGen(args)
+	if err != nil {
+		return "", fmt.Errorf("%w: key_gen: %v", ErrBadArgs, err)
+	}
+	return shorten(w.cfg.Label + "@" + s), nil
+}
+
+// PolicyFor returns the policy of a call with overrides ov, or an error
+// wrapping [ErrConfig] when an override is out of range.
+func (w *Worker) PolicyFor(ov Settings) (Policy, error) {
+	if ov.IsZero() {
+		return w.base, nil
+	}
+	if err := ov.validateOverride(); err != nil {
+		return Policy{}, err
+	}
+	p := w.base.With(ov)
+	if err := p.Validate(); err != nil {
+		return Policy{}, err
+	}
+	return p, nil
+}
+
+// Get returns the entry of args and how it was answered. A key owned by
+// another node is fetched from it (and kept as a near-cache copy); when the
+// owner cannot answer, the value is computed here and answered as
+// [Fallback]. Errors: [ErrBadArgs], [ErrConfig] for bad overrides, errors
+// wrapping [ErrFill] from the getter, the context's error, [ErrClosed].
+func (w *Worker) Get(ctx context.Context, args Args, ov Settings) (*Entry, Status, error) {
+	return w.get(ctx, args, ov, true)
+}
+
+// GetOwned is Get for a key this node owns, as asked by a peer: it never
+// forwards the request to another node, whatever the ring says, so that two
+// nodes whose rings disagree for a moment cannot bounce a request forever.
+func (w *Worker) GetOwned(ctx context.Context, args Args, ov Settings) (*Entry, Status, error) {
+	return w.get(ctx, args, ov, false)
+}
+
+func (w *Worker) get(ctx context.Context, args Args, ov Settings, route bool) (*Entry, Status, error) {
+	pol, err := w.PolicyFor(ov)
+	if err != nil {
+		return nil, 0, err
+	}
+	key, err := w.Key(args)
+	if err != nil {
+		return nil, 0, err
+	}
+	now := w.cache.clock.Now()
+	if e, ok := w.cache.store.GetIfPresent(key); ok && !e.Expired(now) {
+		if !pol.RelevanceInvalidation || now.Before(e.CreatedAt.Add(pol.RelevanceExpires)) {
+			w.stats.hits.Add(1)
+			w.maybeRefreshEarly(e, now, pol, route)
+			return e, Hit, nil
+		}
+		// Past the soft deadline.
+		w.stats.staleHits.Add(1)
+		if pol.DelayInvalidation {
+			// Stale-while-revalidate: at most one rebuild per key, however
+			// many stale reads arrive (startFlight joins a running one).
+			w.background(key, e.Args, pol, route)
+			return e, Stale, nil
+		}
+		ne, st, err := w.load(ctx, key, e.Args, pol, route)
+		if err != nil {
+			// Stale-if-error: the old value is still within its hard TTL.
+			if ctx.Err() != nil {
+				return nil, 0, err
+			}
+			return e, Stale, nil
+		}
+		return ne, st, nil
+	}
+	w.stats.misses.Add(1)
+	return w.load(ctx, key, args, pol, route)
+}
+
+// load joins or starts the computation of key and waits for it.
+func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, route bool) (*Entry, Status, error) {
+	if w.cache.isClosed() {
+		return nil, 0, ErrClosed
+	}
+	w.mu.Lock()
+	if f := w.flights[key]; f != nil {
+		w.mu.Unlock()
+		if !pol.IsConcurrent {
+			return w.computeDirect(ctx, key, args, pol, route)
+		}
+		w.stats.waits.Add(1)
+		t := w.cache.clock.NewTimer(pol.Budget())
+		select {
+		case <-f.done:
+			t.Stop()
+			return f.result()
+		case <-t.C():
+			// The budget ran out: compute it ourselves, as the original did.
+			w.stats.waitTimeouts.Add(1)
+			return w.computeDirect(ctx, key, args, pol, route)
+		case <-ctx.Done():
+			t.Stop()
+			return nil, 0, ctx.Err()
+		}
+	}
+	f, err := w.startFlightLocked(key, args, pol, route, false)
+	w.mu.Unlock()
+	if err != nil {
+		return nil, 0, err
+	}
+	// The caller that started the flight waits for it without a budget: it
+	// is the computation everyone else is waiting for. Its own context only
+	// ends its wait; the computation goes on for the others.
+	select {
+	case <-f.done:
+		return f.result()
+	case <-ctx.Done():
+		return nil, 0, ctx.Err()
+	}
+}
+
+func (f *flight) result() (*Entry, Status, error) {
+	if f.err != nil {
+		return nil, 0, f.err
+	}
+	return f.entry, f.status, nil
+}
+
+// background starts a rebuild of key unless one is running.
+func (w *Worker) background(key string, args Args, pol Policy, route bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.flights[key] != nil {
+		return
+	}
+	_, _ = w.startFlightLocked(key, args, pol, route, false)
+}
+
+// maybeRefreshEarly implements XFetch: the closer to its hard deadline and
+// the slower its fill, the likelier a hit starts a background rebuild, so
+// hot keys are rebuilt before they expire instead of stampeding after.
+func (w *Worker) maybeRefreshEarly(e *Entry, now time.Time, pol Policy, route bool) {
+	beta := w.cfg.EarlyRefresh
+	if beta == 0 || e.FillDuration <= 0 {
+		return
+	}
+	r := w.cache.cfg.Rand()
+	if r <= 0 {
+		r = math.SmallestNonzeroFloat64
+	}
+	gap := time.Duration(-float64(e.FillDuration) * beta * math.Log(r))
+	if now.Add(gap).Before(e.AvailableTo) {
+		return
+	}
+	w.stats.refreshes.Add(1)
+	w.background(e.Key, e.Args, pol, route)
+}
+
+// startFlightLocked registers a computation of key that callers can join and
+// runs it in its own goroutine, bounded by the cache's lifetime rather than
+// by one caller's context. refresh marks a rebuild ordered by an
+// invalidation: if it fails, the old entry must go. w.mu must be held.
+func (w *Worker) startFlightLocked(key string, args Args, pol Policy, route, refresh bool) (*flight, error) {
+	c := w.cache
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	f := &flight{done: make(chan struct{}), args: args}
+	w.flights[key] = f
+	gen := w.beginLocked(key)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		e, st, err := w.compute(c.ctx, key, args, pol, route)
+		w.finish(key, gen, f, e, st, err, pol, refresh)
+	}()
+	return f, nil
+}
+
+// computeDirect computes key in the caller's goroutine without letting
+// others join: the path of callers whose wait budget ran out, and of
+// callers that do not wait (is_concurrent off).
+func (w *Worker) computeDirect(ctx context.Context, key string, args Args, pol Policy, route bool) (*Entry, Status, error) {
+	w.mu.Lock()
+	gen := w.beginLocked(key)
+	w.mu.Unlock()
+	e, st, err := w.compute(ctx, key, args, pol, route)
+	w.finish(key, gen, nil, e, st, err, pol, false)
+	if err != nil {
+		return nil, 0, err
+	}
+	return e, st, nil
+}
+
+func (w *Worker) beginLocked(key string) uint64 {
+	g := w.gens[key]
+	if g == nil {
+		g = &keyGen{}
+		w.gens[key] = g
+	}
+	g.running++
+	return g.gen
+}
+
+// finish stores the result of a computation if no invalidation of its key
+// happened since it started, records it, and releases the flight's waiters.
+func (w *Worker) finish(key string, gen uint64, f *flight, e *Entry, st Status, err error, pol Policy, refresh bool) {
+	w.mu.Lock()
+	g := w.gens[key]
+	current := g.gen == gen
+	if g.running--; g.running == 0 {
+		delete(w.gens, key)
+	}
+	if f != nil && w.flights[key] == f {
+		delete(w.flights, key)
+	}
+	stored := false
+	switch {
+	case !current:
+		// An invalidation came while this ran: the value may predate the
+		// change, so it is not kept (the invalidation started its own
+		// rebuild). Callers that asked before the invalidation still get it.
+		w.stats.discarded.Add(1)
+	case err != nil || st == Fallback:
+		if refresh {
+			// The invalidated value must not be served any longer.
+			w.cache.store.Invalidate(key)
+		}
+	default:
+		w.cache.store.Set(key, e)
+		stored = true
+	}
+	w.mu.Unlock()
+	if stored && e.Owner == w.cache.cfg.Self && w.cache.cfg.OnFill != nil {
+		w.cache.cfg.OnFill(e, pol)
+	}
+	if f != nil {
+		f.entry, f.status, f.err = e, st, err
+		close(f.done)
+	}
+}
+
+// compute produces the entry of key: from its owner when another node owns
+// it, else by running the getter. The status is Miss for a local fill, the
+// owner's answer for a copy fetched from it, Fallback for a local fill after
+// the owner failed.
+func (w *Worker) compute(ctx context.Context, key string, args Args, pol Policy, route bool) (*Entry, Status, error) {
+	if route && w.cache.cfg.Peers != nil {
+		if p, ok := w.cache.cfg.Peers.PickPeer(key); ok {
+			w.stats.peerFetches.Add(1)
+			fctx, cancel := context.WithTimeout(ctx, pol.Budget())
+			e, st, err := p.Fetch(fctx, FetchRequest{Label: w.cfg.Label, Key: key, Args: args, Overrides: overridesOf(pol, w.base)})
+			cancel()
+			if err == nil {
+				return e, st, nil
+			}
+			if isFillError(err) || ctx.Err() != nil {
+				w.stats.fillErrors.Add(1)
+				return nil, 0, err
+			}
+			w.cache.cfg.Logger.Debug("owner unreachable, computing here", "label", w.cfg.Label, "key", key, "owner", p.Name(), "err", err)
+			w.stats.fallbacks.Add(1)
+			e, err = w.fill(ctx, key, args, pol)
+			if err != nil {
+				return nil, 0, err
+			}
+			return e, Fallback, nil
+		}
+	}
+	e, err := w.fill(ctx, key, args, pol)
+	if err != nil {
+		return nil, 0, err
+	}
+	return e, Miss, nil
+}
+
+func isFillError(err error) bool {
+	for err != nil {
+		if err == ErrFill {
+			return true
+		}
+		switch x := err.(type) {
+		case interface{ Unwrap() error }:
+			err = x.Unwrap()
+		case interface{ Unwrap() []error }:
+			for _, e := range x.Unwrap() {
+				if isFillError(e) {
+					return true
+				}
+			}
+			return false
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+// overridesOf expresses pol as overrides of base, so that the owner runs a
+// forwarded call with the caller's per-call settings.
+func overridesOf(pol, base Policy) Settings {
+	if pol == base {
+		return Settings{}
+	}
+	var s Settings
+	if pol.Expires != base.Expires {
+		s.Expires = pol.Expires
+	}
+	if pol.Tick != base.Tick {
+		s.Tick = pol.Tick
+	}
+	if pol.TickAmount != base.TickAmount {
+		s.TickAmount = Int(pol.TickAmount)
+	}
+	if pol.IsConcurrent != base.IsConcurrent {
+		s.IsConcurrent = Bool(pol.IsConcurrent)
+	}
+	if pol.RelevanceInvalidation != base.RelevanceInvalidation {
+		s.RelevanceInvalidation = Bool(pol.RelevanceInvalidation)
+	}
+	if pol.RelevanceExpires != base.RelevanceExpires {
+		s.RelevanceExpires = pol.RelevanceExpires
+	}
+	if pol.DelayInvalidation != base.DelayInvalidation {
+		s.DelayInvalidation = Bool(pol.DelayInvalidation)
+	}
+	if pol.DelayCountdown != base.DelayCountdown {
+		s.DelayCountdown = Duration(pol.DelayCountdown)
+	}
+	return s
+}
+
+// fill runs the getter once and builds the entry. A panic in the getter is
+// turned into an error, so that every waiter gets it and the node survives.
+func (w *Worker) fill(ctx context.Context, key string, args Args, pol Policy) (e *Entry, err error) {
+	clock := w.cache.clock
+	if w.cfg.FillTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, w.cfg.FillTimeout)
+		defer cancel()
+	}
+	start := clock.Now()
+	defer func() {
+		if r := recover(); r != nil {
+			w.cache.cfg.Logger.Error("getter panicked", "label", w.cfg.Label, "key", key, "panic", r, "stack", string(debug.Stack()))
+			e, err = nil, fmt.Errorf("%w: %s: panic: %v", ErrFill, w.cfg.Label, r)
+		}
+		if err != nil {
+			w.stats.fillErrors.Add(1)
+		}
+	}()
+	v, gerr := w.cfg.Getter.Get(ctx, args)
+	if gerr != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrFill, w.cfg.Label, gerr)
+	}
+	w.stats.fills.Add(1)
+	end := clock.Now()
+	e = &Entry{
+		Label:        w.cfg.Label,
+		Key:          key,
+		Args:         args,
+		Value:        v.Data,
+		ContentType:  v.ContentType,
+		Owner:        w.cache.cfg.Self,
+		CreatedAt:    end,
+		AvailableTo:  end.Add(pol.Expires),
+		FillDuration: end.Sub(start),
+		decoded:      v.decoded,
+	}
+	if pol.RelevanceInvalidation {
+		e.RelevanceTo = end.Add(pol.RelevanceExpires)
+	}
+	return e, nil
+}

@@ -1,0 +1,135 @@
+package peer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"time"
+)
+
+// headerSize is the size of a frame header; the layout is in the package
+// documentation.
+const headerSize = 20
+
+// Frame kinds.
+const (
+	kindRequest  = 1
+	kindResponse = 2
+	kindError    = 3
+	kindCancel   = 4
+)
+
+// exactAllocLimit is the largest payload that readFrame allocates at once.
+// A larger announced payload is read in chunks into a growing buffer, so a
+// peer that announces a large frame and sends nothing costs at most this
+// much memory, not the announced length.
+const exactAllocLimit = 1 << 20
+
+// frame is one decoded frame.
+type frame struct {
+	kind    byte
+	op      byte
+	id      uint64
+	budget  uint32 // milliseconds; requests only
+	payload []byte
+}
+
+// appendFrame appends the encoding of a frame to dst.
+func appendFrame(dst []byte, kind, op byte, id uint64, budget uint32, payload []byte) []byte {
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(payload)))
+	dst = append(dst, kind, op, 0, 0)
+	dst = binary.BigEndian.AppendUint64(dst, id)
+	dst = binary.BigEndian.AppendUint32(dst, budget)
+	return append(dst, payload...)
+}
+
+// budgetFor converts the time left until a deadline into a request budget:
+// milliseconds rounded up, so the server never stops before the caller does.
+// It returns 0 (no deadline) when ok is false.
+func budgetFor(deadline time.Time, ok bool) (uint32, bool) {
+	if !ok {
+		return 0, true
+	}
+	left := time.Until(deadline)
+	if left <= 0 {
+		return 0, false
+	}
+	ms := (left + time.Millisecond - 1) / time.Millisecond
+	if ms > math.MaxUint32 {
+		ms = math.MaxUint32
+	}
+	return uint32(ms), true
+}
+
+// readFrame reads one frame from r, whose payload may not exceed limit
+// bytes. hdr is scratch space. It returns io.EOF if r ended cleanly before
+// the frame; a malformed or truncated frame returns an error wrapping
+// ErrProtocol (and ErrFrameTooLarge for an oversized one); other errors are
+// r's. The payload is freshly allocated (nil when empty) and belongs to the
+// caller.
+func readFrame(r io.Reader, hdr *[headerSize]byte, limit int) (frame, error) {
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return frame{}, fmt.Errorf("%w: truncated frame header: %w", ErrProtocol, err)
+		}
+		return frame{}, err
+	}
+	n := binary.BigEndian.Uint32(hdr[0:4])
+	f := frame{
+		kind:   hdr[4],
+		op:     hdr[5],
+		id:     binary.BigEndian.Uint64(hdr[8:16]),
+		budget: binary.BigEndian.Uint32(hdr[16:20]),
+	}
+	switch {
+	case uint64(n) > uint64(limit):
+		return frame{}, fmt.Errorf("%w: %w: announced %d bytes, limit %d", ErrProtocol, ErrFrameTooLarge, n, limit)
+	case f.kind < kindRequest || f.kind > kindCancel:
+		return frame{}, fmt.Errorf("%w: unknown frame kind %d", ErrProtocol, f.kind)
+	case hdr[6] != 0 || hdr[7] != 0:
+		return frame{}, fmt.Errorf("%w: reserved header bytes are not zero", ErrProtocol)
+	case f.id == 0:
+		return frame{}, fmt.Errorf("%w: request id 0", ErrProtocol)
+	case f.kind != kindRequest && f.budget != 0:
+		return frame{}, fmt.Errorf("%w: budget on a frame of kind %d", ErrProtocol, f.kind)
+	case f.kind == kindCancel && n != 0:
+		return frame{}, fmt.Errorf("%w: cancel frame with a payload", ErrProtocol)
+	}
+	if n == 0 {
+		return f, nil
+	}
+	p, err := readPayload(r, int(n))
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return frame{}, fmt.Errorf("%w: truncated frame: %w", ErrProtocol, io.ErrUnexpectedEOF)
+		}
+		return frame{}, err
+	}
+	f.payload = p
+	return f, nil
+}
+
+// readPayload reads exactly n bytes, allocating in proportion to what
+// actually arrives (see exactAllocLimit).
+func readPayload(r io.Reader, n int) ([]byte, error) {
+	if n <= exactAllocLimit {
+		p := make([]byte, n)
+		_, err := io.ReadFull(r, p)
+		return p, err
+	}
+	p := make([]byte, 0, exactAllocLimit)
+	for len(p) < n {
+		if len(p) == cap(p) {
+			p = slices.Grow(p, min(cap(p), n-len(p)))
+		}
+		m, err := io.ReadFull(r, p[len(p):min(cap(p), n)])
+		p = p[:len(p)+m]
+		if err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}

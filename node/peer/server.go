@@ -1,0 +1,408 @@
+package peer
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Handler answers the requests of a Server.
+type Handler interface {
+	// HandlePeer answers one request. ctx expires at the caller's deadline
+	// (as sent in the request), and is cancelled when the caller gives up,
+	// when its connection breaks, and when the server closes; the result of a
+	// request whose ctx has ended is not sent. payload belongs to the
+	// handler. A returned error reaches the caller as a *RemoteError: with
+	// its code if err is or wraps a *RemoteError, else with code "internal".
+	// HandlePeer is called concurrently, from one goroutine per request.
+	HandlePeer(ctx context.Context, op byte, payload []byte) ([]byte, error)
+}
+
+// HandlerFunc adapts a function to a Handler.
+type HandlerFunc func(ctx context.Context, op byte, payload []byte) ([]byte, error)
+
+// HandlePeer calls f.
+func (f HandlerFunc) HandlePeer(ctx context.Context, op byte, payload []byte) ([]byte, error) {
+	return f(ctx, op, payload)
+}
+
+var _ Handler = HandlerFunc(nil)
+
+// ServerStats are the counters of a Server since it was created.
+type ServerStats struct {
+	Accepted       uint64 // connections accepted
+	Conns          int    // connections open now (handshake done)
+	Requests       uint64 // requests received
+	HandlerErrors  uint64 // requests answered with an error (panics included)
+	Canceled       uint64 // requests whose caller sent a cancel frame
+	ProtocolErrors uint64 // connections closed for a malformed hello or frame
+	AuthFailures   uint64 // connections rejected by the key handshake
+	HandshakeFails uint64 // other failed handshakes: timeout, TLS, broken connection
+}
+
+type serverCounters struct {
+	accepted, requests, handlerErrors, canceled  atomic.Uint64
+	protocolErrors, authFailures, handshakeFails atomic.Uint64
+	conns                                        atomic.Int64
+}
+
+// Server answers peer requests on the listeners given to Serve.
+//
+// Lifecycle: NewServer, then Serve (any number of listeners, each from its
+// own goroutine), then Close, which stops everything and waits for it. Close
+// is safe to call more than once.
+type Server struct {
+	cfg ServerConfig
+	h   Handler
+
+	// ctx is the parent of every handler's context; Close cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// wg counts the connection goroutines; each waits for its handlers.
+	wg    sync.WaitGroup
+	once  sync.Once
+	stats serverCounters
+
+	mu struct {
+		sync.Mutex
+		closed    bool
+		listeners map[net.Listener]struct{}
+		conns     map[*serverConn]struct{}
+	}
+}
+
+// NewServer returns a Server that answers requests with h. It fails if cfg
+// is invalid; the error names the field.
+func NewServer(cfg ServerConfig, h Handler) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if h == nil {
+		return nil, errors.New("peer: NewServer: nil Handler")
+	}
+	s := &Server{cfg: cfg, h: h}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.mu.listeners = make(map[net.Listener]struct{})
+	s.mu.conns = make(map[*serverConn]struct{})
+	return s, nil
+}
+
+// Serve accepts connections on ln and serves them until Close, then returns
+// nil. It returns ErrClosed at once (closing ln) if the Server is already
+// closed, and the listener's error if accepting fails otherwise. Serve
+// takes ownership of ln: Close closes it.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return ErrClosed
+	}
+	s.mu.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return nil
+			}
+			// Out of file descriptors and the like: wait and retry, as
+			// net/http does, rather than give up the listener.
+			var te interface{ Temporary() bool }
+			if errors.As(err, &te) && te.Temporary() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.cfg.Logger.Warn("peer: accept", "err", err, "retry_in", backoff)
+				select {
+				case <-time.After(backoff):
+				case <-s.ctx.Done():
+				}
+				continue
+			}
+			s.mu.Lock()
+			delete(s.mu.listeners, ln)
+			s.mu.Unlock()
+			return fmt.Errorf("peer: accept: %w", err)
+		}
+		backoff = 0
+		s.stats.accepted.Add(1)
+		sc := &serverConn{s: s, nc: nc}
+		s.mu.Lock()
+		if s.mu.closed {
+			s.mu.Unlock()
+			_ = nc.Close()
+			return nil
+		}
+		s.mu.conns[sc] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go sc.serve()
+	}
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.closed
+}
+
+// Close closes the listeners and every connection, cancels the contexts of
+// running handlers, and waits until the handlers have returned and every
+// goroutine of the Server has exited. Responses not yet sent are dropped.
+// Close is safe to call more than once; the later calls wait too.
+func (s *Server) Close() error {
+	var errs []error
+	s.once.Do(func() {
+		s.mu.Lock()
+		s.mu.closed = true
+		lns := s.mu.listeners
+		conns := s.mu.conns
+		s.mu.listeners, s.mu.conns = nil, nil
+		s.mu.Unlock()
+
+		for ln := range lns {
+			if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, err)
+			}
+		}
+		s.cancel()
+		for sc := range conns {
+			_ = sc.nc.Close()
+		}
+	})
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Stats returns a snapshot of the Server's counters.
+func (s *Server) Stats() ServerStats {
+	return ServerStats{
+		Accepted:       s.stats.accepted.Load(),
+		Conns:          int(s.stats.conns.Load()),
+		Requests:       s.stats.requests.Load(),
+		HandlerErrors:  s.stats.handlerErrors.Load(),
+		Canceled:       s.stats.canceled.Load(),
+		ProtocolErrors: s.stats.protocolErrors.Load(),
+		AuthFailures:   s.stats.authFailures.Load(),
+		HandshakeFails: s.stats.handshakeFails.Load(),
+	}
+}
+
+// serverConn is one accepted connection: its goroutine (serve) reads the
+// frames and starts one goroutine per request.
+type serverConn struct {
+	s  *Server
+	nc net.Conn // the accepted connection, closed by Server.Close
+
+	conn    net.Conn // nc, or its TLS wrapper
+	w       *frameWriter
+	peerMax int           // the client's maximum frame size
+	sem     chan struct{} // one token per running handler
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // the handler goroutines
+
+	mu struct {
+		sync.Mutex
+		// inflight maps the id of each running request to the cancel
+		// function of its context. A handler that finds its own entry gone
+		// was cancelled by the client and sends no response.
+		inflight map[uint64]context.CancelFunc
+	}
+}
+
+func (sc *serverConn) serve() {
+	s := sc.s
+	defer s.wg.Done()
+	defer func() {
+		_ = sc.nc.Close()
+		s.mu.Lock()
+		delete(s.mu.conns, sc)
+		s.mu.Unlock()
+	}()
+
+	if err := sc.handshake(); err != nil {
+		switch {
+		case errors.Is(err, ErrAuth):
+			s.stats.authFailures.Add(1)
+			s.cfg.Logger.Warn("peer: rejected connection", "remote", sc.nc.RemoteAddr(), "err", err)
+		case errors.Is(err, ErrProtocol):
+			s.stats.protocolErrors.Add(1)
+			s.cfg.Logger.Warn("peer: rejected connection", "remote", sc.nc.RemoteAddr(), "err", err)
+		case errors.Is(err, io.EOF) || s.isClosed():
+			// A connection closed before saying anything: a port probe, or
+			// our own Close.
+		default:
+			s.stats.handshakeFails.Add(1)
+			s.cfg.Logger.Debug("peer: handshake failed", "remote", sc.nc.RemoteAddr(), "err", err)
+		}
+		return
+	}
+
+	s.stats.conns.Add(1)
+	defer s.stats.conns.Add(-1)
+	sc.ctx, sc.cancel = context.WithCancel(s.ctx)
+	sc.sem = make(chan struct{}, s.cfg.MaxConcurrentPerConn)
+	sc.mu.inflight = make(map[uint64]context.CancelFunc)
+	sc.w = newFrameWriter(sc.conn, s.cfg.WriteTimeout, func(error) { _ = sc.nc.Close() })
+	flusherDone := make(chan struct{})
+	go func() {
+		defer close(flusherDone)
+		sc.w.run()
+	}()
+
+	err := sc.readLoop()
+	if err != nil && !errors.Is(err, io.EOF) && !s.isClosed() {
+		if errors.Is(err, ErrProtocol) {
+			s.stats.protocolErrors.Add(1)
+			s.cfg.Logger.Warn("peer: closing connection", "remote", sc.nc.RemoteAddr(), "err", err)
+		} else {
+			s.cfg.Logger.Debug("peer: connection ended", "remote", sc.nc.RemoteAddr(), "err", err)
+		}
+	}
+	// Order: stop the handlers (their results are no longer wanted), wait
+	// for them so none writes to a closed writer unawares, then stop the
+	// flusher.
+	sc.cancel()
+	_ = sc.nc.Close()
+	sc.wg.Wait()
+	sc.w.close(ErrClosed)
+	<-flusherDone
+}
+
+// handshake wraps the connection in TLS if configured and runs the hello
+// exchange, all under HandshakeTimeout.
+func (sc *serverConn) handshake() error {
+	s := sc.s
+	sc.conn = sc.nc
+	if err := sc.nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout)); err != nil {
+		return err
+	}
+	if s.cfg.TLS != nil {
+		tc := tls.Server(sc.nc, s.cfg.TLS)
+		if err := tc.HandshakeContext(s.ctx); err != nil {
+			return fmt.Errorf("peer: TLS handshake: %w", err)
+		}
+		sc.conn = tc
+	}
+	peerMax, err := serverHandshake(sc.conn, s.cfg.Key, s.cfg.MaxFrameSize)
+	if err != nil {
+		return err
+	}
+	sc.peerMax = peerMax
+	return sc.nc.SetDeadline(time.Time{})
+}
+
+// readLoop reads frames until the connection fails or breaks the protocol.
+func (sc *serverConn) readLoop() error {
+	s := sc.s
+	br := bufio.NewReaderSize(sc.conn, readBufferSize)
+	var hdr [headerSize]byte
+	for {
+		f, err := readFrame(br, &hdr, s.cfg.MaxFrameSize)
+		if err != nil {
+			return err
+		}
+		switch f.kind {
+		case kindRequest:
+			s.stats.requests.Add(1)
+			// Back-pressure: with MaxConcurrentPerConn handlers running,
+			// stop reading this connection until one returns.
+			select {
+			case sc.sem <- struct{}{}:
+			case <-sc.ctx.Done():
+				return sc.ctx.Err()
+			}
+			var ctx context.Context
+			var cancel context.CancelFunc
+			if f.budget > 0 {
+				ctx, cancel = context.WithTimeout(sc.ctx, time.Duration(f.budget)*time.Millisecond)
+			} else {
+				ctx, cancel = context.WithCancel(sc.ctx)
+			}
+			sc.mu.Lock()
+			_, dup := sc.mu.inflight[f.id]
+			if !dup {
+				sc.mu.inflight[f.id] = cancel
+			}
+			sc.mu.Unlock()
+			if dup {
+				cancel()
+				<-sc.sem
+				return fmt.Errorf("%w: request id %d is already in flight", ErrProtocol, f.id)
+			}
+			sc.wg.Add(1)
+			go sc.handle(ctx, cancel, f)
+		case kindCancel:
+			sc.mu.Lock()
+			cancel, ok := sc.mu.inflight[f.id]
+			delete(sc.mu.inflight, f.id)
+			sc.mu.Unlock()
+			if ok {
+				s.stats.canceled.Add(1)
+				cancel()
+			}
+		default:
+			return fmt.Errorf("%w: a client sent a frame of kind %d", ErrProtocol, f.kind)
+		}
+	}
+}
+
+// handle runs the handler for one request and queues its answer.
+func (sc *serverConn) handle(ctx context.Context, cancel context.CancelFunc, f frame) {
+	defer sc.wg.Done()
+	defer func() { <-sc.sem }()
+
+	resp, err := sc.call(ctx, f)
+
+	sc.mu.Lock()
+	_, mine := sc.mu.inflight[f.id]
+	delete(sc.mu.inflight, f.id)
+	sc.mu.Unlock()
+	// The caller no longer waits once ctx has ended: its deadline passed
+	// (the budget is rounded up, so the caller's passed first), it sent a
+	// cancel, or the connection is going away.
+	ended := ctx.Err() != nil
+	cancel()
+	if err != nil {
+		sc.s.stats.handlerErrors.Add(1)
+	}
+	if !mine || ended {
+		return
+	}
+	kind := byte(kindResponse)
+	switch {
+	case err != nil:
+		kind, resp = kindError, encodeRemoteError(err)
+	case len(resp) > sc.peerMax:
+		kind, resp = kindError, encodeRemoteError(&RemoteError{
+			Code:    CodeFrameTooLarge,
+			Message: fmt.Sprintf("response of %d bytes, the client accepts %d", len(resp), sc.peerMax),
+		})
+	}
+	// A failure here means the connection is broken; serve's read loop sees
+	// it too and tears the connection down.
+	_ = sc.w.write(sc.ctx, kind, f.op, f.id, 0, resp, false)
+}
+
+// call runs the handler, turning a panic into an error so that one bad
+// request cannot take the node down.
+func (sc *serverConn) call(ctx context.Context, f frame) (resp []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			sc.s.cfg.Logger.Error("peer: handler panicked", "op", f.op, "panic", r)
+			resp, err = nil, &RemoteError{Code: CodeInternal, Message: "handler panicked"}
+		}
+	}()
+	return sc.s.h.HandlePeer(ctx, f.op, f.payload)
+}

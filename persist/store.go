@@ -1,0 +1,365 @@
+package persist
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// Errors returned by the store. They are checked with errors.Is.
+var (
+	// ErrClosed is returned by every method called after Close.
+	ErrClosed = errors.New("persist: store closed")
+	// ErrNotFound is returned by Get, Value and Ack when there is nothing
+	// under the key or ID.
+	ErrNotFound = errors.New("persist: not found")
+	// ErrQueueFull is returned by PutAsync when the write was dropped
+	// because the queue was full and held no pending write of the same key.
+	ErrQueueFull = errors.New("persist: async queue full, record dropped")
+	// ErrInvalid is wrapped by errors about invalid arguments.
+	ErrInvalid = errors.New("persist: invalid argument")
+	// ErrValuesDisabled is returned by PutValue and Value when the store
+	// was opened without Config.KeepValues.
+	ErrValuesDisabled = errors.New("persist: values are not kept (Config.KeepValues is false)")
+	// ErrCorrupt is wrapped by errors about stored data that cannot be
+	// decoded.
+	ErrCorrupt = errors.New("persist: corrupt data")
+)
+
+// formatVersion is the version of the key layout, stored under the meta key
+// "format". Open refuses a database of another version.
+const formatVersion = 1
+
+// Config configures a Store. The zero value of every field means its
+// default; Open never modifies the caller's Config.
+type Config struct {
+	// Dir is the Pebble directory, created if missing. "" keeps everything
+	// in memory (Pebble's vfs.NewMem): the same code, nothing survives
+	// Close.
+	Dir string
+	// KeepValues enables PutValue and Value, so that a restarted owner can
+	// answer hits for unexpired keys at once. Default false.
+	KeepValues bool
+	// QueueSize bounds the writes PutAsync keeps pending. Default 65536.
+	QueueSize int
+	// BatchSize is the most async records the writer commits in one batch.
+	// Default 1024.
+	BatchSize int
+	// FlushInterval is the longest an async record waits before the writer
+	// commits it, unless the queue fills a batch sooner. Default 50ms.
+	FlushInterval time.Duration
+	// SweepInterval is how often the background loop removes expired
+	// records and values. Default 1s; negative disables the loop (call
+	// RemoveExpired yourself).
+	SweepInterval time.Duration
+	// Now is the clock of the sweep loop and of Value's expiry check.
+	// Default time.Now.
+	Now func() time.Time
+	// Logger receives the store's and Pebble's logs. Default: discarded.
+	Logger *slog.Logger
+}
+
+// Default values of Config.
+const (
+	DefaultQueueSize     = 65536
+	DefaultBatchSize     = 1024
+	DefaultFlushInterval = 50 * time.Millisecond
+	DefaultSweepInterval = time.Second
+)
+
+// withDefaults returns a copy of c with defaults filled in, or an error
+// naming the first invalid field.
+func (c Config) withDefaults() (Config, error) {
+	switch {
+	case c.QueueSize < 0:
+		return c, fmt.Errorf("%w: Config.QueueSize must not be negative, got %d", ErrInvalid, c.QueueSize)
+	case c.BatchSize < 0:
+		return c, fmt.Errorf("%w: Config.BatchSize must not be negative, got %d", ErrInvalid, c.BatchSize)
+	case c.FlushInterval < 0:
+		return c, fmt.Errorf("%w: Config.FlushInterval must not be negative, got %v", ErrInvalid, c.FlushInterval)
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = DefaultQueueSize
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.SweepInterval == 0 {
+		c.SweepInterval = DefaultSweepInterval
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+// Store keeps the created-cache records of the keys a node owns, their
+// indexes, the outbox of delayed invalidations and, optionally, values, in
+// one Pebble database.
+//
+// A Store is safe for concurrent use. Reads (Get, List, Labels, Match,
+// StaleBefore, DueItems, Pending, Value) go straight to Pebble, in parallel,
+// and multi-key reads see one consistent snapshot. Every mutation goes
+// through one writer goroutine, which owns the database's contents: it
+// serializes the read-modify-write of replacing a record and its index
+// entries, and it commits the synchronous operations of all callers that
+// arrived together, plus up to BatchSize pending async records, as one
+// Pebble batch with one WAL sync (group commit).
+//
+// Lifecycle: Open starts the writer and the sweep loop; Close flushes the
+// pending async writes, stops both goroutines, and closes Pebble. Close is
+// safe to call twice; every other method returns ErrClosed after it.
+type Store struct {
+	cfg Config
+	db  *pebble.DB
+	log *slog.Logger
+
+	// closeMu guards closed, and with it the Pebble handle: readers hold it
+	// for reading across their Pebble reads, so it never blocks a reader
+	// or the writer; Close takes it for writing only after the writer has
+	// exited, to wait for in-flight reads before closing Pebble (using a
+	// closed Pebble panics).
+	closeMu sync.RWMutex
+	closed  bool
+
+	mu struct {
+		sync.Mutex
+		closing  bool          // Close started: no new operations
+		ops      []*op         // synchronous operations for the writer
+		q        asyncQueue    // pending PutAsync records
+		flushes  []flushWaiter // Flush callers waiting for the queue
+		asyncErr error         // first async commit error since the last Flush
+	}
+	wake chan struct{} // capacity 1: the writer has work
+
+	quit       chan struct{} // closed by Close: stops the sweep loop
+	sweepDone  chan struct{}
+	writerDone chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error
+
+	outboxSeq uint64 // last outbox ID issued; owned by the writer goroutine
+
+	stats struct {
+		writtenSync, writtenAsync, replaced, dropped, asyncErrors atomic.Uint64
+		deleted, expired, valuesExpired, batches                  atomic.Uint64
+	}
+}
+
+// Stats are counters of a Store since Open.
+type Stats struct {
+	WrittenSync   uint64 // records written by Put
+	WrittenAsync  uint64 // records written by the background writer
+	Replaced      uint64 // pending async writes replaced by a newer Put or PutAsync of the same key
+	Dropped       uint64 // async writes dropped because the queue was full (ErrQueueFull)
+	AsyncErrors   uint64 // async records lost to an encoding or commit error (logged)
+	Deleted       uint64 // records removed by Delete
+	Expired       uint64 // records removed because their AvailableTo passed
+	ValuesExpired uint64 // values removed because their availableTo passed
+	Batches       uint64 // batches committed by the writer
+	Queued        int    // async writes pending now
+}
+
+// Open opens (or creates) the store described by cfg. It fills defaults
+// into a copy of cfg and validates it; errors name the field.
+func Open(cfg Config) (*Store, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	opts := &pebble.Options{
+		Logger:             pebbleLogger{c.Logger.With("component", "pebble")},
+		FormatMajorVersion: pebble.FormatNewest,
+	}
+	dir := c.Dir
+	if dir == "" {
+		opts.FS = vfs.NewMem()
+		dir = "mem"
+	}
+	db, err := pebble.Open(dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("persist: open %q: %w", c.Dir, err)
+	}
+	s := &Store{
+		cfg:        c,
+		db:         db,
+		log:        c.Logger,
+		wake:       make(chan struct{}, 1),
+		quit:       make(chan struct{}),
+		sweepDone:  make(chan struct{}),
+		writerDone: make(chan struct{}),
+	}
+	s.mu.q.byKey = make(map[string]*pending)
+	if err := s.init(); err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+	go s.writeLoop()
+	if c.SweepInterval > 0 {
+		go s.sweepLoop()
+	} else {
+		close(s.sweepDone)
+	}
+	return s, nil
+}
+
+// init checks the format of an existing database, or stamps a new one, and
+// loads the outbox sequence.
+func (s *Store) init() error {
+	v, closer, err := s.db.Get(metaKey(metaFormat))
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		if err := s.db.Set(metaKey(metaFormat), []byte{formatVersion}, pebble.Sync); err != nil {
+			return fmt.Errorf("persist: stamp format: %w", err)
+		}
+	case err != nil:
+		return fmt.Errorf("persist: read format: %w", err)
+	default:
+		ok := len(v) == 1 && v[0] == formatVersion
+		got := append([]byte(nil), v...)
+		closer.Close()
+		if !ok {
+			return fmt.Errorf("persist: %s holds data format %v, this version reads [%d]", s.cfg.Dir, got, formatVersion)
+		}
+	}
+	v, closer, err = s.db.Get(metaKey(metaOutboxSeq))
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return fmt.Errorf("persist: read outbox sequence: %w", err)
+	default:
+		defer closer.Close()
+		if len(v) != 8 {
+			return fmt.Errorf("%w: outbox sequence of %d bytes", ErrCorrupt, len(v))
+		}
+		s.outboxSeq = binary.BigEndian.Uint64(v)
+	}
+	return nil
+}
+
+// Close flushes the pending async writes, stops the background loops and
+// closes Pebble. It is safe to call twice; the second call returns nil.
+func (s *Store) Close() error {
+	first := false
+	s.closeOnce.Do(func() {
+		first = true
+		// The sweep loop submits operations to the writer: stop it first.
+		close(s.quit)
+		<-s.sweepDone
+		s.mu.Lock()
+		s.mu.closing = true
+		s.mu.Unlock()
+		s.signal()
+		<-s.writerDone // the writer drains every queued operation first
+		s.mu.Lock()
+		asyncErr := s.mu.asyncErr
+		s.mu.Unlock()
+		s.closeMu.Lock()
+		s.closed = true
+		err := s.db.Close()
+		s.closeMu.Unlock()
+		if err != nil {
+			err = fmt.Errorf("persist: close pebble: %w", err)
+		}
+		s.closeErr = errors.Join(asyncErr, err)
+	})
+	if !first {
+		return nil
+	}
+	return s.closeErr
+}
+
+// Stats returns the store's counters.
+func (s *Store) Stats() Stats {
+	s.mu.Lock()
+	queued := s.mu.q.live
+	s.mu.Unlock()
+	return Stats{
+		WrittenSync:   s.stats.writtenSync.Load(),
+		WrittenAsync:  s.stats.writtenAsync.Load(),
+		Replaced:      s.stats.replaced.Load(),
+		Dropped:       s.stats.dropped.Load(),
+		AsyncErrors:   s.stats.asyncErrors.Load(),
+		Deleted:       s.stats.deleted.Load(),
+		Expired:       s.stats.expired.Load(),
+		ValuesExpired: s.stats.valuesExpired.Load(),
+		Batches:       s.stats.batches.Load(),
+		Queued:        queued,
+	}
+}
+
+// read runs f with the Pebble handle, or returns ErrClosed.
+func (s *Store) read(f func(db *pebble.DB) error) error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return f(s.db)
+}
+
+// readSnapshot runs f on a snapshot of the database, so that a query that
+// reads an index and then the records sees one consistent state.
+func (s *Store) readSnapshot(f func(r pebble.Reader) error) error {
+	return s.read(func(db *pebble.DB) error {
+		snap := db.NewSnapshot()
+		return errors.Join(f(snap), snap.Close())
+	})
+}
+
+// sweepLoop removes expired records and values every SweepInterval.
+func (s *Store) sweepLoop() {
+	defer close(s.sweepDone)
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+		}
+		n, err := s.RemoveExpired(s.cfg.Now())
+		switch {
+		case errors.Is(err, ErrClosed):
+			return
+		case err != nil:
+			s.log.Error("persist: remove expired records", "err", err)
+		case n > 0:
+			s.log.Debug("persist: removed expired records", "records", n)
+		}
+	}
+}
+
+// pebbleLogger sends Pebble's logs to slog.
+type pebbleLogger struct{ l *slog.Logger }
+
+var _ pebble.Logger = pebbleLogger{}
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Info(fmt.Sprintf(format, args...))
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...))
+}
+
+// Fatalf logs and panics: Pebble calls it on unrecoverable corruption and
+// expects it not to return; a library must not exit the process.
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	p.l.Error(msg, "fatal", true)
+	panic("persist: pebble: " + msg)
+}

@@ -1,0 +1,642 @@
+package persist
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// WAL sync policy.
+//
+// Every batch the writer commits is committed with pebble.Sync: Pebble
+// writes it to the WAL and fsyncs the WAL before the commit returns. Put,
+// Delete, Enqueue, Ack and PutValue return only after the batch holding
+// them was synced, so an acknowledged operation survives a process crash
+// and a machine crash. Async records are synced too, one fsync per batch of
+// up to BatchSize records, so a crash loses at most the records still in
+// the queue and the batch being committed, never older ones.
+//
+// Why not NoSync for the async path: Pebble's NoSync commit leaves the WAL
+// in a user-space buffer that a kill loses, so "pending batch" would become
+// "whatever was written since the last sync", an unbounded window. The
+// price of syncing is small because it is paid per batch, not per record:
+// the writer is a single goroutine that takes every synchronous operation
+// waiting and up to BatchSize async records, so concurrent callers share
+// one fsync (group commit) and the batch grows while an fsync is running.
+
+// syncCommit is the write option of every commit; see the WAL sync policy.
+var syncCommit = pebble.Sync
+
+// expireChunk bounds how many records (and values) one RemoveExpired step
+// deletes, so that the sweep never holds the writer for one huge batch.
+const expireChunk = 1024
+
+type opKind uint8
+
+const (
+	opPut opKind = iota
+	opDelete
+	opExpire
+	opEnqueue
+	opAck
+	opPutValue
+)
+
+// op is a synchronous operation for the writer. The caller fills the
+// arguments, the writer fills the results and closes done.
+type op struct {
+	kind    opKind
+	rec     *Record   // opPut
+	enc     []byte    // opPut: the encoded record
+	key     string    // opDelete, opPutValue
+	t       time.Time // opExpire: now; opEnqueue: due; opPutValue: availableTo
+	payload []byte    // opEnqueue: payload; opPutValue: value
+	id      uint64    // opEnqueue: result; opAck: argument
+
+	n, nValues int // opExpire results: records and values removed
+	found      bool
+	err        error
+	done       chan struct{}
+}
+
+// pending is one async record waiting in the queue.
+type pending struct {
+	rec  Record
+	at   time.Time // when it entered the queue
+	dead bool      // superseded by a synchronous Put or Delete
+}
+
+// asyncQueue is the bounded FIFO of PutAsync records, with at most one
+// pending record per key. It is not safe for concurrent use: Store.mu
+// guards it.
+type asyncQueue struct {
+	items  []*pending // FIFO from head; dead entries are skipped
+	head   int
+	byKey  map[string]*pending
+	live   int    // entries that are not dead
+	pushed uint64 // positions ever pushed
+	popped uint64 // positions ever popped (dead or not)
+	// committed is the last position whose batch was committed (or, for a
+	// dead entry, discarded); Flush waits for it.
+	committed uint64
+}
+
+func (q *asyncQueue) slots() int { return len(q.items) - q.head }
+
+func (q *asyncQueue) pushLocked(p *pending) {
+	q.items = append(q.items, p)
+	q.byKey[p.rec.Key] = p
+	q.live++
+	q.pushed++
+}
+
+// removeLocked marks the pending record of key dead, if there is one.
+func (q *asyncQueue) removeLocked(key string) bool {
+	p, ok := q.byKey[key]
+	if !ok {
+		return false
+	}
+	p.dead = true
+	delete(q.byKey, key)
+	q.live--
+	q.trimLocked()
+	return true
+}
+
+// trimLocked drops dead entries at the head and compacts the slice.
+func (q *asyncQueue) trimLocked() {
+	for q.head < len(q.items) && q.items[q.head].dead {
+		q.items[q.head] = nil
+		q.head++
+		q.popped++
+	}
+	if q.head == len(q.items) {
+		q.items = q.items[:0]
+		q.head = 0
+	} else if q.head >= 1024 && q.head*2 >= len(q.items) {
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items = q.items[:n]
+		q.head = 0
+	}
+}
+
+// oldestLocked is the time the oldest live entry was queued.
+func (q *asyncQueue) oldestLocked() time.Time {
+	return q.items[q.head].at // trimLocked keeps a live entry at the head
+}
+
+// popLocked removes up to n live records from the head.
+func (q *asyncQueue) popLocked(n int) []Record {
+	out := make([]Record, 0, min(n, q.live))
+	for len(out) < n && q.head < len(q.items) {
+		p := q.items[q.head]
+		q.items[q.head] = nil
+		q.head++
+		q.popped++
+		if p.dead {
+			continue
+		}
+		delete(q.byKey, p.rec.Key)
+		q.live--
+		out = append(out, p.rec)
+	}
+	q.trimLocked()
+	return out
+}
+
+type flushWaiter struct {
+	target uint64 // queue position that must be committed
+	done   chan error
+}
+
+// signal wakes the writer without blocking.
+func (s *Store) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func checkRecord(rec *Record) error {
+	if rec.Key == "" {
+		return fmt.Errorf("%w: record has an empty Key", ErrInvalid)
+	}
+	if rec.Label == "" {
+		return fmt.Errorf("%w: record %q has an empty Label", ErrInvalid, rec.Key)
+	}
+	return nil
+}
+
+// Put writes rec, replacing the previous record of rec.Key and its index
+// entries. It returns once the record is durable (see the WAL sync policy);
+// a pending PutAsync of the same key is discarded, as Put is newer.
+func (s *Store) Put(rec Record) error {
+	if err := checkRecord(&rec); err != nil {
+		return err
+	}
+	enc, err := encodeRecord(&rec)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return s.do(&op{kind: opPut, rec: &rec, key: rec.Key, enc: enc})
+}
+
+// PutAsync queues rec for the background writer and returns at once; it
+// never blocks on I/O. The record is written within FlushInterval (sooner
+// when a batch fills), and is visible to reads from then on; Flush waits
+// for it. A newer PutAsync of a key still pending replaces the pending
+// record in place (counted in Stats.Replaced). When the queue holds
+// QueueSize records and none of rec.Key, rec is dropped: PutAsync returns
+// ErrQueueFull and Stats.Dropped counts it. Records that fail to encode are
+// logged and counted in Stats.AsyncErrors.
+func (s *Store) PutAsync(rec Record) error {
+	if err := checkRecord(&rec); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.mu.closing {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	q := &s.mu.q
+	if p, ok := q.byKey[rec.Key]; ok {
+		p.rec = rec
+		s.mu.Unlock()
+		s.stats.replaced.Add(1)
+		return nil
+	}
+	if q.slots() >= s.cfg.QueueSize {
+		s.mu.Unlock()
+		s.stats.dropped.Add(1)
+		return ErrQueueFull
+	}
+	q.pushLocked(&pending{rec: rec, at: time.Now()})
+	// Wake the writer when the queue becomes non-empty (to arm the flush
+	// timer) and when a batch is full; between, it sleeps.
+	wake := q.live == 1 || q.live == s.cfg.BatchSize
+	s.mu.Unlock()
+	if wake {
+		s.signal()
+	}
+	return nil
+}
+
+// Delete removes the record of key, its index entries and its stored
+// value. Deleting a key that has no record is not an error. Like Put, it
+// discards a pending PutAsync of the key and returns once durable.
+func (s *Store) Delete(key string) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty key", ErrInvalid)
+	}
+	return s.do(&op{kind: opDelete, key: key})
+}
+
+// RemoveExpired removes every record whose AvailableTo is at or before now,
+// with its index entries, and every stored value whose availableTo is at or
+// before now. It works in steps of a bounded batch, so other writes go on
+// meanwhile. It returns the number of records removed. The background
+// loop calls it every SweepInterval with Config.Now().
+func (s *Store) RemoveExpired(now time.Time) (int, error) {
+	total := 0
+	for {
+		o := &op{kind: opExpire, t: now}
+		err := s.do(o)
+		total += o.n
+		if err != nil {
+			return total, err
+		}
+		if o.n < expireChunk && o.nValues < expireChunk {
+			return total, nil
+		}
+	}
+}
+
+// Flush waits until every PutAsync that returned before the call was
+// committed (or superseded). It returns the first error of a background
+// batch since the previous Flush.
+func (s *Store) Flush() error {
+	s.mu.Lock()
+	if s.mu.closing {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	w := flushWaiter{target: s.mu.q.pushed, done: make(chan error, 1)}
+	if s.mu.q.committed >= w.target {
+		err := s.mu.asyncErr
+		s.mu.asyncErr = nil
+		s.mu.Unlock()
+		return err
+	}
+	s.mu.flushes = append(s.mu.flushes, w)
+	s.mu.Unlock()
+	s.signal()
+	return <-w.done
+}
+
+// do hands o to the writer and waits for its result.
+func (s *Store) do(o *op) error {
+	o.done = make(chan struct{})
+	s.mu.Lock()
+	if s.mu.closing {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	if o.kind == opPut || o.kind == opDelete {
+		// A synchronous write is newer than a pending async one of the
+		// same key; without this, the async one, written later, would win.
+		if s.mu.q.removeLocked(o.key) {
+			s.stats.replaced.Add(1)
+		}
+	}
+	s.mu.ops = append(s.mu.ops, o)
+	s.mu.Unlock()
+	s.signal()
+	<-o.done
+	return o.err
+}
+
+// writeLoop is the writer goroutine: the only one that mutates the
+// database after Open.
+func (s *Store) writeLoop() {
+	defer close(s.writerDone)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		ops := s.mu.ops
+		s.mu.ops = nil
+		q := &s.mu.q
+		// Someone is waiting: write everything that is pending now rather
+		// than waiting for a full batch or the flush interval.
+		eager := len(ops) > 0 || len(s.mu.flushes) > 0 || s.mu.closing
+		var recs []Record
+		var wait time.Duration
+		if q.live > 0 {
+			age := time.Since(q.oldestLocked())
+			if eager || q.live >= s.cfg.BatchSize || age >= s.cfg.FlushInterval {
+				recs = q.popLocked(s.cfg.BatchSize)
+			} else {
+				wait = s.cfg.FlushInterval - age
+			}
+		}
+		upTo := q.popped
+		if len(ops) == 0 && len(recs) == 0 {
+			// Idle: nothing is in flight, so every popped position is
+			// settled.
+			q.committed = upTo
+			s.releaseFlushesLocked()
+			if s.mu.closing && q.live == 0 {
+				s.mu.Unlock()
+				return
+			}
+			s.mu.Unlock()
+			var tc <-chan time.Time
+			if wait > 0 {
+				timer.Reset(wait)
+				tc = timer.C
+			}
+			select {
+			case <-s.wake:
+			case <-tc:
+			}
+			timer.Stop()
+			continue
+		}
+		s.mu.Unlock()
+
+		asyncErr := s.apply(ops, recs)
+
+		s.mu.Lock()
+		if asyncErr != nil && s.mu.asyncErr == nil {
+			s.mu.asyncErr = asyncErr
+		}
+		q.committed = upTo
+		s.releaseFlushesLocked()
+		s.mu.Unlock()
+		for _, o := range ops {
+			close(o.done)
+		}
+	}
+}
+
+// releaseFlushesLocked wakes the Flush callers whose records are committed.
+func (s *Store) releaseFlushesLocked() {
+	kept := s.mu.flushes[:0]
+	for _, w := range s.mu.flushes {
+		if w.target <= s.mu.q.committed {
+			w.done <- s.mu.asyncErr
+			s.mu.asyncErr = nil
+			continue
+		}
+		kept = append(kept, w)
+	}
+	clear(s.mu.flushes[len(kept):])
+	s.mu.flushes = kept
+}
+
+// apply builds one batch from the synchronous operations and the async
+// records, commits it, and fills in the operations' results. It returns the
+// error that lost async records, if any.
+func (s *Store) apply(ops []*op, recs []Record) error {
+	t := &txn{db: s.db, b: s.db.NewBatch(), view: make(map[string]viewEntry)}
+	defer t.b.Close()
+	for _, o := range ops {
+		o.err = s.applyOp(t, o)
+	}
+	written := 0
+	var asyncErr error
+	for i := range recs {
+		rec := &recs[i]
+		enc, err := encodeRecord(rec)
+		if err == nil {
+			err = t.putRecord(rec, enc, s.log)
+		}
+		if err != nil {
+			s.stats.asyncErrors.Add(1)
+			s.log.Error("persist: async record not written", "key", rec.Key, "err", err)
+			asyncErr = cmpOr(asyncErr, err)
+			continue
+		}
+		written++
+	}
+	if t.b.Empty() {
+		return asyncErr
+	}
+	if err := t.b.Commit(syncCommit); err != nil {
+		err = fmt.Errorf("persist: commit: %w", err)
+		for _, o := range ops {
+			if o.err == nil {
+				o.err = err
+			}
+		}
+		if written > 0 {
+			s.stats.asyncErrors.Add(uint64(written))
+			s.log.Error("persist: async records not written", "records", written, "err", err)
+			asyncErr = cmpOr(asyncErr, err)
+		}
+		return asyncErr
+	}
+	s.stats.batches.Add(1)
+	s.stats.writtenAsync.Add(uint64(written))
+	for _, o := range ops {
+		if o.err != nil {
+			continue
+		}
+		switch o.kind {
+		case opPut:
+			s.stats.writtenSync.Add(1)
+		case opDelete:
+			if o.found {
+				s.stats.deleted.Add(1)
+			}
+		case opExpire:
+			s.stats.expired.Add(uint64(o.n))
+			s.stats.valuesExpired.Add(uint64(o.nValues))
+		}
+	}
+	return asyncErr
+}
+
+func cmpOr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// applyOp adds the mutations of o to t. An error leaves t without any of
+// o's mutations, except for opExpire, whose deletions done before the error
+// are kept (each is complete on its own).
+func (s *Store) applyOp(t *txn, o *op) error {
+	switch o.kind {
+	case opPut:
+		return t.putRecord(o.rec, o.enc, s.log)
+	case opDelete:
+		found, err := t.deleteRecord(o.key, s.log)
+		if err != nil {
+			return err
+		}
+		o.found = found
+		if s.cfg.KeepValues {
+			_, err = t.deleteValue(o.key)
+		}
+		return err
+	case opExpire:
+		var err error
+		o.n, err = t.expireRecords(o.t, expireChunk, s.log)
+		if err != nil || !s.cfg.KeepValues {
+			return err
+		}
+		o.nValues, err = t.expireValues(o.t, expireChunk)
+		return err
+	case opEnqueue:
+		s.outboxSeq++
+		o.id = s.outboxSeq
+		t.enqueue(o.id, o.t, o.payload)
+		return nil
+	case opAck:
+		return t.ack(o.id)
+	case opPutValue:
+		return t.putValue(o.key, o.payload, o.t)
+	}
+	return fmt.Errorf("persist: unknown operation %d", o.kind)
+}
+
+// viewEntry is the state of a key as the batch being built leaves it.
+type viewEntry struct {
+	val []byte
+	del bool
+}
+
+// txn is a batch under construction by the writer, with a view of the keys
+// it set or deleted that later operations of the same batch read (the
+// batch is not indexed, so Pebble cannot answer those reads). It is used
+// by the writer goroutine only.
+type txn struct {
+	db   *pebble.DB
+	b    *pebble.Batch
+	view map[string]viewEntry
+}
+
+// get returns the value of k as it will be once the batch is committed.
+func (t *txn) get(k []byte) ([]byte, bool, error) {
+	if e, ok := t.view[string(k)]; ok {
+		return e.val, !e.del, nil
+	}
+	v, closer, err := t.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	v = bytes.Clone(v)
+	return v, true, closer.Close()
+}
+
+// set and del change a key that later operations may read through get.
+func (t *txn) set(k, v []byte) {
+	_ = t.b.Set(k, v, nil) // errors only for a committed batch
+	t.view[string(k)] = viewEntry{val: v}
+}
+
+func (t *txn) del(k []byte) {
+	_ = t.b.Delete(k, nil)
+	t.view[string(k)] = viewEntry{del: true}
+}
+
+// oldRecord reads the current record of key through the view. A record
+// that does not decode is logged and treated as absent: its index entries
+// cannot be found without it, and refusing every write of the key forever
+// would be worse.
+func (t *txn) oldRecord(key string, log logger) (*Record, error) {
+	raw, found, err := t.get(recordKey(key))
+	if err != nil || !found {
+		return nil, err
+	}
+	old, err := decodeRecord(raw)
+	if err != nil {
+		log.Error("persist: replacing a corrupt record", "key", key, "err", err)
+		return nil, nil
+	}
+	return &old, nil
+}
+
+type logger interface {
+	Error(msg string, args ...any)
+}
+
+// putRecord writes rec (encoded as enc) and its index entries, deleting the
+// entries of the record it replaces that the new one does not have.
+func (t *txn) putRecord(rec *Record, enc []byte, log logger) error {
+	old, err := t.oldRecord(rec.Key, log)
+	if err != nil {
+		return fmt.Errorf("persist: read record %q: %w", rec.Key, err)
+	}
+	newKeys := indexKeys(rec)
+	if old != nil {
+		keep := make(map[string]struct{}, len(newKeys))
+		for _, k := range newKeys {
+			keep[string(k)] = struct{}{}
+		}
+		for _, k := range indexKeys(old) {
+			if _, ok := keep[string(k)]; ok {
+				delete(keep, string(k)) // present already: do not rewrite
+				continue
+			}
+			_ = t.b.Delete(k, nil)
+		}
+		for _, k := range newKeys {
+			if _, ok := keep[string(k)]; ok {
+				_ = t.b.Set(k, nil, nil)
+			}
+		}
+	} else {
+		for _, k := range newKeys {
+			_ = t.b.Set(k, nil, nil)
+		}
+	}
+	t.set(recordKey(rec.Key), enc)
+	return nil
+}
+
+// deleteRecord removes the record of key and its index entries.
+func (t *txn) deleteRecord(key string, log logger) (bool, error) {
+	old, err := t.oldRecord(key, log)
+	if err != nil {
+		return false, fmt.Errorf("persist: read record %q: %w", key, err)
+	}
+	if old != nil {
+		for _, k := range indexKeys(old) {
+			_ = t.b.Delete(k, nil)
+		}
+	}
+	t.del(recordKey(key))
+	return old != nil, nil
+}
+
+// expireRecords removes up to limit records whose AvailableTo is at or
+// before now, walking the expiry index of the committed state and checking
+// each record through the view (an operation earlier in the batch may have
+// replaced it with a later deadline).
+func (t *txn) expireRecords(now time.Time, limit int, log logger) (int, error) {
+	it, err := t.db.NewIter(&pebble.IterOptions{
+		LowerBound: []byte{prefixExpiry},
+		UpperBound: timeUpper(prefixExpiry, now),
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for valid := it.First(); valid && n < limit; valid = it.Next() {
+		key, err := lastKey(it.Key(), 1+8)
+		if err != nil {
+			log.Error("persist: removing a corrupt expiry index entry", "key", fmt.Sprintf("%q", it.Key()), "err", err)
+			_ = t.b.Delete(bytes.Clone(it.Key()), nil)
+			continue
+		}
+		rec, err := t.oldRecord(key, log)
+		if err != nil {
+			return n, errors.Join(err, it.Close())
+		}
+		if rec == nil {
+			// An entry without a record cannot be produced by putRecord;
+			// remove it rather than skip it on every sweep.
+			_ = t.b.Delete(bytes.Clone(it.Key()), nil)
+			continue
+		}
+		if rec.AvailableTo.IsZero() || rec.AvailableTo.After(now) {
+			continue // replaced earlier in this batch
+		}
+		if _, err := t.deleteRecord(key, log); err != nil {
+			return n, errors.Join(err, it.Close())
+		}
+		n++
+	}
+	return n, it.Close()
+}

@@ -619,11 +619,13 @@ func (cc *clientConn) teardown(readErr error) {
 	pending := cc.mu.pending
 	cc.mu.pending = nil
 	cc.mu.Unlock()
+	// Free the slot before failing the calls: a caller that sees its call
+	// fail and calls again must not be handed this connection.
+	cc.pool.drop(cc)
+	c.stats.conns.Add(-1)
+	cc.w.close(cause)
 	for _, w := range pending {
 		w.err = cause
 		w.ch <- struct{}{}
 	}
-	cc.w.close(cause)
-	cc.pool.drop(cc)
-	c.stats.conns.Add(-1)
 }

@@ -214,10 +214,10 @@ type serverConn struct {
 
 	mu struct {
 		sync.Mutex
-		// inflight maps the id of each running request to the cancel
-		// function of its context. A handler that finds its own entry gone
-		// was cancelled by the client and sends no response.
-		inflight map[uint64]context.CancelFunc
+		// inflight maps the id of each running request to its context. A
+		// handler that finds its own entry gone was cancelled by the
+		// client and sends no response.
+		inflight map[uint64]*reqCtx
 	}
 }
 
@@ -253,7 +253,7 @@ func (sc *serverConn) serve() {
 	defer s.stats.conns.Add(-1)
 	sc.ctx, sc.cancel = context.WithCancel(s.ctx)
 	sc.sem = make(chan struct{}, s.cfg.MaxConcurrentPerConn)
-	sc.mu.inflight = make(map[uint64]context.CancelFunc)
+	sc.mu.inflight = make(map[uint64]*reqCtx)
 	sc.w = newFrameWriter(sc.conn, s.cfg.WriteTimeout, func(error) { _ = sc.nc.Close() })
 	flusherDone := make(chan struct{})
 	go func() {
@@ -306,7 +306,8 @@ func (sc *serverConn) handshake() error {
 // readLoop reads frames until the connection fails or breaks the protocol.
 func (sc *serverConn) readLoop() error {
 	s := sc.s
-	br := bufio.NewReaderSize(sc.conn, readBufferSize)
+	tr := &timedReader{r: sc.conn}
+	br := bufio.NewReaderSize(tr, readBufferSize)
 	var hdr [headerSize]byte
 	for {
 		f, err := readFrame(br, &hdr, s.cfg.MaxFrameSize)
@@ -323,34 +324,33 @@ func (sc *serverConn) readLoop() error {
 			case <-sc.ctx.Done():
 				return sc.ctx.Err()
 			}
-			var ctx context.Context
-			var cancel context.CancelFunc
+			ctx := &reqCtx{parent: sc.ctx}
 			if f.budget > 0 {
-				ctx, cancel = context.WithTimeout(sc.ctx, time.Duration(f.budget)*time.Millisecond)
-			} else {
-				ctx, cancel = context.WithCancel(sc.ctx)
+				// The clock reading of the read that completed this frame
+				// is later than the moment the client computed the budget,
+				// so this deadline is never before the client's.
+				ctx.deadline = tr.last.Add(time.Duration(f.budget) * time.Millisecond)
 			}
 			sc.mu.Lock()
 			_, dup := sc.mu.inflight[f.id]
 			if !dup {
-				sc.mu.inflight[f.id] = cancel
+				sc.mu.inflight[f.id] = ctx
 			}
 			sc.mu.Unlock()
 			if dup {
-				cancel()
 				<-sc.sem
 				return fmt.Errorf("%w: request id %d is already in flight", ErrProtocol, f.id)
 			}
 			sc.wg.Add(1)
-			go sc.handle(ctx, cancel, f)
+			go sc.handle(ctx, f)
 		case kindCancel:
 			sc.mu.Lock()
-			cancel, ok := sc.mu.inflight[f.id]
+			ctx, ok := sc.mu.inflight[f.id]
 			delete(sc.mu.inflight, f.id)
 			sc.mu.Unlock()
 			if ok {
 				s.stats.canceled.Add(1)
-				cancel()
+				ctx.cancel(context.Canceled)
 			}
 		default:
 			return fmt.Errorf("%w: a client sent a frame of kind %d", ErrProtocol, f.kind)
@@ -359,7 +359,7 @@ func (sc *serverConn) readLoop() error {
 }
 
 // handle runs the handler for one request and queues its answer.
-func (sc *serverConn) handle(ctx context.Context, cancel context.CancelFunc, f frame) {
+func (sc *serverConn) handle(ctx *reqCtx, f frame) {
 	defer sc.wg.Done()
 	defer func() { <-sc.sem }()
 
@@ -369,11 +369,13 @@ func (sc *serverConn) handle(ctx context.Context, cancel context.CancelFunc, f f
 	_, mine := sc.mu.inflight[f.id]
 	delete(sc.mu.inflight, f.id)
 	sc.mu.Unlock()
-	// The caller no longer waits once ctx has ended: its deadline passed
-	// (the budget is rounded up, so the caller's passed first), it sent a
-	// cancel, or the connection is going away.
-	ended := ctx.Err() != nil
-	cancel()
+	// The caller no longer waits once ctx has ended: it sent a cancel, the
+	// connection is going away, or the handler saw the deadline pass (the
+	// budget is rounded up, so the caller's passed first). The clock is not
+	// read again here: a response that races the deadline is sent and
+	// dropped by the client.
+	ended := ctx.ended()
+	ctx.cancel(context.Canceled)
 	if err != nil {
 		sc.s.stats.handlerErrors.Add(1)
 	}
@@ -405,4 +407,19 @@ func (sc *serverConn) call(ctx context.Context, f frame) (resp []byte, err error
 		}
 	}()
 	return sc.s.h.HandlePeer(ctx, f.op, f.payload)
+}
+
+// timedReader records the time of its last successful read: one clock
+// reading per read syscall rather than one per request.
+type timedReader struct {
+	r    io.Reader
+	last time.Time
+}
+
+func (t *timedReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if n > 0 {
+		t.last = time.Now()
+	}
+	return n, err
 }

@@ -1,0 +1,116 @@
+package peer
+
+import (
+	"context"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// benchCallers is the number of concurrent callers of the parallel
+// benchmarks: the node's remote-hit goal is stated for 50.
+const benchCallers = 50
+
+func benchSetup(b *testing.B) (*Client, string) {
+	b.Helper()
+	ts := startServer(b, ServerConfig{}, echo)
+	c := newClient(b, ClientConfig{})
+	// Dial the whole pool before the clock starts.
+	ctx := context.Background()
+	for range 4 * DefaultConnsPerAddr {
+		if _, err := c.Call(ctx, ts.addr, 1, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return c, ts.addr
+}
+
+func reportOps(b *testing.B) {
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}
+
+// BenchmarkCall is one caller's round trip with a 100-byte payload.
+func BenchmarkCall(b *testing.B) {
+	c, addr := benchSetup(b)
+	payload := make([]byte, 100)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := c.Call(ctx, addr, 1, payload); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportOps(b)
+}
+
+// BenchmarkCallParallel is 50 concurrent callers sharing one client, each
+// call with a 100-byte payload and a deadline.
+func BenchmarkCallParallel(b *testing.B) {
+	c, addr := benchSetup(b)
+	b.SetParallelism((benchCallers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		payload := make([]byte, 100)
+		for pb.Next() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, err := c.Call(ctx, addr, 1, payload)
+			cancel()
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	reportOps(b)
+}
+
+// BenchmarkCallLatency runs 50 callers in a closed loop (each sends its
+// next call when the previous one returns) and reports the median and 99th
+// percentile of the call latency. Run it with -benchtime 3s for a 3-second
+// window.
+func BenchmarkCallLatency(b *testing.B) {
+	c, addr := benchSetup(b)
+	var next atomic.Int64
+	lat := make([][]time.Duration, benchCallers)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for g := range benchCallers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			payload := make([]byte, 100)
+			mine := make([]time.Duration, 0, b.N/benchCallers+1)
+			for next.Add(1) <= int64(b.N) {
+				start := time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_, err := c.Call(ctx, addr, 1, payload)
+				cancel()
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				mine = append(mine, time.Since(start))
+			}
+			lat[g] = mine
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	if len(all) == 0 {
+		return
+	}
+	pct := func(p float64) float64 {
+		return float64(all[min(len(all)-1, int(p*float64(len(all))))].Nanoseconds()) / 1e3
+	}
+	b.ReportMetric(pct(0.50), "p50-µs")
+	b.ReportMetric(pct(0.99), "p99-µs")
+	b.ReportMetric(pct(0.999), "p99.9-µs")
+	reportOps(b)
+}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -28,8 +29,28 @@ func benchSetup(b *testing.B) (*Client, string) {
 	return c, ts.addr
 }
 
-func reportOps(b *testing.B) {
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+// cpuClock is the CPU time (user and system) used so far by this process,
+// client and server together: unlike ops/s, CPU per call barely depends on
+// what else the machine runs.
+func cpuClock() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// startCPU resets the timer and returns a function that reports ops/s and
+// CPU µs per call.
+func startCPU(b *testing.B) func() {
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := cpuClock()
+	return func() {
+		cpu := cpuClock() - start
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+		b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+	}
 }
 
 // BenchmarkCall is one caller's round trip with a 100-byte payload.
@@ -37,14 +58,13 @@ func BenchmarkCall(b *testing.B) {
 	c, addr := benchSetup(b)
 	payload := make([]byte, 100)
 	ctx := context.Background()
-	b.ReportAllocs()
-	b.ResetTimer()
+	report := startCPU(b)
 	for range b.N {
 		if _, err := c.Call(ctx, addr, 1, payload); err != nil {
 			b.Fatal(err)
 		}
 	}
-	reportOps(b)
+	report()
 }
 
 // BenchmarkCallParallel is 50 concurrent callers sharing one client, each
@@ -52,8 +72,7 @@ func BenchmarkCall(b *testing.B) {
 func BenchmarkCallParallel(b *testing.B) {
 	c, addr := benchSetup(b)
 	b.SetParallelism((benchCallers + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
-	b.ReportAllocs()
-	b.ResetTimer()
+	report := startCPU(b)
 	b.RunParallel(func(pb *testing.PB) {
 		payload := make([]byte, 100)
 		for pb.Next() {
@@ -66,7 +85,7 @@ func BenchmarkCallParallel(b *testing.B) {
 			}
 		}
 	})
-	reportOps(b)
+	report()
 }
 
 // BenchmarkCallLatency runs 50 callers in a closed loop (each sends its
@@ -78,7 +97,7 @@ func BenchmarkCallLatency(b *testing.B) {
 	var next atomic.Int64
 	lat := make([][]time.Duration, benchCallers)
 	var wg sync.WaitGroup
-	b.ResetTimer()
+	report := startCPU(b)
 	for g := range benchCallers {
 		wg.Add(1)
 		go func() {
@@ -112,5 +131,5 @@ func BenchmarkCallLatency(b *testing.B) {
 	b.ReportMetric(pct(0.50), "p50-µs")
 	b.ReportMetric(pct(0.99), "p99-µs")
 	b.ReportMetric(pct(0.999), "p99.9-µs")
-	reportOps(b)
+	report()
 }

@@ -36,7 +36,8 @@ type ServerConfig struct {
 
 	// MaxConcurrentPerConn bounds the requests of one connection that are
 	// handled at once, each in its own goroutine. When it is reached, the
-	// server stops reading that connection until a handler returns.
+	// server stops reading that connection until a handler returns (TCP
+	// back-pressure on the client; its cancel frames wait too).
 	// Default 256.
 	MaxConcurrentPerConn int
 

@@ -386,3 +386,43 @@ func TestConfig(t *testing.T) {
 		t.Errorf("DefaultServerConfig = %+v", d)
 	}
 }
+
+func TestConcurrencyBoundPerConn(t *testing.T) {
+	const limit, calls = 4, 12
+	var mu sync.Mutex
+	running, peak := 0, 0
+	release := make(chan struct{})
+	ts := startServer(t, ServerConfig{MaxConcurrentPerConn: limit}, HandlerFunc(func(ctx context.Context, _ byte, _ []byte) ([]byte, error) {
+		mu.Lock()
+		running++
+		peak = max(peak, running)
+		mu.Unlock()
+		<-release
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return nil, nil
+	}))
+	c := newClient(t, ClientConfig{ConnsPerAddr: 1})
+	ctx := ctxTimeout(t, 10*time.Second)
+	var wg sync.WaitGroup
+	for range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.Call(ctx, ts.addr, 1, nil); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	waitFor(t, "the handlers to fill the bound", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return running == limit
+	})
+	close(release)
+	wg.Wait()
+	if peak != limit {
+		t.Errorf("peak concurrent handlers = %d, want %d", peak, limit)
+	}
+}

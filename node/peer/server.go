@@ -158,8 +158,10 @@ func (s *Server) isClosed() bool {
 
 // Close closes the listeners and every connection, cancels the contexts of
 // running handlers, and waits until the handlers have returned and every
-// goroutine of the Server has exited. Responses not yet sent are dropped.
-// Close is safe to call more than once; the later calls wait too.
+// goroutine of the Server has exited. Responses not yet sent are dropped, so
+// their callers see ErrConnLost. A handler that ignores its context delays
+// Close until it returns. Close is safe to call more than once; the later
+// calls wait too.
 func (s *Server) Close() error {
 	var errs []error
 	s.once.Do(func() {

@@ -116,7 +116,7 @@ func (w *Worker) get(ctx context.Context, args Args, ov Settings, route bool) (*
 	}
 	now := w.cache.clock.Now()
 	if e, ok := w.cache.store.GetIfPresent(key); ok && !e.Expired(now) {
-		if !pol.RelevanceInvalidation || now.Before(e.CreatedAt.Add(pol.RelevanceExpires)) {
+		if fresh(e, pol, now) {
 			w.stats.hits.Add(1)
 			w.maybeRefreshEarly(e, now, pol, route)
 			return e, Hit, nil
@@ -169,6 +169,14 @@ func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, ro
 			return nil, 0, ctx.Err()
 		}
 	}
+	// Check the store again under the lock: a flight may have stored the
+	// value and left between the caller's lookup and now. Flights store
+	// before they leave the map, both under w.mu, so this check cannot miss
+	// a value and start a second fill of it.
+	if e, ok := w.cache.store.GetIfPresent(key); ok && !e.Expired(w.cache.clock.Now()) && fresh(e, pol, w.cache.clock.Now()) {
+		w.mu.Unlock()
+		return e, Hit, nil
+	}
 	f, err := w.startFlightLocked(key, args, pol, route, false)
 	w.mu.Unlock()
 	if err != nil {
@@ -183,6 +191,11 @@ func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, ro
 	case <-ctx.Done():
 		return nil, 0, ctx.Err()
 	}
+}
+
+// fresh reports whether e is within its soft TTL under pol.
+func fresh(e *Entry, pol Policy, now time.Time) bool {
+	return !pol.RelevanceInvalidation || now.Before(e.CreatedAt.Add(pol.RelevanceExpires))
 }
 
 func (f *flight) result() (*Entry, Status, error) {

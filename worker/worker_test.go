@@ -530,3 +530,32 @@ func mustKey(t testing.TB, w *Worker, a Args) string {
 	}
 	return k
 }
+
+// TestNoSecondFillAfterFlightEnds is the regression test of a race found by
+// the cluster tests: a caller that missed the store just before a flight
+// stored its value and left must find the value, not start a second fill.
+func TestNoSecondFillAfterFlightEnds(t *testing.T) {
+	c, _ := newTestCache(t, CacheConfig{})
+	var fills atomic.Int64
+	w := register(t, c, Config{Label: "again", Getter: GetterFunc(func(ctx context.Context, a Args) (Value, error) {
+		fills.Add(1)
+		return Value{Data: []byte("v")}, nil
+	})})
+	const keys, callers = 2000, 4
+	var wg sync.WaitGroup
+	for k := range keys {
+		for range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, _, err := w.Get(context.Background(), Args{"k": k}, Settings{}); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if n := fills.Load(); n != keys {
+		t.Fatalf("%d fills for %d keys", n, keys)
+	}
+}

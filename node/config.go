@@ -1,0 +1,212 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/cachenode/cachenode/ring"
+	"github.com/cachenode/cachenode/worker"
+)
+
+// ErrConfig is wrapped by every configuration error; the message names the
+// field at fault.
+var ErrConfig = errors.New("node: invalid config")
+
+// Config configures a [Node]. New copies it and never modifies the
+// caller's struct.
+type Config struct {
+	// Name is the node's name, unique in the cluster. Required.
+	Name string
+	// Gossip is the memberlist bind address, HOST:PORT (TCP and UDP). Port 0
+	// picks a free port. Default "0.0.0.0:7946".
+	Gossip string
+	// Advertise is the gossip address other members should use. Default:
+	// the bind address (with an unspecified host replaced by memberlist's
+	// choice of a private address).
+	Advertise string
+	// Peer is the peer-transport listen address. Port 0 picks a free port.
+	// Default "0.0.0.0:7947".
+	Peer string
+	// PeerAdvertise is the peer address other members should use. Default:
+	// the bound peer address, with an unspecified host replaced by the
+	// advertised gossip host.
+	PeerAdvertise string
+	// HTTP is the client API address published in the node's metadata (the
+	// node does not serve HTTP itself). Default "".
+	HTTP string
+	// Join lists gossip addresses of members to join; retried with backoff
+	// until one answers. Empty: the node starts a new cluster.
+	Join []string
+	// Memory bounds the bytes of cached values this node holds (owned
+	// entries and near-cache copies together). Default 256 MiB.
+	Memory int64
+	// Data is the Pebble directory of the created-cache records. "" keeps
+	// them in memory. Default "".
+	Data string
+	// GossipKey encrypts gossip and authenticates peer connections: 16, 24
+	// or 32 bytes. Default none.
+	GossipKey []byte
+	// Membership holds the failure-detection and gossip timings. Default
+	// [LANMembership]; tests and single-host clusters use
+	// [LocalMembership].
+	Membership Membership
+	// Ring configures the consistent hashing. Default ring.DefaultConfig().
+	// Every member must use the same ring configuration.
+	Ring ring.Config
+	// Defaults are the process-wide defaults of every worker field. The
+	// zero value means worker.DefaultPolicy().
+	Defaults worker.Policy
+	// HandoffEntries bounds how many hot entries a gracefully leaving node
+	// hands to their new owners. Default 10000; negative disables handoff.
+	HandoffEntries int
+	// HandoffBytes bounds the bytes of values handed off. Default 64 MiB.
+	HandoffBytes int64
+	// Clock is the time source of the cache. Default the system clock.
+	Clock worker.Clock
+	// Logger receives the node's logs. Default: discarded.
+	Logger *slog.Logger
+}
+
+// Membership is the gossip and failure-detection tuning of a node.
+type Membership struct {
+	// Preset names the memberlist base configuration: "lan" (the default)
+	// or "local".
+	Preset string
+	// ProbeInterval is how often a random member is probed; ProbeTimeout
+	// how long a probe waits for an ack before indirect probes.
+	ProbeInterval, ProbeTimeout time.Duration
+	// SuspicionMult scales how long a suspect member has to refute before
+	// it is declared dead (SuspicionMult × log10(N) × ProbeInterval).
+	SuspicionMult int
+	// GossipInterval is the period of gossip rounds.
+	GossipInterval time.Duration
+	// PushPullInterval is the period of full state exchanges with a random
+	// member; they heal partitions and spread members whose alive message
+	// was lost.
+	PushPullInterval time.Duration
+	// LeaveTimeout bounds the wait for the leave message to spread on Close.
+	LeaveTimeout time.Duration
+	// JoinBackoff is the first wait between join attempts; it doubles up to
+	// JoinBackoffMax.
+	JoinBackoff, JoinBackoffMax time.Duration
+}
+
+// LANMembership returns the preset for a data-center network: memberlist's
+// LAN timings, with a push/pull every 5 s instead of 30 s so that a member
+// whose alive message was lost is known everywhere in seconds. A failed
+// member is declared dead after about 5-6 s in a 5-node cluster.
+func LANMembership() Membership {
+	return Membership{
+		Preset:           "lan",
+		ProbeInterval:    time.Second,
+		ProbeTimeout:     500 * time.Millisecond,
+		SuspicionMult:    4,
+		GossipInterval:   200 * time.Millisecond,
+		PushPullInterval: 5 * time.Second,
+		LeaveTimeout:     2 * time.Second,
+		JoinBackoff:      200 * time.Millisecond,
+		JoinBackoffMax:   10 * time.Second,
+	}
+}
+
+// LocalMembership returns the fast preset for loopback and tests: a failed
+// member is declared dead in well under a second, joins spread in tens of
+// milliseconds. It costs more gossip traffic than LAN.
+func LocalMembership() Membership {
+	return Membership{
+		Preset:           "local",
+		ProbeInterval:    200 * time.Millisecond,
+		ProbeTimeout:     150 * time.Millisecond,
+		SuspicionMult:    3,
+		GossipInterval:   20 * time.Millisecond,
+		PushPullInterval: time.Second,
+		LeaveTimeout:     500 * time.Millisecond,
+		JoinBackoff:      50 * time.Millisecond,
+		JoinBackoffMax:   time.Second,
+	}
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Name == "" {
+		return c, fmt.Errorf("%w: name is required", ErrConfig)
+	}
+	if c.Gossip == "" {
+		c.Gossip = "0.0.0.0:7946"
+	}
+	if c.Peer == "" {
+		c.Peer = "0.0.0.0:7947"
+	}
+	for field, addr := range map[string]string{"gossip": c.Gossip, "peer": c.Peer, "advertise": c.Advertise, "peer_advertise": c.PeerAdvertise} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := splitHostPort(addr); err != nil {
+			return c, fmt.Errorf("%w: %s: %v", ErrConfig, field, err)
+		}
+	}
+	if c.Memory == 0 {
+		c.Memory = 256 << 20
+	}
+	if c.Memory < 0 {
+		return c, fmt.Errorf("%w: memory must be > 0", ErrConfig)
+	}
+	switch len(c.GossipKey) {
+	case 0, 16, 24, 32:
+	default:
+		return c, fmt.Errorf("%w: gossip_key must be 16, 24 or 32 bytes, got %d", ErrConfig, len(c.GossipKey))
+	}
+	if c.Membership == (Membership{}) {
+		c.Membership = LANMembership()
+	}
+	m := c.Membership
+	switch {
+	case m.Preset != "lan" && m.Preset != "local":
+		return c, fmt.Errorf("%w: membership.preset must be lan or local, got %q", ErrConfig, m.Preset)
+	case m.ProbeInterval <= 0, m.ProbeTimeout <= 0, m.GossipInterval <= 0, m.PushPullInterval <= 0:
+		return c, fmt.Errorf("%w: membership intervals must be > 0", ErrConfig)
+	case m.SuspicionMult <= 0:
+		return c, fmt.Errorf("%w: membership.suspicion_mult must be > 0", ErrConfig)
+	case m.JoinBackoff <= 0 || m.JoinBackoffMax < m.JoinBackoff:
+		return c, fmt.Errorf("%w: membership.join_backoff must be > 0 and <= join_backoff_max", ErrConfig)
+	}
+	if c.Ring == (ring.Config{}) {
+		c.Ring = ring.DefaultConfig()
+	}
+	if _, err := ring.New(c.Ring, nil); err != nil {
+		return c, fmt.Errorf("%w: ring: %v", ErrConfig, err)
+	}
+	if c.HandoffEntries == 0 {
+		c.HandoffEntries = 10000
+	}
+	if c.HandoffBytes == 0 {
+		c.HandoffBytes = 64 << 20
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Clock == nil {
+		c.Clock = worker.SystemClock()
+	}
+	c.Join = append([]string(nil), c.Join...)
+	c.GossipKey = append([]byte(nil), c.GossipKey...)
+	if len(c.GossipKey) == 0 {
+		c.GossipKey = nil
+	}
+	return c, nil
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port in %q", addr)
+	}
+	return host, port, nil
+}

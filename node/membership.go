@@ -1,0 +1,209 @@
+package node
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/cachenode/cachenode/ring"
+)
+
+// State is a member's state as this node sees it.
+type State string
+
+// Member states. memberlist's own Node.State is not kept up to date in
+// Members(), so the node tracks states from the event delegate.
+const (
+	StateAlive State = "alive"
+	StateDead  State = "dead"
+	StateLeft  State = "left"
+)
+
+// Member is what this node knows of a member of the cluster.
+type Member struct {
+	Name   string
+	Gossip string
+	Peer   string
+	HTTP   string
+	Proto  int
+	State  State
+	Since  time.Time
+}
+
+// memberlistConfig builds memberlist's configuration from the node's.
+func (n *Node) memberlistConfig() (*memberlist.Config, error) {
+	m := n.cfg.Membership
+	var mc *memberlist.Config
+	if m.Preset == "local" {
+		mc = memberlist.DefaultLocalConfig()
+	} else {
+		mc = memberlist.DefaultLANConfig()
+	}
+	mc.Name = n.cfg.Name
+	host, port, err := splitHostPort(n.cfg.Gossip)
+	if err != nil {
+		return nil, fmt.Errorf("%w: gossip: %v", ErrConfig, err)
+	}
+	mc.BindAddr, mc.BindPort = host, port
+	if n.cfg.Advertise != "" {
+		h, p, _ := splitHostPort(n.cfg.Advertise)
+		mc.AdvertiseAddr, mc.AdvertisePort = h, p
+	}
+	mc.ProbeInterval = m.ProbeInterval
+	mc.ProbeTimeout = m.ProbeTimeout
+	mc.SuspicionMult = m.SuspicionMult
+	mc.GossipInterval = m.GossipInterval
+	mc.PushPullInterval = m.PushPullInterval
+	mc.SecretKey = n.cfg.GossipKey
+	mc.Delegate = delegate{n}
+	mc.Events = events{n}
+	mc.Logger = log.New(slogWriter{n.log}, "", 0)
+	return mc, nil
+}
+
+// slogWriter sends memberlist's log lines to the node's logger at debug
+// level (memberlist logs every probe failure as a warning; the node logs
+// state changes itself).
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.l.Debug(string(trimNewline(p)), "component", "memberlist")
+	return len(p), nil
+}
+
+func trimNewline(p []byte) []byte {
+	for len(p) > 0 && (p[len(p)-1] == '\n' || p[len(p)-1] == '\r') {
+		p = p[:len(p)-1]
+	}
+	return p
+}
+
+var _ io.Writer = slogWriter{}
+
+// delegate publishes the node's metadata. Broadcast hooks are used by
+// invalidation (a later part); the node has no user state to exchange.
+type delegate struct{ n *Node }
+
+func (d delegate) NodeMeta(limit int) []byte {
+	b, err := msgpack.Marshal(meta{Proto: protoVersion, Peer: d.n.peerAddr, HTTP: d.n.cfg.HTTP})
+	if err != nil || len(b) > limit {
+		d.n.log.Error("node metadata does not fit", "limit", limit, "err", err)
+		return nil
+	}
+	return b
+}
+func (d delegate) NotifyMsg([]byte)                           {}
+func (d delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d delegate) LocalState(join bool) []byte                { return nil }
+func (d delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// events tracks member states and rebuilds the ring. memberlist calls it
+// from its own goroutines, one event at a time.
+type events struct{ n *Node }
+
+func (e events) NotifyJoin(m *memberlist.Node)   { e.n.memberUp(m) }
+func (e events) NotifyUpdate(m *memberlist.Node) { e.n.memberUp(m) }
+func (e events) NotifyLeave(m *memberlist.Node) {
+	st := StateDead
+	if m.State == memberlist.StateLeft {
+		st = StateLeft
+	}
+	e.n.memberDown(m.Name, st)
+}
+
+func (n *Node) memberUp(m *memberlist.Node) {
+	var md meta
+	if err := msgpack.Unmarshal(m.Meta, &md); err != nil || md.Peer == "" {
+		n.log.Warn("member without usable metadata: not routing to it", "member", m.Name, "err", err)
+		return
+	}
+	if md.Proto != protoVersion {
+		n.log.Warn("member speaks another protocol version: not routing to it", "member", m.Name, "proto", md.Proto)
+		return
+	}
+	gossip := net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port)))
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	old, known := n.mu.members[m.Name]
+	healed := known && old.State != StateAlive
+	if healed {
+		// A member we had declared dead is back: either it restarted or a
+		// partition healed. Either way invalidations may have been missed
+		// on one side; near-cache copies are dropped (see maintain).
+		n.mu.heal = true
+	}
+	if !known || old.State != StateAlive {
+		n.log.Info("member alive", "member", m.Name, "gossip", gossip, "peer", md.Peer)
+	}
+	n.mu.members[m.Name] = &Member{Name: m.Name, Gossip: gossip, Peer: md.Peer, HTTP: md.HTTP, Proto: md.Proto,
+		State: StateAlive, Since: time.Now()}
+	n.rebuildLocked()
+}
+
+func (n *Node) memberDown(name string, st State) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	m, ok := n.mu.members[name]
+	if !ok {
+		return
+	}
+	if name == n.cfg.Name {
+		return
+	}
+	n.log.Info("member "+string(st), "member", name)
+	cp := *m
+	cp.State, cp.Since = st, time.Now()
+	n.mu.members[name] = &cp
+	if n.client != nil {
+		n.client.CloseAddr(m.Peer)
+	}
+	n.rebuildLocked()
+}
+
+// rebuildLocked builds the ring of the alive members and publishes the new
+// routing snapshot. n.mu must be held.
+func (n *Node) rebuildLocked() {
+	names := make([]string, 0, len(n.mu.members))
+	peers := make(map[string]*remote, len(n.mu.members))
+	for name, m := range n.mu.members {
+		if m.State != StateAlive {
+			continue
+		}
+		names = append(names, name)
+		if name != n.cfg.Name {
+			peers[name] = &remote{n: n, name: name, addr: m.Peer}
+		}
+	}
+	slices.Sort(names)
+	r, err := ring.New(n.cfg.Ring, names)
+	if err != nil {
+		n.log.Error("cannot build the ring", "members", names, "err", err)
+		return
+	}
+	old := n.route.Load()
+	if old != nil && old.ring.Version() == r.Version() {
+		// Same members: keep the snapshot, refresh addresses.
+		n.route.Store(&routing{ring: old.ring, peers: peers})
+		return
+	}
+	n.route.Store(&routing{ring: r, peers: peers})
+	select {
+	case n.changed <- struct{}{}:
+	default:
+	}
+}
+
+// routing is an immutable snapshot of the ring and the peers' addresses,
+// read without locks on the Get path.
+type routing struct {
+	ring  *ring.Ring
+	peers map[string]*remote
+}

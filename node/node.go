@@ -1,0 +1,437 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/cachenode/cachenode/node/peer"
+	"github.com/cachenode/cachenode/persist"
+	"github.com/cachenode/cachenode/ring"
+	"github.com/cachenode/cachenode/worker"
+)
+
+// Errors returned by a [Node].
+var (
+	// ErrClosed is returned by calls on a closed node.
+	ErrClosed = errors.New("node: closed")
+	// ErrNotStarted is returned by calls that need Start first.
+	ErrNotStarted = errors.New("node: not started")
+)
+
+// Node is one member of a cachenode cluster. See the package documentation
+// for its lifecycle. It is safe for concurrent use.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	cache *worker.Cache
+	store *persist.Store
+
+	client   *peer.Client
+	server   *peer.Server
+	peerAddr string // advertised peer address, set by Start before gossip begins
+	ml       *memberlist.Memberlist
+
+	route   atomic.Pointer[routing]
+	changed chan struct{} // a new ring was published; buffered 1
+	joined  atomic.Bool
+	started atomic.Bool
+
+	done chan struct{} // closed by Close: stops the background loops
+	wg   sync.WaitGroup
+
+	mu struct {
+		sync.Mutex
+		members map[string]*Member
+		heal    bool // a member came back from dead: drop near-cache copies
+		closed  bool
+	}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New validates cfg and builds a node: the cache (register workers on
+// Cache() before or after Start) and the records store. It does not touch
+// the network.
+func New(cfg Config) (*Node, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), changed: make(chan struct{}, 1), done: make(chan struct{})}
+	n.mu.members = make(map[string]*Member)
+	n.store, err = persist.Open(persist.Config{Dir: cfg.Data, Logger: n.log})
+	if err != nil {
+		return nil, fmt.Errorf("node: records: %w", err)
+	}
+	n.cache, err = worker.NewCache(worker.CacheConfig{
+		MaxBytes: cfg.Memory,
+		Defaults: cfg.Defaults,
+		Clock:    cfg.Clock,
+		Self:     cfg.Name,
+		Peers:    n,
+		OnFill:   n.record,
+		Logger:   n.log,
+	})
+	if err != nil {
+		n.store.Close()
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	n.client, err = peer.NewClient(peer.ClientConfig{Key: cfg.GossipKey, Logger: n.log})
+	if err != nil {
+		n.cache.Close()
+		n.store.Close()
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	return n, nil
+}
+
+// Name returns the node's name.
+func (n *Node) Name() string { return n.cfg.Name }
+
+// Cache returns the node's worker cache: register workers on it, with
+// Cache().Register or worker.Register for typed workers.
+func (n *Node) Cache() *worker.Cache { return n.cache }
+
+// Store returns the node's created-cache records.
+func (n *Node) Store() *persist.Store { return n.store }
+
+// Start binds the peer and gossip ports and starts serving; joining the
+// addresses of Config.Join goes on in the background with backoff until one
+// answers (see Ready and WaitReady).
+func (n *Node) Start() error {
+	if !n.started.CompareAndSwap(false, true) {
+		return errors.New("node: already started")
+	}
+	ln, err := net.Listen("tcp", n.cfg.Peer)
+	if err != nil {
+		return fmt.Errorf("node: peer listen: %w", err)
+	}
+	n.server, err = peer.NewServer(peer.ServerConfig{Key: n.cfg.GossipKey, Logger: n.log}, peer.HandlerFunc(n.handlePeer))
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("node: %w", err)
+	}
+	mc, err := n.memberlistConfig()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	// The peer address must be known before memberlist publishes our
+	// metadata, which happens inside Create.
+	n.peerAddr = n.advertisedPeer(ln.Addr().(*net.TCPAddr), mc)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.server.Serve(ln); err != nil {
+			n.log.Error("peer server stopped", "err", err)
+		}
+	}()
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		n.server.Close()
+		return fmt.Errorf("node: gossip: %w", err)
+	}
+	n.ml = ml
+	n.wg.Add(2)
+	go n.maintain()
+	go n.joinLoop()
+	n.log.Info("node started", "gossip", ml.LocalNode().Address(), "peer", n.peerAddr)
+	return nil
+}
+
+func (n *Node) advertisedPeer(bound *net.TCPAddr, mc *memberlist.Config) string {
+	if n.cfg.PeerAdvertise != "" {
+		return n.cfg.PeerAdvertise
+	}
+	host := bound.IP.String()
+	if bound.IP.IsUnspecified() {
+		host = mc.AdvertiseAddr
+		if host == "" {
+			if h, _, err := splitHostPort(n.cfg.Gossip); err == nil && h != "" && !net.ParseIP(h).IsUnspecified() {
+				host = h
+			} else if ip, err := privateIP(); err == nil {
+				host = ip
+			} else {
+				host = "127.0.0.1"
+			}
+		}
+	}
+	return net.JoinHostPort(host, strconv.Itoa(bound.Port))
+}
+
+// privateIP returns the first non-loopback IPv4 address of the machine, as
+// memberlist does for an unspecified bind address.
+func privateIP() (string, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return "", err
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLoopback() && ipn.IP.To4() != nil {
+			return ipn.IP.String(), nil
+		}
+	}
+	return "", errors.New("no private address")
+}
+
+// joinLoop joins the configured members, retrying with doubling backoff,
+// then joins every member it learned of: a push/pull with each makes the
+// new node known everywhere at once instead of after the next gossip
+// rounds (in a small cluster an alive message is retransmitted only a few
+// times, and the next periodic push/pull can be many seconds away).
+func (n *Node) joinLoop() {
+	defer n.wg.Done()
+	if len(n.cfg.Join) == 0 {
+		n.joined.Store(true)
+		return
+	}
+	backoff := n.cfg.Membership.JoinBackoff
+	for attempt := 1; ; attempt++ {
+		k, err := n.ml.Join(n.cfg.Join)
+		if err == nil && k > 0 {
+			n.joinAll()
+			n.joined.Store(true)
+			n.log.Info("joined the cluster", "contacted", k, "members", n.ml.NumMembers())
+			return
+		}
+		n.log.Warn("join failed, retrying", "attempt", attempt, "in", backoff, "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-n.done:
+			t.Stop()
+			return
+		}
+		backoff = min(2*backoff, n.cfg.Membership.JoinBackoffMax)
+	}
+}
+
+func (n *Node) joinAll() {
+	var addrs []string
+	self := n.ml.LocalNode().Name
+	for _, m := range n.ml.Members() {
+		if m.Name != self {
+			addrs = append(addrs, m.Address())
+		}
+	}
+	if len(addrs) > 0 {
+		if _, err := n.ml.Join(addrs); err != nil {
+			n.log.Debug("join of every member incomplete", "err", err)
+		}
+	}
+}
+
+// Ready reports whether the node has joined the cluster (or started a new
+// one) and its ring includes itself.
+func (n *Node) Ready() bool {
+	r := n.route.Load()
+	return n.joined.Load() && r != nil && r.ring.Has(n.cfg.Name)
+}
+
+// WaitReady waits until Ready or ctx ends.
+func (n *Node) WaitReady(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for !n.Ready() {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.done:
+			return ErrClosed
+		}
+	}
+	return nil
+}
+
+// GossipAddr returns the gossip address other members use to reach this
+// node, or "" before Start.
+func (n *Node) GossipAddr() string {
+	if n.ml == nil {
+		return ""
+	}
+	return n.ml.LocalNode().Address()
+}
+
+// PeerAddr returns the advertised peer-transport address, or "" before
+// Start.
+func (n *Node) PeerAddr() string { return n.peerAddr }
+
+// Ring returns the current ring, or nil before Start.
+func (n *Node) Ring() *ring.Ring {
+	if r := n.route.Load(); r != nil {
+		return r.ring
+	}
+	return nil
+}
+
+// Members returns what this node knows of every member, sorted by name.
+func (n *Node) Members() []Member {
+	n.mu.Lock()
+	out := make([]Member, 0, len(n.mu.members))
+	for _, m := range n.mu.members {
+		out = append(out, *m)
+	}
+	n.mu.Unlock()
+	sortMembers(out)
+	return out
+}
+
+func sortMembers(ms []Member) {
+	for i := 1; i < len(ms); i++ {
+		for j := i; j > 0 && ms[j].Name < ms[j-1].Name; j-- {
+			ms[j], ms[j-1] = ms[j-1], ms[j]
+		}
+	}
+}
+
+// Get returns the entry of label for args and how it was answered; see the
+// package documentation for the path it takes. Errors:
+// worker.ErrUnknownLabel, worker.ErrBadArgs, worker.ErrConfig (overrides),
+// errors wrapping worker.ErrFill, the context's error.
+func (n *Node) Get(ctx context.Context, label string, args worker.Args, ov worker.Settings) (*worker.Entry, worker.Status, error) {
+	w, ok := n.cache.Worker(label)
+	if !ok {
+		return nil, 0, fmt.Errorf("%w: %q", worker.ErrUnknownLabel, label)
+	}
+	return w.Get(ctx, args, ov)
+}
+
+// Owner returns the name of the member that owns key in this node's ring.
+func (n *Node) Owner(key string) string {
+	r := n.route.Load()
+	if r == nil {
+		return n.cfg.Name
+	}
+	o, _ := r.ring.Owner(key)
+	return o
+}
+
+// PickPeer implements worker.PeerPicker with the current ring.
+func (n *Node) PickPeer(key string) (worker.Peer, bool) {
+	r := n.route.Load()
+	if r == nil {
+		return nil, false
+	}
+	owner, ok := r.ring.Owner(key)
+	if !ok || owner == n.cfg.Name {
+		return nil, false
+	}
+	p, ok := r.peers[owner]
+	if !ok {
+		return nil, false
+	}
+	return p, true
+}
+
+var _ worker.PeerPicker = (*Node)(nil)
+
+// record writes the created-cache record of an owned fill: before the fill
+// returns, or in the background with delay_logging.
+func (n *Node) record(e *worker.Entry, pol worker.Policy) {
+	match, err := worker.MatchValues(e.Args)
+	if err != nil {
+		n.log.Error("record: arguments", "key", e.Key, "err", err)
+		return
+	}
+	rec := persist.Record{
+		Label: e.Label, Key: e.Key, Args: e.Args, Match: match, Owner: e.Owner,
+		CreatedAt: e.CreatedAt, RelevanceTo: e.RelevanceTo, AvailableTo: e.AvailableTo,
+		FillDuration: e.FillDuration, Size: int64(len(e.Value)),
+	}
+	if pol.DelayLogging {
+		err = n.store.PutAsync(rec)
+	} else {
+		err = n.store.Put(rec)
+	}
+	if err != nil && !errors.Is(err, persist.ErrClosed) {
+		n.log.Error("record not written", "key", e.Key, "err", err)
+	}
+}
+
+// maintain applies ring changes to the cache: entries whose key moved to
+// another owner are dropped (the new owner fills them once), near-cache
+// copies of partitions whose owner changed are dropped, and after a member
+// came back from dead every near-cache copy is dropped, since this node or
+// that one may have missed invalidations.
+func (n *Node) maintain() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.done:
+			return
+		case <-n.changed:
+		}
+		r := n.route.Load()
+		n.mu.Lock()
+		heal := n.mu.heal
+		n.mu.heal = false
+		n.mu.Unlock()
+		self := n.cfg.Name
+		moved, near := 0, 0
+		for e := range n.cache.Entries() {
+			owner, _ := r.ring.Owner(e.Key)
+			switch {
+			case e.Owner == self && owner != self:
+				moved++
+			case e.Owner != self && (heal || owner != e.Owner):
+				near++
+			default:
+				continue
+			}
+			if w, ok := n.cache.Worker(e.Label); ok {
+				w.Drop(e.Key)
+			}
+		}
+		if moved+near > 0 {
+			n.log.Debug("ring change applied", "version", r.ring.Version(), "moved", moved, "near_dropped", near, "heal", heal)
+		}
+	}
+}
+
+// Close hands hot entries to their next owners, leaves the cluster, stops
+// serving and closes the store. It is safe to call twice.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() { n.closeErr = n.close(true) })
+	return n.closeErr
+}
+
+func (n *Node) close(graceful bool) error {
+	n.mu.Lock()
+	n.mu.closed = true
+	n.mu.Unlock()
+	var errs []error
+	if n.ml != nil {
+		if graceful {
+			n.handoff()
+			if err := n.ml.Leave(n.cfg.Membership.LeaveTimeout); err != nil {
+				errs = append(errs, fmt.Errorf("leave: %w", err))
+			}
+		}
+		if err := n.ml.Shutdown(); err != nil {
+			errs = append(errs, fmt.Errorf("gossip: %w", err))
+		}
+	}
+	close(n.done)
+	if n.server != nil {
+		errs = append(errs, n.server.Close())
+	}
+	n.wg.Wait()
+	errs = append(errs, n.client.Close(), n.cache.Close(), n.store.Close())
+	return errors.Join(errs...)
+}
+
+// crash stops the node as a kill -9 would look to the others: no handoff,
+// no leave message, sockets closed. For tests.
+func (n *Node) crash() {
+	n.closeOnce.Do(func() { n.closeErr = n.close(false) })
+}

@@ -1,0 +1,170 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/cachenode/cachenode/node/peer"
+	"github.com/cachenode/cachenode/worker"
+)
+
+// remote is another member, as a worker.Peer.
+type remote struct {
+	n    *Node
+	name string
+	addr string
+}
+
+var _ worker.Peer = (*remote)(nil)
+
+func (p *remote) Name() string { return p.name }
+
+// Fetch asks the owner for a key. The owner's getter errors come back
+// wrapping worker.ErrFill, so that the caller does not run the getter a
+// second time; every other failure lets the caller fall back.
+func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.Entry, worker.Status, error) {
+	body, err := msgpack.Marshal(fetchReq{Label: req.Label, Key: req.Key, Args: req.Args, Ov: toWireSettings(req.Overrides)})
+	if err != nil {
+		return nil, 0, fmt.Errorf("node: encode fetch: %w", err)
+	}
+	resp, err := p.n.client.Call(ctx, p.addr, opFetch, body)
+	if err != nil {
+		var re *peer.RemoteError
+		if errors.As(err, &re) && re.Code == codeFill {
+			return nil, 0, fmt.Errorf("%w: owner %s: %s", worker.ErrFill, p.name, re.Message)
+		}
+		return nil, 0, fmt.Errorf("node: fetch from %s: %w", p.name, err)
+	}
+	var we wireEntry
+	if err := msgpack.Unmarshal(resp, &we); err != nil {
+		return nil, 0, fmt.Errorf("node: fetch from %s: bad answer: %w", p.name, err)
+	}
+	return we.entry(), worker.Status(we.Status), nil
+}
+
+// handlePeer answers the peer transport's requests.
+func (n *Node) handlePeer(ctx context.Context, op byte, payload []byte) ([]byte, error) {
+	switch op {
+	case opFetch:
+		return n.handleFetch(ctx, payload)
+	case opHandoff:
+		return n.handleHandoff(payload)
+	}
+	return nil, &peer.RemoteError{Code: codeBadRequest, Message: fmt.Sprintf("unknown op %d", op)}
+}
+
+func (n *Node) handleFetch(ctx context.Context, payload []byte) ([]byte, error) {
+	var req fetchReq
+	if err := msgpack.Unmarshal(payload, &req); err != nil {
+		return nil, &peer.RemoteError{Code: codeBadRequest, Message: err.Error()}
+	}
+	w, ok := n.cache.Worker(req.Label)
+	if !ok {
+		return nil, &peer.RemoteError{Code: codeUnknownWorker, Message: req.Label}
+	}
+	// Answer as the owner whatever our ring says: a forwarded request is
+	// never forwarded again.
+	e, st, err := w.GetOwned(ctx, req.Args, req.Ov.settings())
+	if err != nil {
+		switch {
+		case errors.Is(err, worker.ErrFill):
+			return nil, &peer.RemoteError{Code: codeFill, Message: err.Error()}
+		case errors.Is(err, worker.ErrBadArgs), errors.Is(err, worker.ErrConfig):
+			return nil, &peer.RemoteError{Code: codeBadRequest, Message: err.Error()}
+		}
+		return nil, err
+	}
+	return msgpack.Marshal(toWire(e, st))
+}
+
+func (n *Node) handleHandoff(payload []byte) ([]byte, error) {
+	var req handoffReq
+	if err := msgpack.Unmarshal(payload, &req); err != nil {
+		return nil, &peer.RemoteError{Code: codeBadRequest, Message: err.Error()}
+	}
+	kept := 0
+	for i := range req.Entries {
+		e := req.Entries[i].entry()
+		w, ok := n.cache.Worker(e.Label)
+		if !ok {
+			continue
+		}
+		e.Owner = n.cfg.Name
+		if w.Put(e) {
+			kept++
+			n.record(e, w.Policy())
+		}
+	}
+	n.log.Debug("handoff received", "from", req.From, "entries", len(req.Entries), "kept", kept)
+	return msgpack.Marshal(handoffResp{Kept: kept})
+}
+
+// handoff sends this node's hottest owned entries to the members that own
+// them once this node is gone, so that a rolling restart does not refill
+// every key.
+func (n *Node) handoff() {
+	if n.cfg.HandoffEntries < 0 {
+		return
+	}
+	r := n.route.Load()
+	if r == nil || r.ring.Len() < 2 {
+		return
+	}
+	next, err := r.ring.Without(n.cfg.Name)
+	if err != nil {
+		return
+	}
+	batches := make(map[string][]wireEntry)
+	count, bytes := 0, int64(0)
+	now := n.cache.Clock().Now()
+	for e := range n.cache.Hottest() {
+		if count >= n.cfg.HandoffEntries || bytes >= n.cfg.HandoffBytes {
+			break
+		}
+		if e.Owner != n.cfg.Name || e.Expired(now) {
+			continue
+		}
+		owner, ok := next.Owner(e.Key)
+		if !ok {
+			continue
+		}
+		batches[owner] = append(batches[owner], toWire(e, worker.Hit))
+		count++
+		bytes += int64(len(e.Value))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for owner, entries := range batches {
+		p, ok := r.peers[owner]
+		if !ok {
+			continue
+		}
+		sendHandoff(ctx, n, p, entries)
+	}
+}
+
+// sendHandoff sends entries in chunks that stay well under the frame limit.
+func sendHandoff(ctx context.Context, n *Node, p *remote, entries []wireEntry) {
+	const chunkBytes = 4 << 20
+	for len(entries) > 0 {
+		size, i := 0, 0
+		for i < len(entries) && (i == 0 || size+len(entries[i].Value) < chunkBytes) {
+			size += len(entries[i].Value) + len(entries[i].Key) + 64
+			i++
+		}
+		body, err := msgpack.Marshal(handoffReq{From: n.cfg.Name, Entries: entries[:i]})
+		entries = entries[i:]
+		if err != nil {
+			n.log.Error("handoff encode", "err", err)
+			continue
+		}
+		if _, err := n.client.Call(ctx, p.addr, opHandoff, body); err != nil {
+			n.log.Warn("handoff failed", "to", p.name, "err", err)
+			return
+		}
+	}
+}

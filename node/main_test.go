@@ -2,8 +2,8 @@ package node
 
 import (
 	"context"
-	"log/slog"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 

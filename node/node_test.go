@@ -242,7 +242,7 @@ func TestGarbageFromAPeerIsRejected(t *testing.T) {
 	target := c.nodes[0]
 	payloads := [][]byte{
 		[]byte("GET / HTTP/1.1\r\n\r\n"),
-		{0, 0, 0, 9, 1, 2},                  // truncated
+		{0, 0, 0, 9, 1, 2},                   // truncated
 		{0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0}, // oversized length
 	}
 	for _, p := range payloads {

@@ -65,6 +65,11 @@ type Config struct {
 	HandoffEntries int
 	// HandoffBytes bounds the bytes of values handed off. Default 64 MiB.
 	HandoffBytes int64
+	// OnPeerCall, when set, is called after every peer-transport call this
+	// node makes, with the operation ("fetch", "handoff", "invalidate"), the
+	// peer's name, the call's duration and its error: the hook for latency
+	// metrics. It must not block. Default nil.
+	OnPeerCall func(op, peer string, d time.Duration, err error)
 	// Clock is the time source of the cache. Default the system clock.
 	Clock worker.Clock
 	// Logger receives the node's logs. Default: discarded.

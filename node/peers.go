@@ -31,7 +31,7 @@ func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.En
 	if err != nil {
 		return nil, 0, fmt.Errorf("node: encode fetch: %w", err)
 	}
-	resp, err := p.n.client.Call(ctx, p.addr, opFetch, body)
+	resp, err := p.n.call(ctx, p, opFetch, body)
 	if err != nil {
 		var re *peer.RemoteError
 		if errors.As(err, &re) && re.Code == codeFill {
@@ -162,9 +162,22 @@ func sendHandoff(ctx context.Context, n *Node, p *remote, entries []wireEntry) {
 			n.log.Error("handoff encode", "err", err)
 			continue
 		}
-		if _, err := n.client.Call(ctx, p.addr, opHandoff, body); err != nil {
+		if _, err := n.call(ctx, p, opHandoff, body); err != nil {
 			n.log.Warn("handoff failed", "to", p.name, "err", err)
 			return
 		}
 	}
+}
+
+var opNames = map[byte]string{opFetch: "fetch", opHandoff: "handoff", opInvalidate: "invalidate"}
+
+// call makes a peer call and reports it to Config.OnPeerCall.
+func (n *Node) call(ctx context.Context, p *remote, op byte, body []byte) ([]byte, error) {
+	if n.cfg.OnPeerCall == nil {
+		return n.client.Call(ctx, p.addr, op, body)
+	}
+	start := time.Now()
+	resp, err := n.client.Call(ctx, p.addr, op, body)
+	n.cfg.OnPeerCall(opNames[op], p.name, time.Since(start), err)
+	return resp, err
 }

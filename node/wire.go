@@ -12,8 +12,9 @@ const protoVersion = 1
 
 // Operations of the peer transport.
 const (
-	opFetch   byte = 1 // fetchReq → wireEntry: answer for a key this node owns
-	opHandoff byte = 2 // handoffReq → handoffResp: entries of a leaving node
+	opFetch      byte = 1 // fetchReq → wireEntry: answer for a key this node owns
+	opHandoff    byte = 2 // handoffReq → handoffResp: entries of a leaving node
+	opInvalidate byte = 3 // invalidation event → applied count
 )
 
 // Error codes carried in peer.RemoteError.

@@ -123,3 +123,5 @@ func mustGet(t testing.TB, s *Store, key string) Record {
 }
 
 func fmtKeys(ks []string) string { return fmt.Sprintf("%q", ks) }
+
+type pebbleDB = pebble.DB

@@ -3,6 +3,7 @@ package persist
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"reflect"
 	"slices"
 	"strings"
@@ -51,9 +52,9 @@ type Record struct {
 }
 
 // recordVersion is the first byte of every stored record. Version 1 is a
-// msgpack array of at least recordFields elements, in the order of
-// encodeRecord; a later writer of version 1 may append elements, which
-// older readers skip.
+// msgpack array of exactly recordFields elements, in the order of
+// encodeRecord; another layout gets another version byte, and a reader
+// refuses versions it does not know.
 const (
 	recordVersion = 1
 	recordFields  = 10
@@ -236,7 +237,6 @@ func decodeRecord(b []byte) (Record, error) {
 		return Record{}, fmt.Errorf("%w: unknown version %d", errBadRecord, b[0])
 	}
 	db := decPool.Get().(*decodeBuf)
-	defer decPool.Put(db)
 	db.r.Reset(b[1:])
 	db.dec.Reset(&db.r)
 	rec, err := decodeRecordFields(db.dec, &db.r)
@@ -246,6 +246,7 @@ func decodeRecord(b []byte) (Record, error) {
 	if err != nil {
 		return Record{}, fmt.Errorf("%w: %v", errBadRecord, err)
 	}
+	decPool.Put(db) // only after a clean decode: an error may leave state behind
 	return rec, nil
 }
 
@@ -255,13 +256,13 @@ func decodeRecordFields(d *msgpack.Decoder, r *bytes.Reader) (Record, error) {
 	if err != nil {
 		return rec, err
 	}
-	if n < recordFields || n > r.Len() {
+	if n != recordFields {
 		return rec, fmt.Errorf("%d fields", n)
 	}
-	if rec.Label, err = d.DecodeString(); err != nil {
+	if rec.Label, err = decodeStr(d, r); err != nil {
 		return rec, fmt.Errorf("label: %w", err)
 	}
-	if rec.Key, err = d.DecodeString(); err != nil {
+	if rec.Key, err = decodeStr(d, r); err != nil {
 		return rec, fmt.Errorf("key: %w", err)
 	}
 	if rec.Key == "" {
@@ -281,7 +282,7 @@ func decodeRecordFields(d *msgpack.Decoder, r *bytes.Reader) (Record, error) {
 	if rec.Match, err = decodeMatch(d, r); err != nil {
 		return rec, fmt.Errorf("match: %w", err)
 	}
-	if rec.Owner, err = d.DecodeString(); err != nil {
+	if rec.Owner, err = decodeStr(d, r); err != nil {
 		return rec, fmt.Errorf("owner: %w", err)
 	}
 	for _, t := range []*time.Time{&rec.CreatedAt, &rec.RelevanceTo, &rec.AvailableTo} {
@@ -297,11 +298,6 @@ func decodeRecordFields(d *msgpack.Decoder, r *bytes.Reader) (Record, error) {
 	if rec.Size, err = d.DecodeInt64(); err != nil {
 		return rec, fmt.Errorf("size: %w", err)
 	}
-	for i := recordFields; i < n; i++ {
-		if err := d.Skip(); err != nil {
-			return rec, fmt.Errorf("field %d: %w", i, err)
-		}
-	}
 	return rec, nil
 }
 
@@ -315,7 +311,7 @@ func decodeMatch(d *msgpack.Decoder, r *bytes.Reader) (map[string][]string, erro
 	}
 	m := make(map[string][]string, n)
 	for range n {
-		a, err := d.DecodeString()
+		a, err := decodeStr(d, r)
 		if err != nil {
 			return nil, err
 		}
@@ -328,7 +324,7 @@ func decodeMatch(d *msgpack.Decoder, r *bytes.Reader) (map[string][]string, erro
 		}
 		vs := make([]string, 0, max(k, 0))
 		for range k {
-			v, err := d.DecodeString()
+			v, err := decodeStr(d, r)
 			if err != nil {
 				return nil, err
 			}
@@ -347,7 +343,10 @@ func decodeTime(d *msgpack.Decoder) (time.Time, error) {
 	if c == msgpcode.Nil {
 		return time.Time{}, d.DecodeNil()
 	}
-	if !msgpcode.IsExt(c) {
+	// The three encodings of a time: 4, 8 or 12 bytes. Checking the code
+	// first keeps a garbage extension length from reaching the decoder,
+	// which would allocate it.
+	if c != msgpcode.FixExt4 && c != msgpcode.FixExt8 && c != msgpcode.Ext8 {
 		return time.Time{}, fmt.Errorf("code 0x%02x is not a time", c)
 	}
 	t, err := d.DecodeTime()
@@ -355,6 +354,31 @@ func decodeTime(d *msgpack.Decoder) (time.Time, error) {
 		return time.Time{}, err
 	}
 	return t.UTC(), nil
+}
+
+// decodeStr decodes a string (nil decodes as ""). It reads the bytes from
+// r itself: the decoder's own string reading grows a buffer it keeps to
+// the declared length, chunk by chunk, even when the input is shorter.
+func decodeStr(d *msgpack.Decoder, r *bytes.Reader) (string, error) {
+	c, err := d.PeekCode()
+	if err != nil {
+		return "", err
+	}
+	if c != msgpcode.Nil && !msgpcode.IsString(c) {
+		return "", fmt.Errorf("code 0x%02x is not a string", c)
+	}
+	n, err := d.DecodeBytesLen()
+	if err != nil || n <= 0 {
+		return "", err
+	}
+	if n > r.Len() {
+		return "", fmt.Errorf("string of %d with %d bytes left", n, r.Len())
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", err
+	}
+	return string(b), nil
 }
 
 // decodeValue decodes one argument value (see Record.Args). Declared
@@ -380,9 +404,22 @@ func decodeValue(d *msgpack.Decoder, r *bytes.Reader, depth int) (any, error) {
 	case c == msgpcode.Float || c == msgpcode.Double:
 		return d.DecodeFloat64()
 	case msgpcode.IsString(c):
-		return d.DecodeString()
+		return decodeStr(d, r)
 	case msgpcode.IsBin(c):
-		return d.DecodeBytes()
+		// Not d.DecodeBytes: it allocates the declared length before
+		// reading, and garbage can declare 4 GiB.
+		n, err := d.DecodeBytesLen()
+		if err != nil {
+			return nil, err
+		}
+		if n > r.Len() {
+			return nil, fmt.Errorf("bytes of %d with %d bytes left", n, r.Len())
+		}
+		b := make([]byte, n)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return nil, err
+		}
+		return b, nil
 	case msgpcode.IsExt(c):
 		return decodeTime(d)
 	case msgpcode.IsFixedArray(c), c == msgpcode.Array16, c == msgpcode.Array32:
@@ -419,7 +456,7 @@ func decodeValue(d *msgpack.Decoder, r *bytes.Reader, depth int) (any, error) {
 			if !msgpcode.IsString(kc) {
 				return nil, fmt.Errorf("map key code 0x%02x is not a string", kc)
 			}
-			k, err := d.DecodeString()
+			k, err := decodeStr(d, r)
 			if err != nil {
 				return nil, err
 			}

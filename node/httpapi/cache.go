@@ -1,0 +1,267 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"mime"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cachenode/cachenode/worker"
+)
+
+// Query is a parsed GET /v1/cache query: the worker's arguments, the
+// per-call overrides and whether the entity form was asked for.
+type Query struct {
+	Args      worker.Args
+	Overrides worker.Settings
+	// Entity is the _entity parameter; nil when absent (the worker's
+	// cached_entity decides).
+	Entity *bool
+}
+
+// ParseQuery reads a raw query string. Parameters not starting with "_"
+// are arguments: a parameter given once is a string, one repeated is a list
+// of strings. Parameters starting with "_" are overrides: _expires, _tick,
+// _tick_amount, _is_concurrent, _relevance_invalidation,
+// _relevance_expires, _delay_invalidation, _delay_countdown (durations as Go
+// durations or seconds, booleans as true/false/1/0), and _entity. Unknown or
+// repeated overrides and malformed values are errors.
+func ParseQuery(raw string) (Query, error) {
+	vals, err := url.ParseQuery(raw)
+	if err != nil {
+		return Query{}, fmt.Errorf("malformed query: %v", err)
+	}
+	q := Query{Args: worker.Args{}}
+	names := make([]string, 0, len(vals))
+	for name := range vals {
+		names = append(names, name)
+	}
+	slices.Sort(names) // deterministic first error
+	for _, name := range names {
+		vs := vals[name]
+		if name == "" {
+			return Query{}, fmt.Errorf("a query parameter has an empty name")
+		}
+		if !strings.HasPrefix(name, "_") {
+			if len(vs) == 1 {
+				q.Args[name] = vs[0]
+			} else {
+				l := make([]any, len(vs))
+				for i, v := range vs {
+					l[i] = v
+				}
+				q.Args[name] = l
+			}
+			continue
+		}
+		if len(vs) != 1 {
+			return Query{}, fmt.Errorf("%s: given %d times", name, len(vs))
+		}
+		if err := q.setOverride(name, vs[0]); err != nil {
+			return Query{}, fmt.Errorf("%s: %v", name, err)
+		}
+	}
+	return q, nil
+}
+
+func (q *Query) setOverride(name, v string) error {
+	s := &q.Overrides
+	switch name {
+	case "_expires":
+		return parsePositiveDuration(v, &s.Expires)
+	case "_tick":
+		return parsePositiveDuration(v, &s.Tick)
+	case "_relevance_expires":
+		return parsePositiveDuration(v, &s.RelevanceExpires)
+	case "_delay_countdown":
+		var d time.Duration
+		if err := parseDuration(v, &d); err != nil {
+			return err
+		}
+		s.DelayCountdown = &d
+	case "_tick_amount":
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return fmt.Errorf("want an integer >= 1, got %q", v)
+		}
+		s.TickAmount = &n
+	case "_is_concurrent":
+		return parseBool(v, &s.IsConcurrent)
+	case "_relevance_invalidation":
+		return parseBool(v, &s.RelevanceInvalidation)
+	case "_delay_invalidation":
+		return parseBool(v, &s.DelayInvalidation)
+	case "_entity":
+		return parseBool(v, &q.Entity)
+	default:
+		return fmt.Errorf("unknown override (known: _expires, _tick, _tick_amount, _is_concurrent, _relevance_invalidation, _relevance_expires, _delay_invalidation, _delay_countdown, _entity)")
+	}
+	return nil
+}
+
+func parseBool(v string, dst **bool) error {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("want true or false, got %q", v)
+	}
+	*dst = &b
+	return nil
+}
+
+// parseDuration reads a Go duration ("1.5s", "100ms") or seconds ("2.5").
+func parseDuration(v string, dst *time.Duration) error {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		f, ferr := strconv.ParseFloat(v, 64)
+		if ferr != nil || f != f || f > 1e9 {
+			return fmt.Errorf("want a duration such as 100ms or 5s, or seconds, got %q", v)
+		}
+		d = time.Duration(f * float64(time.Second))
+	}
+	if d < 0 {
+		return fmt.Errorf("negative duration %q", v)
+	}
+	*dst = d
+	return nil
+}
+
+func parsePositiveDuration(v string, dst *time.Duration) error {
+	if err := parseDuration(v, dst); err != nil {
+		return err
+	}
+	if *dst <= 0 {
+		return fmt.Errorf("must be > 0, got %q", v)
+	}
+	return nil
+}
+
+// handleCache answers GET /v1/cache/{label}.
+func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
+	label := r.PathValue("label")
+	wk, ok := s.node.Cache().Worker(label)
+	if !ok {
+		writeError(w, http.StatusNotFound, "unknown_worker", fmt.Sprintf("no worker %q", label))
+		return
+	}
+	q, err := ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+		return
+	}
+	pol, err := wk.PolicyFor(q.Overrides)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+		return
+	}
+	// The longest a read can legitimately take: a wait that runs out, a
+	// fetch from the owner bounded by the same budget, then a fill here.
+	fill := wk.Config().FillTimeout
+	if fill <= 0 {
+		fill = pol.Budget()
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*pol.Budget()+fill+s.cfg.Slack)
+	defer cancel()
+	e, st, err := s.node.Get(ctx, label, q.Args, q.Overrides)
+	if err != nil {
+		code, word := statusOf(err)
+		if word == "internal" || word == "origin_error" {
+			s.log.Warn("read failed", "label", label, "err", err)
+		}
+		writeError(w, code, word, err.Error())
+		return
+	}
+	owner := e.Owner
+	if st == worker.Fallback {
+		// The value was computed here; the client wants to know who owns
+		// the key.
+		owner = s.node.Owner(e.Key)
+	}
+	h := w.Header()
+	h.Set("X-Cache", st.String())
+	h.Set("X-Cache-Key", headerSafe(e.Key))
+	h.Set("X-Cache-Owner", owner)
+	h.Set("X-Cache-Node", s.node.Name())
+	if rv := s.node.Ring(); rv != nil {
+		h.Set("X-Cache-Ring", strconv.FormatUint(rv.Version(), 10))
+	}
+	age := wk.Age(e)
+	if age < 0 {
+		age = 0
+	}
+	h.Set("Age", strconv.FormatInt(int64(age/time.Second), 10))
+	entity := pol.CachedEntity
+	if q.Entity != nil {
+		entity = *q.Entity
+	}
+	if entity {
+		writeJSON(w, http.StatusOK, entityOf(e, owner, st))
+		return
+	}
+	ct := e.ContentType
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	h.Set("Content-Type", ct)
+	h.Set("Content-Length", strconv.Itoa(len(e.Value)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		w.Write(e.Value)
+	}
+}
+
+// headerSafe keeps a key usable as a header value: keys are made of
+// printable bytes already, but a custom KeyGen could produce anything.
+func headerSafe(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return url.PathEscape(s)
+		}
+	}
+	return s
+}
+
+// Entity is the _entity=1 form of a cached value.
+type Entity struct {
+	Label       string          `json:"label"`
+	Key         string          `json:"key"`
+	Args        worker.Args     `json:"args"`
+	Owner       string          `json:"owner"`
+	Status      string          `json:"status"`
+	CreatedAt   time.Time       `json:"created_at"`
+	RelevanceTo *time.Time      `json:"relevance_to"`
+	AvailableTo time.Time       `json:"available_to"`
+	ContentType string          `json:"content_type,omitempty"`
+	Value       json.RawMessage `json:"value,omitempty"`
+	ValueBase64 *string         `json:"value_base64,omitempty"`
+}
+
+func entityOf(e *worker.Entry, owner string, st worker.Status) Entity {
+	out := Entity{Label: e.Label, Key: e.Key, Args: e.Args, Owner: owner, Status: st.String(),
+		CreatedAt: e.CreatedAt, AvailableTo: e.AvailableTo, ContentType: e.ContentType}
+	if !e.RelevanceTo.IsZero() {
+		t := e.RelevanceTo
+		out.RelevanceTo = &t
+	}
+	if isJSON(e.ContentType) && json.Valid(e.Value) {
+		out.Value = json.RawMessage(e.Value)
+	} else {
+		b := base64.StdEncoding.EncodeToString(e.Value)
+		out.ValueBase64 = &b
+	}
+	return out
+}
+
+func isJSON(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return false
+	}
+	return mt == "application/json" || strings.HasSuffix(mt, "+json")
+}

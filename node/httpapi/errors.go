@@ -1,0 +1,73 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/cachenode/cachenode/invalidation"
+	"github.com/cachenode/cachenode/node"
+	"github.com/cachenode/cachenode/worker"
+)
+
+// Error is the body of every error answer.
+type Error struct {
+	// Error is a sentence for a person.
+	Error string `json:"error"`
+	// Code is a stable word for a program: unknown_worker, unknown_model,
+	// bad_request, unauthorized, body_too_large, origin_error, fill_timeout,
+	// not_found, method_not_allowed, not_ready, shutting_down,
+	// unavailable, not_implemented, internal.
+	Code string `json:"code"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // keys hold & and < often; they are not HTML
+	if err := enc.Encode(v); err != nil {
+		writeError(w, http.StatusInternalServerError, "internal", "cannot encode the answer: "+err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(buf.Bytes())
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	b, _ := json.Marshal(Error{Error: msg, Code: code})
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+// statusOf maps an error of the node, the worker or the invalidation
+// package to the contract's status and code.
+func statusOf(err error) (int, string) {
+	switch {
+	case errors.Is(err, worker.ErrUnknownLabel), errors.Is(err, invalidation.ErrUnknownLabel):
+		return http.StatusNotFound, "unknown_worker"
+	case errors.Is(err, invalidation.ErrUnknownModel):
+		return http.StatusNotFound, "unknown_model"
+	case errors.Is(err, worker.ErrBadArgs), errors.Is(err, worker.ErrConfig), errors.Is(err, invalidation.ErrBadRequest):
+		return http.StatusBadRequest, "bad_request"
+	case errors.Is(err, worker.ErrFill):
+		// Checked before the context errors: an origin that timed out is
+		// an origin error, not a wait that ran out.
+		return http.StatusBadGateway, "origin_error"
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, "fill_timeout"
+	case errors.Is(err, context.Canceled):
+		// The client went away; nobody reads this.
+		return 499, "canceled"
+	case errors.Is(err, worker.ErrClosed), errors.Is(err, node.ErrClosed), errors.Is(err, node.ErrNotStarted):
+		return http.StatusServiceUnavailable, "unavailable"
+	}
+	return http.StatusInternalServerError, "internal"
+}

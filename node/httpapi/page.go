@@ -140,6 +140,7 @@ func (s *Server) handlePage(w http.ResponseWriter, r *http.Request) {
 		d.Records, d.MoreRecords = recs, next != ""
 	}
 	d.Fills, d.Invs = s.metrics.recent()
+	d.Fills, d.Invs = d.Fills[:min(len(d.Fills), pageRecent)], d.Invs[:min(len(d.Invs), pageRecent)]
 	var buf bytes.Buffer
 	if err := s.page.Execute(&buf, d); err != nil {
 		writeError(w, http.StatusInternalServerError, "internal", "cannot render the page: "+err.Error())
@@ -200,8 +201,11 @@ func ago(t time.Time) string {
 	return t.Format("2006-01-02 15:04")
 }
 
-// pageRecords is how many records the page lists.
-const pageRecords = 8
+// How many records, fills and invalidations the page lists.
+const (
+	pageRecords = 8
+	pageRecent  = 8
+)
 
 // until says how far t is, "in 5m", or how long ago it passed.
 func until(t *time.Time) string {

@@ -1,0 +1,212 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/cachenode/cachenode/invalidation"
+	"github.com/cachenode/cachenode/node"
+	"github.com/cachenode/cachenode/worker"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// memberlist's package-level metrics sink is the only goroutine
+		// allowed to linger (see node/main_test.go).
+		goleak.IgnoreTopFunction("github.com/hashicorp/go-metrics.(*InmemSink).run"),
+		goleak.IgnoreAnyFunction("github.com/hashicorp/go-metrics.NewInmemSink"),
+	)
+}
+
+// steady is LocalMembership made slow to declare members dead, so that a
+// starved node on a loaded two-core machine stays in the ring.
+func steady() node.Membership {
+	m := node.LocalMembership()
+	m.ProbeInterval = time.Second
+	m.ProbeTimeout = 500 * time.Millisecond
+	m.SuspicionMult = 6
+	return m
+}
+
+// fooDB is the origin of the tests: Foo records with attr1, and counts of
+// getter runs per key.
+type fooDB struct {
+	mu    sync.Mutex
+	foos  map[string]string // id → attr1; guarded by mu
+	rev   int               // guarded by mu
+	calls map[string]int    // key → getter runs; guarded by mu
+}
+
+func newFooDB() *fooDB {
+	return &fooDB{foos: map[string]string{"1": "red", "2": "red", "3": "blue", "4": "green"}, calls: map[string]int{}}
+}
+
+func (db *fooDB) count(label string, args worker.Args) {
+	k, _ := worker.KeyOf(label, args)
+	db.mu.Lock()
+	db.calls[k]++
+	db.mu.Unlock()
+}
+
+func (db *fooDB) runs(key string) int {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return db.calls[key]
+}
+
+func (db *fooDB) register(t *testing.T, n *node.Node, m *Metrics) {
+	t.Helper()
+	filtered := worker.GetterFunc(func(ctx context.Context, args worker.Args) (worker.Value, error) {
+		db.count("filtered", args)
+		db.mu.Lock()
+		defer db.mu.Unlock()
+		var ids []string
+		for id, a := range db.foos {
+			if args["attr1"] == nil || args["attr1"] == a {
+				ids = append(ids, id)
+			}
+		}
+		b, _ := json.Marshal(map[string]any{"ids": len(ids), "rev": db.rev})
+		return worker.Value{Data: b, ContentType: "application/json"}, nil
+	})
+	items := worker.GetterFunc(func(ctx context.Context, args worker.Args) (worker.Value, error) {
+		db.count("items", args)
+		time.Sleep(time.Millisecond) // an origin takes a moment
+		if args["fail"] != nil {
+			return worker.Value{}, fmt.Errorf("the database is down")
+		}
+		return worker.Value{Data: []byte(fmt.Sprintf("item %v", args["id"])), ContentType: "text/plain; charset=utf-8"}, nil
+	})
+	for _, c := range []worker.Config{
+		{Label: "filtered", Getter: m.WrapGetter("filtered", origin{filtered, "http://db.internal/foos/filter"}), Settings: worker.Settings{Expires: time.Hour}},
+		{Label: "items", Getter: m.WrapGetter("items", origin{items, "http://db.internal/items"}), Settings: worker.Settings{Expires: time.Hour,
+			RelevanceInvalidation: worker.Bool(true), RelevanceExpires: 30 * time.Second}},
+	} {
+		if _, err := n.Cache().Register(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.RegisterRules("Foo", map[string]invalidation.Rule{"filtered": {Args: []string{"attr1"}}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// origin is a getter that names an origin, as the command's are.
+type origin struct {
+	worker.GetterFunc
+	url string
+}
+
+func (o origin) Origin() string { return o.url }
+
+// member is a node of a test cluster with its HTTP API.
+type member struct {
+	node *node.Node
+	api  *Server
+	srv  *httptest.Server
+	url  string
+}
+
+// startCluster starts size nodes on loopback, each serving its API, and
+// waits until they agree on the ring.
+func startCluster(t *testing.T, size int, token string, db *fooDB) []*member {
+	t.Helper()
+	var ms []*member
+	for i := range size {
+		name := fmt.Sprintf("n%d", i+1)
+		srv := httptest.NewUnstartedServer(nil)
+		metrics := NewMetrics()
+		cfg := node.Config{Name: name, Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0", HTTP: srv.Listener.Addr().String(),
+			Membership: steady(), Memory: 32 << 20, OnPeerCall: metrics.ObservePeerCall,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		if len(ms) > 0 {
+			cfg.Join = []string{ms[0].node.GossipAddr()}
+		}
+		n, err := node.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		db.register(t, n, metrics)
+		api, err := New(Config{Node: n, Token: token, Metrics: metrics})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Config = api.HTTPServer("")
+		srv.Start()
+		if err := n.Start(); err != nil {
+			t.Fatal(err)
+		}
+		m := &member{node: n, api: api, srv: srv, url: srv.URL}
+		ms = append(ms, m)
+		t.Cleanup(func() {
+			srv.Close()
+			n.Close()
+		})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		agreed := true
+		for _, m := range ms {
+			r := m.node.Ring()
+			if !m.node.Ready() || r == nil || r.Len() != size || r.Version() != ms[0].node.Ring().Version() {
+				agreed = false
+			}
+		}
+		if agreed {
+			return ms
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d nodes did not agree on the ring", size)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type answer struct {
+	code   int
+	header http.Header
+	body   []byte
+}
+
+var testClient = &http.Client{Timeout: 20 * time.Second}
+
+func call(t *testing.T, method, url, token, body string) answer {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return answer{resp.StatusCode, resp.Header, b}
+}
+
+func wantError(t *testing.T, a answer, status int, code string) {
+	t.Helper()
+	var e Error
+	if a.code != status || json.Unmarshal(a.body, &e) != nil || e.Code != code || e.Error == "" {
+		t.Errorf("got %d %s, want %d with code %q", a.code, a.body, status, code)
+	}
+}

@@ -1,0 +1,247 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/cachenode/cachenode/invalidation"
+	"github.com/cachenode/cachenode/node"
+	"github.com/cachenode/cachenode/node/client"
+	"github.com/cachenode/cachenode/node/httpapi"
+	"github.com/cachenode/cachenode/worker"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("github.com/hashicorp/go-metrics.(*InmemSink).run"),
+		goleak.IgnoreAnyFunction("github.com/hashicorp/go-metrics.NewInmemSink"),
+	)
+}
+
+type member struct {
+	node *node.Node
+	srv  *httptest.Server
+	once sync.Once
+}
+
+func (m *member) stop() {
+	m.once.Do(func() {
+		m.srv.Close()
+		m.node.Close()
+	})
+}
+
+// counter counts getter runs per key.
+type counter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *counter) get(label string) worker.Getter {
+	return worker.GetterFunc(func(ctx context.Context, args worker.Args) (worker.Value, error) {
+		k, _ := worker.KeyOf(label, args)
+		c.mu.Lock()
+		c.n[k]++
+		c.mu.Unlock()
+		return worker.Value{Data: []byte(k), ContentType: "text/plain"}, nil
+	})
+}
+
+func (c *counter) runs(k string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[k]
+}
+
+func startCluster(t *testing.T, size int, token string, c *counter) []*member {
+	t.Helper()
+	m := node.LocalMembership()
+	m.ProbeInterval, m.ProbeTimeout, m.SuspicionMult = time.Second, 500*time.Millisecond, 6
+	var ms []*member
+	for i := range size {
+		srv := httptest.NewUnstartedServer(nil)
+		cfg := node.Config{Name: fmt.Sprintf("n%d", i+1), Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0",
+			HTTP: srv.Listener.Addr().String(), Membership: m, Memory: 16 << 20,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		if len(ms) > 0 {
+			cfg.Join = []string{ms[0].node.GossipAddr()}
+		}
+		n, err := node.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.Cache().Register(worker.Config{Label: "items", Getter: c.get("items"), Settings: worker.Settings{Expires: time.Hour}}); err != nil {
+			t.Fatal(err)
+		}
+		api, err := httpapi.New(httpapi.Config{Node: n, Token: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Config = api.HTTPServer("")
+		srv.Start()
+		if err := n.Start(); err != nil {
+			t.Fatal(err)
+		}
+		mb := &member{node: n, srv: srv}
+		ms = append(ms, mb)
+		t.Cleanup(mb.stop)
+	}
+	waitRing(t, ms, size)
+	return ms
+}
+
+func waitRing(t *testing.T, ms []*member, size int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok := true
+		for _, m := range ms {
+			r := m.node.Ring()
+			if !m.node.Ready() || r == nil || r.Len() != size || r.Version() != ms[0].node.Ring().Version() {
+				ok = false
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no agreement on a ring of %d", size)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestReadsGoToTheOwner(t *testing.T) {
+	c := &counter{n: map[string]int{}}
+	ms := startCluster(t, 3, "", c)
+	cl, err := client.New(client.Config{Nodes: []string{ms[1].srv.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := context.Background()
+	args := []client.Args{
+		{"id": 1}, {"id": "1", "tag": []string{"b", "a"}}, {"id": 2.5, "on": true}, {"x": []any{3, "y"}},
+		{"only": []string{"one"}}, {"empty": ""}, {"nil": nil}, {"n": int64(-7)},
+	}
+	for i := range 30 {
+		args = append(args, client.Args{"k": i})
+	}
+	for _, a := range args {
+		key, err := client.Key("items", a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := cl.Get(ctx, "items", a)
+		if err != nil {
+			t.Fatalf("%v: %v", a, err)
+		}
+		if r.Key != key || string(r.Value) != key {
+			t.Errorf("%v: the client computed %q, the node %q", a, key, r.Key)
+		}
+		owner := ms[0].node.Owner(key)
+		if r.Node != owner || r.Owner != owner {
+			t.Errorf("%v: answered by %s, owner %s, want the owner %s", a, r.Node, r.Owner, owner)
+		}
+		if o, _ := cl.Owner(ctx, "items", a); o != owner {
+			t.Errorf("Owner: %s, want %s", o, owner)
+		}
+		if r.Status != "miss" || r.ContentType != "text/plain" {
+			t.Errorf("%v: %+v", a, r)
+		}
+		if r2, err := cl.Get(ctx, "items", a); err != nil || r2.Status != "hit" {
+			t.Errorf("%v again: %+v %v", a, r2, err)
+		}
+		if c.runs(key) != 1 {
+			t.Errorf("%s filled %d times", key, c.runs(key))
+		}
+	}
+	var ce *client.Error
+	if _, err := cl.Get(ctx, "nope", client.Args{}); !errors.As(err, &ce) || ce.Code != "unknown_worker" || ce.StatusCode != 404 {
+		t.Errorf("unknown worker: %v", err)
+	}
+	if _, err := cl.Get(ctx, "items", client.Args{"_tick": "1s"}); !errors.Is(err, worker.ErrBadArgs) {
+		t.Errorf("argument starting with _: %v", err)
+	}
+	if _, err := cl.Get(ctx, "items", client.Args{"m": map[string]int{}}); !errors.Is(err, worker.ErrBadArgs) {
+		t.Errorf("map argument: %v", err)
+	}
+	r, err := cl.GetWith(ctx, "items", client.Args{"ov": 1}, worker.Settings{Expires: time.Minute, TickAmount: worker.Int(3), IsConcurrent: worker.Bool(false)})
+	if err != nil || r.Status != "miss" {
+		t.Errorf("GetWith: %+v %v", r, err)
+	}
+}
+
+func TestRingRefreshWhenANodeLeaves(t *testing.T) {
+	c := &counter{n: map[string]int{}}
+	ms := startCluster(t, 3, "tok", c)
+	cl, err := client.New(client.Config{Nodes: []string{ms[0].srv.URL, ms[2].srv.URL}, Token: "tok", MinRefreshInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := context.Background()
+	if err := cl.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ms[1].stop() // n2 leaves gracefully
+	waitRing(t, []*member{ms[0], ms[2]}, 2)
+	for i := range 40 {
+		r, err := cl.Get(ctx, "items", client.Args{"k": i})
+		if err != nil {
+			t.Fatalf("k%d after n2 left: %v", i, err)
+		}
+		if r.Owner == "n2" {
+			t.Errorf("k%d: owner n2 after it left", i)
+		}
+	}
+	// The client learned the new ring: reads go straight to the owner.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, err := cl.Get(ctx, "items", client.Args{"k": 1000})
+		if err == nil && r.Node == r.Owner {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reads still do not go to the owner: %+v %v", r, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	res, err := cl.Invalidate(ctx, invalidation.Request{Label: "items", Args: worker.Args{"k": "1"}})
+	if err != nil || res.Nodes != 2 || res.Keys < 1 {
+		t.Errorf("Invalidate: %+v %v", res, err)
+	}
+	if c.runs(`items@k=s"1"`) != 2 {
+		t.Errorf("the invalidated key was rebuilt %d times, want once more", c.runs(`items@k=s"1"`)-1)
+	}
+	bad, _ := client.New(client.Config{Nodes: []string{ms[0].srv.URL}})
+	defer bad.Close()
+	var ce *client.Error
+	if err := bad.Refresh(ctx); !errors.As(err, &ce) || ce.StatusCode != http.StatusUnauthorized {
+		t.Errorf("refresh without the token: %v", err)
+	}
+}
+
+func TestNoNodes(t *testing.T) {
+	if _, err := client.New(client.Config{}); err == nil {
+		t.Error("New without nodes")
+	}
+	if _, err := client.New(client.Config{Nodes: []string{"ftp://x"}}); err == nil {
+		t.Error("New with a non-HTTP node")
+	}
+	cl, _ := client.New(client.Config{Nodes: []string{"127.0.0.1:1"}})
+	defer cl.Close()
+	if _, err := cl.Get(context.Background(), "items", client.Args{}); !errors.Is(err, client.ErrNoNodes) {
+		t.Errorf("unreachable cluster: %v", err)
+	}
+}

@@ -88,8 +88,10 @@ func trimNewline(p []byte) []byte {
 
 var _ io.Writer = slogWriter{}
 
-// delegate publishes the node's metadata. Broadcast hooks are used by
-// invalidation (a later part); the node has no user state to exchange.
+// delegate publishes the node's metadata, carries invalidation events by
+// gossip (the fallback of the direct fan-out), and exchanges the recent
+// events on push/pull so that a member that was cut off applies what it
+// missed.
 type delegate struct{ n *Node }
 
 func (d delegate) NodeMeta(limit int) []byte {
@@ -100,10 +102,17 @@ func (d delegate) NodeMeta(limit int) []byte {
 	}
 	return b
 }
-func (d delegate) NotifyMsg([]byte)                           {}
-func (d delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
-func (d delegate) LocalState(join bool) []byte                { return nil }
-func (d delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// NotifyMsg receives a gossiped event. memberlist reuses buf: copy it.
+func (d delegate) NotifyMsg(buf []byte) { d.n.applyBackground(append([]byte(nil), buf...)) }
+
+func (d delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.n.bcast.GetBroadcasts(overhead, limit)
+}
+func (d delegate) LocalState(join bool) []byte { return d.n.localState() }
+func (d delegate) MergeRemoteState(buf []byte, join bool) {
+	d.n.mergeState(append([]byte(nil), buf...))
+}
 
 // events tracks member states and rebuilds the ring. memberlist calls it
 // from its own goroutines, one event at a time.
@@ -137,8 +146,10 @@ func (n *Node) memberUp(m *memberlist.Node) {
 	if healed {
 		// A member we had declared dead is back: either it restarted or a
 		// partition healed. Either way invalidations may have been missed
-		// on one side; near-cache copies are dropped (see maintain).
+		// on one side; near-cache copies are dropped and recent events are
+		// exchanged with it (see maintain).
 		n.mu.heal = true
+		n.mu.healed = append(n.mu.healed, gossip)
 	}
 	if !known || old.State != StateAlive {
 		n.log.Info("member alive", "member", m.Name, "gossip", gossip, "peer", md.Peer)

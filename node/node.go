@@ -13,11 +13,14 @@ import (
 
 	"github.com/hashicorp/memberlist"
 
+	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/node/peer"
 	"github.com/cachenode/cachenode/persist"
 	"github.com/cachenode/cachenode/ring"
 	"github.com/cachenode/cachenode/worker"
 )
+
+var errClosedStore = persist.ErrClosed
 
 // Errors returned by a [Node].
 var (
@@ -40,6 +43,11 @@ type Node struct {
 	peerAddr string // advertised peer address, set by Start before gossip begins
 	ml       *memberlist.Memberlist
 
+	rules      *invalidation.Rules
+	events     eventState
+	bcast      *memberlist.TransmitLimitedQueue // invalidation gossip fallback
+	outboxWake chan struct{}                    // a delayed invalidation was queued; buffered 1
+
 	route   atomic.Pointer[routing]
 	changed chan struct{} // a new ring was published; buffered 1
 	joined  atomic.Bool
@@ -51,7 +59,8 @@ type Node struct {
 	mu struct {
 		sync.Mutex
 		members map[string]*Member
-		heal    bool // a member came back from dead: drop near-cache copies
+		heal    bool     // a member came back from dead: drop near-cache copies
+		healed  []string // gossip addresses of members that came back, for a push/pull
 		closed  bool
 	}
 	closeOnce sync.Once
@@ -66,8 +75,16 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), changed: make(chan struct{}, 1), done: make(chan struct{})}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), changed: make(chan struct{}, 1), done: make(chan struct{}),
+		rules: invalidation.NewRules(), outboxWake: make(chan struct{}, 1)}
 	n.mu.members = make(map[string]*Member)
+	n.events.seen = make(map[string]chan struct{})
+	n.bcast = &memberlist.TransmitLimitedQueue{RetransmitMult: 3, NumNodes: func() int {
+		if r := n.route.Load(); r != nil {
+			return r.ring.Len()
+		}
+		return 1
+	}}
 	n.store, err = persist.Open(persist.Config{Dir: cfg.Data, Logger: n.log})
 	if err != nil {
 		return nil, fmt.Errorf("node: records: %w", err)
@@ -141,9 +158,10 @@ func (n *Node) Start() error {
 		return fmt.Errorf("node: gossip: %w", err)
 	}
 	n.ml = ml
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.maintain()
 	go n.joinLoop()
+	go n.outboxLoop()
 	n.log.Info("node started", "gossip", ml.LocalNode().Address(), "peer", n.peerAddr)
 	return nil
 }
@@ -373,9 +391,16 @@ func (n *Node) maintain() {
 		}
 		r := n.route.Load()
 		n.mu.Lock()
-		heal := n.mu.heal
-		n.mu.heal = false
+		heal, healed := n.mu.heal, n.mu.healed
+		n.mu.heal, n.mu.healed = false, nil
 		n.mu.Unlock()
+		if len(healed) > 0 {
+			// A push/pull with each member that came back exchanges the
+			// recent invalidation events both sides may have missed.
+			if _, err := n.ml.Join(healed); err != nil {
+				n.log.Debug("push/pull with returning members", "err", err)
+			}
+		}
 		self := n.cfg.Name
 		moved, near := 0, 0
 		for e := range n.cache.Entries() {

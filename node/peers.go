@@ -53,6 +53,8 @@ func (n *Node) handlePeer(ctx context.Context, op byte, payload []byte) ([]byte,
 		return n.handleFetch(ctx, payload)
 	case opHandoff:
 		return n.handleHandoff(payload)
+	case opInvalidate:
+		return n.handleInvalidate(ctx, payload)
 	}
 	return nil, &peer.RemoteError{Code: codeBadRequest, Message: fmt.Sprintf("unknown op %d", op)}
 }

@@ -17,7 +17,7 @@ import (
 // Invalidate only rebuilds values this node owns; near-cache copies of
 // other nodes' keys are dropped (their owner rebuilds them).
 func (w *Worker) Invalidate(ctx context.Context, key string) error {
-	f, err := w.invalidate(key, w.cfg.Action, nil)
+	f, _, err := w.invalidate(key, w.cfg.Action, nil)
 	if err != nil || f == nil {
 		return err
 	}
@@ -49,7 +49,7 @@ func (w *Worker) Refresh(ctx context.Context, args Args) error {
 	if err != nil {
 		return err
 	}
-	f, err := w.invalidate(key, Refresh, args)
+	f, _, err := w.invalidate(key, Refresh, args)
 	if err != nil || f == nil {
 		return err
 	}
@@ -65,29 +65,52 @@ func (w *Worker) Refresh(ctx context.Context, args Args) error {
 // worker drops on invalidation), and makes sure no computation of key that
 // is running gets kept.
 func (w *Worker) Drop(key string) {
-	_, _ = w.invalidate(key, Drop, nil)
+	_, _, _ = w.invalidate(key, Drop, nil)
 }
 
 // InvalidateAll invalidates every key of the worker held by this node and
 // every computation running, and returns how many keys it acted on. Rebuilds
 // run concurrently; it returns when all finished or ctx ended.
 func (w *Worker) InvalidateAll(ctx context.Context) (int, error) {
+	return w.InvalidateKeys(ctx, w.KeysWhere(nil))
+}
+
+// KeysWhere returns the keys of the worker's cached entries and running
+// computations whose arguments satisfy pred (every key when pred is nil).
+func (w *Worker) KeysWhere(pred func(Args) bool) []string {
 	keys := make(map[string]struct{})
 	for e := range w.cache.Entries() {
-		if e.Label == w.cfg.Label {
+		if e.Label == w.cfg.Label && (pred == nil || pred(e.Args)) {
 			keys[e.Key] = struct{}{}
 		}
 	}
 	w.mu.Lock()
-	for k := range w.flights {
-		keys[k] = struct{}{}
+	for k, f := range w.flights {
+		if pred == nil || pred(f.args) {
+			keys[k] = struct{}{}
+		}
 	}
 	w.mu.Unlock()
-	var pending []*flight
+	out := make([]string, 0, len(keys))
 	for k := range keys {
-		f, err := w.invalidate(k, w.cfg.Action, nil)
+		out = append(out, k)
+	}
+	return out
+}
+
+// InvalidateKeys invalidates keys as Invalidate does, with the rebuilds
+// running concurrently, and returns how many of them were cached or being
+// computed here. It returns when every rebuild finished or ctx ended.
+func (w *Worker) InvalidateKeys(ctx context.Context, keys []string) (int, error) {
+	var pending []*flight
+	acted := 0
+	for _, k := range keys {
+		f, present, err := w.invalidate(k, w.cfg.Action, nil)
 		if err != nil {
-			return len(keys), err
+			return acted, err
+		}
+		if present {
+			acted++
 		}
 		if f != nil {
 			pending = append(pending, f)
@@ -101,16 +124,17 @@ func (w *Worker) InvalidateAll(ctx context.Context) (int, error) {
 				errs = append(errs, f.err)
 			}
 		case <-ctx.Done():
-			return len(keys), ctx.Err()
+			return acted, ctx.Err()
 		}
 	}
-	return len(keys), errors.Join(errs...)
+	return acted, errors.Join(errs...)
 }
 
 // invalidate bumps the generation of key, detaches its running flight, and
 // either removes the entry or starts its rebuild, which it returns. args,
-// when given, are used if neither an entry nor a flight knows them.
-func (w *Worker) invalidate(key string, action Action, args Args) (*flight, error) {
+// when given, are used if neither an entry nor a flight knows them. present
+// says whether the key was cached or being computed.
+func (w *Worker) invalidate(key string, action Action, args Args) (f *flight, present bool, err error) {
 	w.stats.invalidations.Add(1)
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -118,27 +142,31 @@ func (w *Worker) invalidate(key string, action Action, args Args) (*flight, erro
 		g.gen++
 	}
 	if old := w.flights[key]; old != nil {
+		present = true
 		delete(w.flights, key)
 		if args == nil {
 			args = old.args
 		}
 	}
 	e, cached := w.cache.store.GetIfPresent(key)
-	if cached && e.Owner != w.cache.cfg.Self {
-		// A near-cache copy: the owner rebuilds; this node forgets it.
+	if cached && e.Owner != w.cache.cfg.Self || !w.ownsLocked(key) {
+		// A near-cache copy, or a fetch from the owner in flight: the
+		// owner rebuilds; this node forgets what it has.
 		action = Drop
 	}
 	if cached {
+		present = true
 		args = e.Args
 	}
 	if action == Drop || args == nil {
 		w.cache.store.Invalidate(key)
-		return nil, nil
+		return nil, present, nil
 	}
 	// The entry stays in place so that readers see the old value, never a
 	// miss, until the rebuild replaces it.
 	w.stats.refreshes.Add(1)
-	return w.startFlightLocked(key, args, w.base, false, true)
+	f, err = w.startFlightLocked(key, args, w.base, false, true)
+	return f, present, err
 }
 
 // Put stores an entry obtained elsewhere: a hot entry handed over by a node
@@ -190,3 +218,12 @@ func (w *Worker) sweepLoop() {
 
 // Age returns how long ago e was created, on the worker's clock.
 func (w *Worker) Age(e *Entry) time.Duration { return w.cache.clock.Now().Sub(e.CreatedAt) }
+
+// ownsLocked reports whether this node owns key (always, without peers).
+func (w *Worker) ownsLocked(key string) bool {
+	if w.cache.cfg.Peers == nil {
+		return true
+	}
+	_, remote := w.cache.cfg.Peers.PickPeer(key)
+	return !remote
+}

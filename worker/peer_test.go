@@ -154,3 +154,36 @@ func TestPutKeepsNewest(t *testing.T) {
 		t.Fatalf("%q", e.Value)
 	}
 }
+
+// TestInvalidatingAFetchInFlightDoesNotFillHere is the regression test of a
+// bug found by the cluster tests: a non-owner whose fetch from the owner was
+// running rebuilt the key itself when an invalidation arrived.
+func TestInvalidatingAFetchInFlightDoesNotFillHere(t *testing.T) {
+	release := make(chan struct{})
+	p := &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+		<-release
+		return &Entry{Label: req.Label, Key: req.Key, Args: req.Args, Value: []byte("old"), Owner: "n2",
+			CreatedAt: epoch, AvailableTo: epoch.Add(time.Hour)}, Miss, nil
+	}}
+	c, _ := newTestCache(t, CacheConfig{Self: "n1", Peers: pickAll{p}})
+	var fills atomic.Int64
+	w := register(t, c, Config{Label: "nf", Getter: GetterFunc(func(ctx context.Context, a Args) (Value, error) {
+		fills.Add(1)
+		return Value{Data: []byte("local")}, nil
+	})})
+	done := make(chan struct{})
+	go func() { w.Get(context.Background(), Args{}, Settings{}); close(done) }()
+	waitFor(t, "fetch", func() bool { return p.fetches.Load() == 1 })
+	key, _ := w.Key(Args{})
+	if err := w.Invalidate(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	<-done
+	if fills.Load() != 0 {
+		t.Fatal("a non-owner ran the getter on invalidation")
+	}
+	if _, ok := c.Lookup(key); ok {
+		t.Fatal("the fetch that started before the invalidation was kept")
+	}
+}

@@ -1,0 +1,416 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/cachenode/cachenode/invalidation"
+	"github.com/cachenode/cachenode/node/peer"
+	"github.com/cachenode/cachenode/worker"
+)
+
+// Bounds of the invalidation machinery.
+const (
+	seenCap         = 8192             // event IDs remembered for de-duplication
+	eventLogCap     = 256              // recent events exchanged on push/pull
+	eventLogAge     = 2 * time.Minute  // and how long they stay there
+	eventLogBytes   = 256 << 10        // at most this much state per push/pull
+	gossipMaxBytes  = 1200             // larger events are not gossiped
+	redeliverFor    = 30 * time.Second // how long a missed member is retried
+	redeliverPeriod = 200 * time.Millisecond
+	outboxPoll      = 100 * time.Millisecond
+	applyTimeout    = 30 * time.Second
+)
+
+// events is the node's invalidation state: which events it applied (so
+// that each is applied once, whatever path brings it), the recent events
+// it offers to members on push/pull (so that a member cut off during an
+// invalidation gets it when it comes back), and the gossip queue.
+type eventState struct {
+	mu    sync.Mutex
+	seen  map[string]chan struct{} // closed when the event was applied here; guarded by mu
+	order []string                 // FIFO of seen IDs; guarded by mu
+	log   []loggedEvent            // recent events, oldest first; guarded by mu
+}
+
+type loggedEvent struct {
+	At      int64              `msgpack:"at"`
+	Payload msgpack.RawMessage `msgpack:"ev"`
+	id      string
+}
+
+// RegisterRules registers the automatic invalidation rules of a model, one
+// per worker label; every label must name a registered worker. Rules given
+// with Args only are the declarative form of the config file.
+func (n *Node) RegisterRules(model string, rules map[string]invalidation.Rule) error {
+	return n.rules.Add(model, rules, n.known)
+}
+
+// Rules returns the node's automatic invalidation rules.
+func (n *Node) Rules() *invalidation.Rules { return n.rules }
+
+func (n *Node) known(label string) bool {
+	_, ok := n.cache.Worker(label)
+	return ok
+}
+
+// Invalidate applies an invalidation request across the cluster: the
+// event goes to every live member directly over the peer transport, each
+// member refreshes the affected keys it owns and drops its near-cache
+// copies, and Invalidate returns once every live member acknowledged (or
+// ctx ended; Result.Missing names the members that did not answer; the
+// event keeps being delivered to them in the background and by gossip).
+// A delayed request (Request.Delay, or the workers' delay_invalidation) is
+// written to the durable outbox and applied after its countdown, also if
+// the node restarts in between; Result.Queued is then its ID. Errors wrap
+// invalidation.ErrBadRequest, ErrUnknownLabel or ErrUnknownModel.
+func (n *Node) Invalidate(ctx context.Context, req invalidation.Request) (invalidation.Result, error) {
+	targets, err := invalidation.Resolve(&req, n.rules, n.known)
+	if err != nil {
+		return invalidation.Result{}, err
+	}
+	ev := invalidation.Event{ID: invalidation.NewID(), Origin: n.cfg.Name, Targets: targets}
+	if delay, countdown := n.delayOf(&req, targets); delay {
+		payload, err := msgpack.Marshal(&ev)
+		if err != nil {
+			return invalidation.Result{}, fmt.Errorf("node: encode event: %w", err)
+		}
+		id, err := n.store.Enqueue(n.cache.Clock().Now().Add(countdown), payload)
+		if err != nil {
+			return invalidation.Result{}, fmt.Errorf("node: outbox: %w", err)
+		}
+		n.wakeOutbox()
+		return invalidation.Result{Queued: id}, nil
+	}
+	return n.broadcast(ctx, &ev)
+}
+
+// delayOf decides whether a request is delayed, and for how long: as the
+// request says, else as the affected workers' delay_invalidation and
+// delay_countdown say (delayed if any is, for the longest countdown).
+func (n *Node) delayOf(req *invalidation.Request, targets []invalidation.Target) (bool, time.Duration) {
+	delay, countdown := false, time.Duration(0)
+	for _, t := range targets {
+		if w, ok := n.cache.Worker(t.Label); ok {
+			p := w.Policy()
+			delay = delay || p.DelayInvalidation
+			countdown = max(countdown, p.DelayCountdown)
+		}
+	}
+	if req.Delay != nil {
+		delay = *req.Delay
+	}
+	if req.Countdown > 0 {
+		countdown = time.Duration(req.Countdown)
+	}
+	return delay, countdown
+}
+
+type invalidateResp struct {
+	Keys int `msgpack:"k"`
+}
+
+// broadcast applies ev here and on every live member at once.
+func (n *Node) broadcast(ctx context.Context, ev *invalidation.Event) (invalidation.Result, error) {
+	payload, err := msgpack.Marshal(ev)
+	if err != nil {
+		return invalidation.Result{}, fmt.Errorf("node: encode event: %w", err)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, applyTimeout)
+		defer cancel()
+	}
+	r := n.route.Load()
+	type answer struct {
+		name string
+		keys int
+		err  error
+	}
+	answers := make(chan answer, len(r.peers)+1)
+	go func() {
+		k, err := n.applyEvent(ctx, ev, payload)
+		answers <- answer{n.cfg.Name, k, err}
+	}()
+	for _, p := range r.peers {
+		go func() {
+			resp, err := n.call(ctx, p, opInvalidate, payload)
+			var ir invalidateResp
+			if err == nil {
+				err = msgpack.Unmarshal(resp, &ir)
+			}
+			answers <- answer{p.name, ir.Keys, err}
+		}()
+	}
+	var res invalidation.Result
+	var missed []*remote
+	var localErr error
+	for range len(r.peers) + 1 {
+		a := <-answers
+		switch {
+		case a.err == nil:
+			res.Keys += a.keys
+			res.Nodes++
+		case a.name == n.cfg.Name:
+			localErr = a.err
+		default:
+			n.log.Warn("invalidation not acknowledged", "member", a.name, "event", ev.ID, "err", a.err)
+			res.Missing = append(res.Missing, a.name)
+			missed = append(missed, r.peers[a.name])
+		}
+	}
+	if len(missed) > 0 {
+		n.redeliver(ev.ID, payload, missed)
+	}
+	if localErr != nil {
+		return res, fmt.Errorf("node: invalidation here: %w", localErr)
+	}
+	return res, nil
+}
+
+// applyEvent applies an event once: a second delivery (direct, redelivered,
+// gossiped or merged on push/pull) waits for the first to finish and acts
+// on nothing.
+func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload []byte) (int, error) {
+	s := &n.events
+	s.mu.Lock()
+	if done, dup := s.seen[ev.ID]; dup {
+		s.mu.Unlock()
+		select {
+		case <-done:
+			return 0, nil
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	done := make(chan struct{})
+	s.seen[ev.ID] = done
+	s.order = append(s.order, ev.ID)
+	if len(s.order) > seenCap {
+		delete(s.seen, s.order[0])
+		s.order = s.order[1:]
+	}
+	s.log = append(s.log, loggedEvent{At: time.Now().UnixNano(), Payload: payload, id: ev.ID})
+	if len(s.log) > eventLogCap {
+		s.log = s.log[1:]
+	}
+	s.mu.Unlock()
+	defer close(done)
+	return invalidation.Apply(ctx, ev, n)
+}
+
+// OwnedRecordKeys implements invalidation.Host with the records index.
+func (n *Node) OwnedRecordKeys(label string, match map[string][]string) ([]string, error) {
+	recs, err := n.store.Match(label, match)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]string, 0, len(recs))
+	for _, r := range recs {
+		if n.Owner(r.Key) == n.cfg.Name {
+			keys = append(keys, r.Key)
+		}
+	}
+	return keys, nil
+}
+
+// Worker implements invalidation.Host.
+func (n *Node) Worker(label string) (*worker.Worker, bool) { return n.cache.Worker(label) }
+
+var _ invalidation.Host = (*Node)(nil)
+
+func (n *Node) handleInvalidate(ctx context.Context, payload []byte) ([]byte, error) {
+	var ev invalidation.Event
+	if err := msgpack.Unmarshal(payload, &ev); err != nil || ev.ID == "" {
+		return nil, &peer.RemoteError{Code: codeBadRequest, Message: fmt.Sprintf("bad event: %v", err)}
+	}
+	k, err := n.applyEvent(ctx, &ev, payload)
+	if err != nil {
+		return nil, err
+	}
+	return msgpack.Marshal(invalidateResp{Keys: k})
+}
+
+// redeliver keeps sending an event to the members that missed it, until
+// they acknowledge, leave the ring, or redeliverFor passes; small events are
+// also handed to gossip.
+func (n *Node) redeliver(id string, payload []byte, missed []*remote) {
+	if len(payload) <= gossipMaxBytes && n.bcast != nil {
+		n.bcast.QueueBroadcast(eventBroadcast{id: id, msg: payload})
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		deadline := time.Now().Add(redeliverFor)
+		for len(missed) > 0 && time.Now().Before(deadline) {
+			t := time.NewTimer(redeliverPeriod)
+			select {
+			case <-n.done:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			r := n.route.Load()
+			left := missed[:0]
+			for _, p := range missed {
+				cur, alive := r.peers[p.name]
+				if !alive {
+					continue // it left or died: it drops its near cache when it comes back
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_, err := n.call(ctx, cur, opInvalidate, payload)
+				cancel()
+				if err != nil {
+					left = append(left, cur)
+				}
+			}
+			missed = left
+		}
+	}()
+}
+
+// eventBroadcast is an event in memberlist's gossip queue.
+type eventBroadcast struct {
+	id  string
+	msg []byte
+}
+
+func (b eventBroadcast) Invalidates(other memberlist.Broadcast) bool {
+	o, ok := other.(eventBroadcast)
+	return ok && o.id == b.id
+}
+func (b eventBroadcast) Message() []byte { return b.msg }
+func (b eventBroadcast) Finished()       {}
+
+// applyBackground applies an event that arrived by gossip or push/pull.
+func (n *Node) applyBackground(payload []byte) {
+	var ev invalidation.Event
+	if err := msgpack.Unmarshal(payload, &ev); err != nil || ev.ID == "" {
+		n.log.Warn("dropping a malformed gossiped event", "err", err)
+		return
+	}
+	n.events.mu.Lock()
+	_, dup := n.events.seen[ev.ID]
+	n.events.mu.Unlock()
+	if dup {
+		return
+	}
+	n.mu.Lock()
+	closed := n.mu.closed
+	if !closed {
+		n.wg.Add(1)
+	}
+	n.mu.Unlock()
+	if closed {
+		return
+	}
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), applyTimeout)
+		defer cancel()
+		if _, err := n.applyEvent(ctx, &ev, payload); err != nil {
+			n.log.Warn("gossiped invalidation failed", "event", ev.ID, "err", err)
+		}
+	}()
+}
+
+// localState returns the recent events for a push/pull exchange.
+func (n *Node) localState() []byte {
+	s := &n.events
+	cutoff := time.Now().Add(-eventLogAge).UnixNano()
+	s.mu.Lock()
+	var out []loggedEvent
+	size := 0
+	for i := len(s.log) - 1; i >= 0 && size < eventLogBytes; i-- {
+		if s.log[i].At < cutoff {
+			break
+		}
+		out = append(out, s.log[i])
+		size += len(s.log[i].Payload)
+	}
+	s.mu.Unlock()
+	if len(out) == 0 {
+		return nil
+	}
+	b, err := msgpack.Marshal(out)
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// mergeState applies the events of a member's push/pull state that this
+// node has not applied: the way a member that was cut off learns what it
+// missed.
+func (n *Node) mergeState(buf []byte) {
+	if len(buf) == 0 {
+		return
+	}
+	var in []loggedEvent
+	if err := msgpack.Unmarshal(buf, &in); err != nil {
+		n.log.Warn("bad push/pull state", "err", err)
+		return
+	}
+	for _, e := range in {
+		n.applyBackground(e.Payload)
+	}
+}
+
+// outboxLoop applies delayed invalidations when they are due, also those
+// queued before a restart, and removes each only after it was applied.
+func (n *Node) outboxLoop() {
+	defer n.wg.Done()
+	for {
+		t := time.NewTimer(outboxPoll)
+		select {
+		case <-n.done:
+			t.Stop()
+			return
+		case <-n.outboxWake:
+			t.Stop()
+		case <-t.C:
+		}
+		if !n.Ready() {
+			continue
+		}
+		items, err := n.store.DueItems(n.cache.Clock().Now(), 64)
+		if err != nil {
+			if !errors.Is(err, errClosedStore) {
+				n.log.Error("outbox", "err", err)
+			}
+			continue
+		}
+		for _, it := range items {
+			var ev invalidation.Event
+			if err := msgpack.Unmarshal(it.Payload, &ev); err != nil {
+				n.log.Error("outbox: dropping an undecodable item", "id", it.ID, "err", err)
+				n.store.Ack(it.ID)
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), applyTimeout)
+			res, err := n.broadcast(ctx, &ev)
+			cancel()
+			if err != nil {
+				n.log.Warn("delayed invalidation failed, will retry", "id", it.ID, "err", err)
+				continue
+			}
+			n.log.Debug("delayed invalidation applied", "id", it.ID, "keys", res.Keys, "nodes", res.Nodes)
+			if err := n.store.Ack(it.ID); err != nil {
+				n.log.Error("outbox ack", "id", it.ID, "err", err)
+			}
+		}
+	}
+}
+
+func (n *Node) wakeOutbox() {
+	select {
+	case n.outboxWake <- struct{}{}:
+	default:
+	}
+}

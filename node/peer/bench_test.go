@@ -2,6 +2,8 @@ package peer
 
 import (
 	"context"
+	"io"
+	"net"
 	"runtime"
 	"slices"
 	"sync"
@@ -15,7 +17,7 @@ import (
 // benchmarks: the node's remote-hit goal is stated for 50.
 const benchCallers = 50
 
-func benchSetup(b *testing.B) (*Client, string) {
+func benchSetup(b testing.TB) (*Client, string) {
 	b.Helper()
 	ts := startServer(b, ServerConfig{}, echo)
 	c := newClient(b, ClientConfig{})
@@ -135,4 +137,50 @@ func BenchmarkCallLatency(b *testing.B) {
 	b.ReportMetric(pct(0.99), "p99-µs")
 	b.ReportMetric(pct(0.999), "p99.9-µs")
 	report()
+}
+
+// BenchmarkRawTCPRoundTrip is the floor under BenchmarkCall: one goroutine
+// writing 100 bytes on a loopback TCP connection and reading them back from
+// an echoing goroutine, with no framing, multiplexing or handler.
+func BenchmarkRawTCPRoundTrip(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		buf := make([]byte, 100)
+		for {
+			if _, err := io.ReadFull(nc, buf); err != nil {
+				return
+			}
+			if _, err := nc.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 100)
+	report := startCPU(b)
+	for range b.N {
+		if _, err := nc.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(nc, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	report()
+	_ = nc.Close()
+	<-done
 }

@@ -30,7 +30,7 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	level := fs.String("log-level", "warn", "debug, info, warn or error")
-	port := fs.Int("port", 8081, "HTTP port of the first node; the others take the next ones, the origin takes 9000 (any free port when taken)")
+	port := fs.Int("port", 8081, "HTTP port of the first node; the others take the next ones, the origin takes 9000 (any free port when taken; 0: free ports for all)")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return 0
@@ -47,7 +47,11 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 
 	origin := newDemoOrigin()
-	oln, err := listenPreferred("127.0.0.1:9000")
+	originAddr := "127.0.0.1:9000"
+	if *port == 0 {
+		originAddr = "127.0.0.1:0"
+	}
+	oln, err := listenPreferred(originAddr)
 	if err != nil {
 		fmt.Fprintf(stderr, "cachenode: demo: origin: %v\n", err)
 		return 1
@@ -66,11 +70,14 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	client := newOriginClient()
 	for i := range 3 {
 		name := "n" + strconv.Itoa(i+1)
-		httpAddr := "127.0.0.1:" + strconv.Itoa(*port+i)
-		if ln, err := net.Listen("tcp", httpAddr); err == nil {
-			ln.Close()
-		} else {
-			httpAddr = "127.0.0.1:0"
+		httpAddr := "127.0.0.1:0"
+		if *port != 0 {
+			httpAddr = "127.0.0.1:" + strconv.Itoa(*port+i)
+			if ln, err := net.Listen("tcp", httpAddr); err == nil {
+				ln.Close()
+			} else {
+				httpAddr = "127.0.0.1:0"
+			}
 		}
 		rc := demoConfig(name, httpAddr, originURL)
 		if len(nodes) > 0 {

@@ -32,18 +32,45 @@ import (
 
 const e2eToken = "s3cret-admin-token"
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.path != "" {
+		os.RemoveAll(filepath.Dir(built.path))
+	}
+	os.Exit(code)
+}
+
 // buildBinary builds cachenode into a temporary directory. It builds with
 // the race detector when the test runs with it, so that the packages the
 // test already compiled are reused and the nodes are checked for races too.
 func buildBinary(t *testing.T) string {
 	t.Helper()
+	built.once.Do(func() { built.path, built.err = build(t) })
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+	return built.path
+}
+
+// built is the binary, built once for the tests of this package.
+var built struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+func build(t *testing.T) (string, error) {
 	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if _, err := os.Stat(goTool); err != nil {
 		if goTool, err = exec.LookPath("go"); err != nil {
-			t.Skip("no go tool to build the binary")
+			return "", fmt.Errorf("no go tool to build the binary: %v", err)
 		}
 	}
-	bin := filepath.Join(t.TempDir(), "cachenode")
+	dir, err := os.MkdirTemp("", "cachenode-e2e-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "cachenode")
 	args := []string{"build", "-o", bin}
 	if raceEnabled {
 		args = append(args, "-race")
@@ -52,10 +79,10 @@ func buildBinary(t *testing.T) string {
 	cmd.Env = os.Environ()
 	start := time.Now()
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	t.Logf("built the binary in %v (race: %v)", time.Since(start).Round(time.Millisecond), raceEnabled)
-	return bin
+	return bin, nil
 }
 
 // e2eOrigin is the origin of the test: items by id, Foo records filtered

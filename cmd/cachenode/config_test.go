@@ -1,0 +1,253 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cachenode/cachenode/worker"
+)
+
+// The contract's example config, verbatim.
+const contractConfig = `name: n1
+gossip: 127.0.0.1:7946
+peer: 127.0.0.1:7947
+http: 127.0.0.1:8080
+join: [127.0.0.1:7956]
+data: ./data/n1
+memory: 1GiB
+
+defaults:                  # the process-wide defaults of every worker field
+  tick: 100ms
+  tick_amount: 10
+  relevance_expires: 60s
+  delay_countdown: 5s
+
+workers:
+  all_foos:
+    origin: http://127.0.0.1:9000/foos        # GET origin?arg=value...; a 200 body is the value
+    expires: 100000s
+    relevance_invalidation: true
+    relevance_expires: 30s
+  filtered_foos:
+    origin: http://127.0.0.1:9000/foos/filter
+    expires: 1h
+    delay_invalidation: true
+
+invalidation:              # automatic invalidation rules, per model
+  Foo:
+    all_foos: {is_empty: true}
+    filtered_foos: {args: [attr1, attr2]}     # the worker's arguments are these fields of the record
+`
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func noEnv(string) string { return "" }
+
+func TestContractConfig(t *testing.T) {
+	path := writeFile(t, "c.yaml", contractConfig)
+	rc, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := rc.Node
+	if nc.Name != "n1" || nc.Gossip != "127.0.0.1:7946" || nc.Peer != "127.0.0.1:7947" || rc.HTTP != "127.0.0.1:8080" ||
+		len(nc.Join) != 1 || nc.Join[0] != "127.0.0.1:7956" || nc.Data != "./data/n1" || nc.Memory != 1<<30 {
+		t.Errorf("node config %+v http %s", nc, rc.HTTP)
+	}
+	d := nc.Defaults
+	if d.Tick != 100*time.Millisecond || d.TickAmount != 10 || d.RelevanceExpires != time.Minute || d.DelayCountdown != 5*time.Second ||
+		d.Expires != worker.DefaultPolicy().Expires {
+		t.Errorf("defaults %+v", d)
+	}
+	all := rc.Workers["all_foos"]
+	def := all.workerDef("all_foos", d, nil)
+	if def.Expires != 100000*time.Second || !*def.RelevanceInvalidation || def.RelevanceExpires != 30*time.Second || def.FillTimeout != time.Second {
+		t.Errorf("all_foos %+v", def)
+	}
+	if f := rc.Workers["filtered_foos"]; f.origin() != "http://127.0.0.1:9000/foos/filter" || !*f.DelayInvalidation {
+		t.Errorf("filtered_foos %+v", f)
+	}
+	rules := rulesOf(rc.Rules["Foo"])
+	if !rules["all_foos"].IsEmpty || strings.Join(rules["filtered_foos"].Args, ",") != "attr1,attr2" {
+		t.Errorf("rules %+v", rules)
+	}
+}
+
+func TestPrecedence(t *testing.T) {
+	path := writeFile(t, "c.yaml", "name: file\nmemory: 64MiB\nhttp: 127.0.0.1:1\ndata: ''\n")
+	env := map[string]string{"CACHENODE_NAME": "env", "CACHENODE_MEMORY": "2GiB", "CACHENODE_JOIN": "a:1, b:2"}
+	rc, err := loadConfig([]string{"--config", path, "--name", "flag"}, func(k string) string { return env[k] }, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Node.Name != "flag" || rc.Node.Memory != 2<<30 || rc.HTTP != "127.0.0.1:1" || strings.Join(rc.Node.Join, " ") != "a:1 b:2" || rc.Node.Data != "" {
+		t.Errorf("flags > env > file: %+v http %s", rc.Node, rc.HTTP)
+	}
+	rc, err = loadConfig([]string{"--name=x", "--data=", "--memory", "1.5 GiB"}, noEnv, &bytes.Buffer{})
+	if err != nil || rc.Node.Data != "" || rc.Node.Memory != 3<<29 || rc.HTTP != "127.0.0.1:8080" || rc.Node.Gossip != "0.0.0.0:7946" {
+		t.Errorf("--data= keeps records in memory: %+v %v", rc, err)
+	}
+	rc, err = loadConfig([]string{"--name=x"}, noEnv, &bytes.Buffer{})
+	if err != nil || rc.Node.Data != filepath.Join("cachenode-data", "x") || rc.Node.Membership.Preset != "lan" {
+		t.Errorf("default data dir: %q %v", rc.Node.Data, err)
+	}
+	path = writeFile(t, "m.yaml", "name: m\nmembership: local\n")
+	if rc, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{}); err != nil || rc.Node.Membership.Preset != "local" {
+		t.Errorf("membership: local: %v", err)
+	}
+	path = writeFile(t, "m2.yaml", "name: m\nmembership: {preset: local, probe_interval: 2s, suspicion_mult: 9}\n")
+	if rc, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{}); err != nil ||
+		rc.Node.Membership.ProbeInterval != 2*time.Second || rc.Node.Membership.SuspicionMult != 9 || rc.Node.Membership.GossipInterval != 20*time.Millisecond {
+		t.Errorf("tuned membership: %+v %v", rc.Node.Membership, err)
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	key := writeFile(t, "key", "0123456789abcdef0123456789abcdef") // 32 raw bytes
+	for _, tc := range []struct {
+		file string
+		args []string
+		want string
+	}{
+		{"name: a\nnmae: b\n", nil, "line 2: nmae: unknown field"},
+		{"workers:\n  w:\n    origin: http://x/\n    expirse: 1s\n", nil, "line 4: workers.w.expirse: unknown field"},
+		{"workers:\n  w:\n    origin: http://x/\n    expires: soon\n", nil, `line 4: workers.w.expires: bad duration "soon"`},
+		{"workers:\n  w:\n    origin: http://x/\n    tick_amount: ten\n", nil, "line 4: workers.w.tick_amount: cannot unmarshal"},
+		{"workers:\n  w:\n    origin: http://x/\n    tick_amount: 0\n", nil, "workers.w.tick_amount: must be >= 1"},
+		{"workers:\n  w:\n    expires: 1s\n", nil, "workers.w.origin: required"},
+		{"workers:\n  w:\n    origin: ftp://x/\n", nil, "workers.w.origin"},
+		{"workers:\n  bad label:\n    origin: http://x/\n", nil, "workers.bad label"},
+		{"workers:\n  w:\n    origin: http://x/\n    key_gen: mine\n", nil, "workers.w.key_gen"},
+		{"workers:\n  w:\n    origin: http://x/\n    action: burn\n", nil, "workers.w.action"},
+		{"defaults:\n  tick: -1s\n", nil, "line 2: defaults.tick: negative duration"},
+		{"defaults:\n  tikc: 1s\n", nil, "line 2: defaults.tikc: unknown field"},
+		{"memory: 12XB\n", nil, `line 1: memory: bad size "12XB"`},
+		{"membership: wan\n", nil, "membership: unknown preset"},
+		{"membership: {preset: local, probe: 1s}\n", nil, "line 1: membership.probe: unknown field"},
+		{"invalidation:\n  Foo:\n    nope: {is_empty: true}\n", nil, "invalidation.Foo.nope: no worker"},
+		{"invalidation:\n  Foo:\n    w: {is_empty: yes, argz: [a]}\n", nil, "invalidation.Foo.w.argz: unknown field"},
+		{"name: a\nname: b\n", nil, "line 2: name: given twice"},
+		{"name: [a\n", nil, "line"},
+		{"gossip: nohost\n", nil, "gossip:"},
+		{"", []string{"--memory", "lots"}, "memory: bad size"},
+		{"", []string{"--log-level", "loud"}, "log-level"},
+		{"", []string{"--gossip-key", "/nonexistent"}, "gossip-key"},
+		{"", []string{"--admin-token-file", "/nonexistent"}, "admin-token-file"},
+		{"", []string{"--join", "a:1,b"}, "join"},
+		{"", []string{"--bogus"}, "flag provided but not defined: -bogus"},
+		{"", []string{"extra"}, `unexpected argument "extra"`},
+		{"ring: {partition_count: -3}\n", nil, "ring:"},
+		{"tls: {cert: a.pem}\n", nil, "tls: give both"},
+	} {
+		args := append([]string{"--name", "t", "--gossip-key", key}, tc.args...)
+		if tc.file != "" {
+			args = append(args, "--config", writeFile(t, "bad.yaml", tc.file))
+		}
+		_, err := loadConfig(args, noEnv, &bytes.Buffer{})
+		if _, ok := err.(usageError); !ok || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q %v: got %v, want a one-line usage error containing %q", tc.file, tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"serve", "--memory", "x"}, &out, &errb); code != 2 || strings.Count(errb.String(), "\n") != 1 ||
+		!strings.HasPrefix(errb.String(), "cachenode: memory:") {
+		t.Errorf("bad flag: exit %d, stderr %q", code, errb.String())
+	}
+	errb.Reset()
+	if code := run([]string{"frobnicate"}, &out, &errb); code != 2 {
+		t.Errorf("unknown command: exit %d", code)
+	}
+	out.Reset()
+	if code := run([]string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "cachenode ") {
+		t.Errorf("version: %d %q", code, out.String())
+	}
+	if code := run([]string{"ring"}, &out, &errb); code != 2 {
+		t.Errorf("ring without --http: exit %d", code)
+	}
+	errb.Reset()
+	if code := run([]string{"--help"}, &out, &errb); code != 0 || !strings.Contains(errb.String(), "-admin-token-file") {
+		t.Errorf("--help: exit %d %q", code, errb.String())
+	}
+}
+
+func TestSizesAndDurations(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "1024": 1024, "1KiB": 1024, "256MiB": 256 << 20, "1.5 GiB": 3 << 29, "2TiB": 2 << 40, "7B": 7} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "-1", "1KB", "MiB", "1e30GiB", "NaN"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) accepted", in)
+		}
+	}
+	for in, want := range map[string]time.Duration{"100ms": 100 * time.Millisecond, "1h": time.Hour, "30": 30 * time.Second, "0.5": 500 * time.Millisecond, "0": 0} {
+		if got, err := parseDuration(in); err != nil || got != want {
+			t.Errorf("parseDuration(%q) = %v, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "soon", "-1s", "-5", "NaN"} {
+		if _, err := parseDuration(in); err == nil {
+			t.Errorf("parseDuration(%q) accepted", in)
+		}
+	}
+}
+
+func TestOriginGetter(t *testing.T) {
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.URL.RawQuery)
+		switch r.URL.Query().Get("mode") {
+		case "big":
+			w.Write(bytes.Repeat([]byte("x"), 2000))
+		case "404":
+			http.NotFound(w, r)
+		case "slow":
+			time.Sleep(200 * time.Millisecond)
+		default:
+			w.Header().Set("Content-Type", "text/csv")
+			w.Write([]byte("a,b"))
+		}
+	}))
+	defer srv.Close()
+	g, err := newOriginGetter(srv.URL+"/v?fixed=1", newOriginClient(), 1000, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	v, err := g.Get(ctx, worker.Args{"b": []any{"y", "x"}, "a": "1", "n": int64(3), "t": true})
+	if err != nil || string(v.Data) != "a,b" || v.ContentType != "text/csv" || got[0] != "a=1&b=y&b=x&fixed=1&n=3&t=true" {
+		t.Errorf("got %q %q %v, query %q", v.Data, v.ContentType, err, got)
+	}
+	if _, err := g.Get(ctx, worker.Args{"mode": "big"}); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Errorf("big body: %v", err)
+	}
+	if _, err := g.Get(ctx, worker.Args{"mode": "404"}); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Errorf("404: %v", err)
+	}
+	tctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := g.Get(tctx, worker.Args{"mode": "slow"}); err == nil {
+		t.Errorf("slow origin past the deadline: no error")
+	}
+	if g.Origin() != srv.URL+"/v?fixed=1" {
+		t.Errorf("Origin() = %q", g.Origin())
+	}
+}

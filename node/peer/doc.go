@@ -59,7 +59,9 @@
 // A request's budget is the time left until the caller's deadline, rounded
 // up; the server gives its handler a context that expires after it. A cancel
 // frame (empty payload) tells the server that the caller of a request gave
-// up; the handler's context is cancelled and no response is sent. Responses
+// up; the handler's context is cancelled and no response is sent. The client
+// sends one when the caller's context is cancelled, not when its deadline
+// passes: the server's copy of the deadline expires then too. Responses
 // may come back in any order. A frame that breaks these rules (unknown kind,
 // non-zero reserved bytes, a length above the limit, a truncated frame) closes
 // the connection; the length is checked before any memory is allocated for

@@ -317,3 +317,27 @@ func TestDialBoundedByCallContext(t *testing.T) {
 	}
 	mu.Unlock()
 }
+
+// TestServerNotReading checks that a server that stops reading neither
+// blocks callers past their deadline nor keeps the connection forever.
+func TestServerNotReading(t *testing.T) {
+	stop := make(chan struct{})
+	addr := fakeServer(t, func(net.Conn) { <-stop })
+	t.Cleanup(func() { close(stop) })
+	c := newClient(t, ClientConfig{WriteTimeout: 300 * time.Millisecond})
+	payload := make([]byte, 1<<20)
+	const budget = 100 * time.Millisecond
+	for i := 0; c.Stats().ConnsLost == 0; i++ {
+		if i == 100 {
+			t.Fatal("the connection to a server that does not read was never closed")
+		}
+		start := time.Now()
+		_, err := c.Call(ctxTimeout(t, budget), addr, 1, payload)
+		if err == nil {
+			t.Fatal("a call to a server that does not read succeeded")
+		}
+		if took := time.Since(start); took > budget+500*time.Millisecond {
+			t.Fatalf("call %d took %v with a %v deadline", i, took, budget)
+		}
+	}
+}

@@ -74,6 +74,9 @@ type Config struct {
 	Clock worker.Clock
 	// Logger receives the node's logs. Default: discarded.
 	Logger *slog.Logger
+
+	// hook wraps the node's sockets; tests use it to cut a node off.
+	hook netHook
 }
 
 // Membership is the gossip and failure-detection tuning of a node.

@@ -28,6 +28,7 @@ type cluster struct {
 	nodes      []*Node
 	setup      func(*Node) // registers the workers of each node
 	membership Membership
+	hooks      map[string]*cutter // by node name, when the test cuts nodes off
 }
 
 // steadyMembership joins as fast as LocalMembership but is slow to declare
@@ -50,7 +51,12 @@ func newCluster(t *testing.T, size int, setup func(*Node)) *cluster {
 
 func newClusterWith(t *testing.T, size int, setup func(*Node), m Membership) *cluster {
 	t.Helper()
-	c := &cluster{t: t, setup: setup, membership: m}
+	return startCluster(&cluster{t: t, setup: setup, membership: m}, size)
+}
+
+func startCluster(c *cluster, size int) *cluster {
+	t := c.t
+	t.Helper()
 	for i := range size {
 		c.add(fmt.Sprintf("n%d", i+1))
 	}
@@ -73,6 +79,10 @@ func (c *cluster) add(name string) *Node {
 		Membership: c.membership,
 		Memory:     64 << 20,
 		Logger:     slog.New(slog.NewTextHandler(testWriter{c.t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	}
+	if c.hooks != nil {
+		c.hooks[name] = newCutter()
+		cfg.hook = c.hooks[name]
 	}
 	for _, n := range c.nodes {
 		if n.Ready() {

@@ -36,6 +36,8 @@ type Member struct {
 	Proto  int
 	State  State
 	Since  time.Time
+
+	leaving bool // announced a graceful leave
 }
 
 // memberlistConfig builds memberlist's configuration from the node's.
@@ -95,7 +97,7 @@ var _ io.Writer = slogWriter{}
 type delegate struct{ n *Node }
 
 func (d delegate) NodeMeta(limit int) []byte {
-	b, err := msgpack.Marshal(meta{Proto: protoVersion, Peer: d.n.peerAddr, HTTP: d.n.cfg.HTTP})
+	b, err := msgpack.Marshal(meta{Proto: protoVersion, Peer: d.n.peerAddr, HTTP: d.n.cfg.HTTP, Leaving: d.n.leaving.Load()})
 	if err != nil || len(b) > limit {
 		d.n.log.Error("node metadata does not fit", "limit", limit, "err", err)
 		return nil
@@ -121,8 +123,11 @@ type events struct{ n *Node }
 func (e events) NotifyJoin(m *memberlist.Node)   { e.n.memberUp(m) }
 func (e events) NotifyUpdate(m *memberlist.Node) { e.n.memberUp(m) }
 func (e events) NotifyLeave(m *memberlist.Node) {
+	// m.State is not reliable here (memberlist updates its own copy of the
+	// state, not the Node it passes); the leaving flag of the metadata is.
 	st := StateDead
-	if m.State == memberlist.StateLeft {
+	var md meta
+	if m.State == memberlist.StateLeft || msgpack.Unmarshal(m.Meta, &md) == nil && md.Leaving {
 		st = StateLeft
 	}
 	e.n.memberDown(m.Name, st)
@@ -142,6 +147,14 @@ func (n *Node) memberUp(m *memberlist.Node) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	old, known := n.mu.members[m.Name]
+	if md.Leaving {
+		// Announced before a graceful leave; NotifyLeave follows. Keep it
+		// in the ring until then: it still answers for its keys.
+		if known {
+			old.leaving = true
+		}
+		return
+	}
 	healed := known && old.State != StateAlive
 	if healed {
 		// A member we had declared dead is back: either it restarted or a
@@ -156,6 +169,14 @@ func (n *Node) memberUp(m *memberlist.Node) {
 	}
 	n.mu.members[m.Name] = &Member{Name: m.Name, Gossip: gossip, Peer: md.Peer, HTTP: md.HTTP, Proto: md.Proto,
 		State: StateAlive, Since: time.Now()}
+	if n.mu.isolated && !n.isolatedLocked() {
+		// Back in the majority: what this node cached while cut off may
+		// have been invalidated meanwhile. Drop it before the new ring
+		// sends requests here again.
+		n.mu.isolated = false
+		n.log.Warn("reconnected to the majority: dropping every cached entry")
+		n.dropAll()
+	}
 	n.rebuildLocked()
 }
 
@@ -171,8 +192,18 @@ func (n *Node) memberDown(name string, st State) {
 	}
 	n.log.Info("member "+string(st), "member", name)
 	cp := *m
+	if m.leaving {
+		st = StateLeft
+	}
 	cp.State, cp.Since = st, time.Now()
 	n.mu.members[name] = &cp
+	if !n.mu.isolated && n.isolatedLocked() {
+		// Cut off from most of the cluster: invalidations may stop reaching
+		// this node, so nothing cached so far can be trusted later.
+		n.mu.isolated = true
+		n.log.Warn("cut off from most members: dropping every cached entry")
+		n.dropAll()
+	}
 	if n.client != nil {
 		n.client.CloseAddr(m.Peer)
 	}
@@ -217,4 +248,31 @@ func (n *Node) rebuildLocked() {
 type routing struct {
 	ring  *ring.Ring
 	peers map[string]*remote
+}
+
+// isolatedLocked reports whether this node sees fewer than half of the
+// other members (those that did not leave) alive: it is then probably on
+// the minority side of a partition. n.mu must be held.
+func (n *Node) isolatedLocked() bool {
+	others, alive := 0, 0
+	for name, m := range n.mu.members {
+		if name == n.cfg.Name || m.State == StateLeft {
+			continue
+		}
+		others++
+		if m.State == StateAlive {
+			alive++
+		}
+	}
+	return others > 0 && 2*alive < others
+}
+
+// dropAll removes every cached entry (owned and near-cache copies) and
+// keeps fills running now from being stored.
+func (n *Node) dropAll() {
+	for e := range n.cache.Entries() {
+		if w, ok := n.cache.Worker(e.Label); ok {
+			w.Drop(e.Key)
+		}
+	}
 }

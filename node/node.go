@@ -52,6 +52,7 @@ type Node struct {
 	changed chan struct{} // a new ring was published; buffered 1
 	joined  atomic.Bool
 	started atomic.Bool
+	leaving atomic.Bool
 
 	done chan struct{} // closed by Close: stops the background loops
 	wg   sync.WaitGroup
@@ -61,7 +62,10 @@ type Node struct {
 		members map[string]*Member
 		heal    bool     // a member came back from dead: drop near-cache copies
 		healed  []string // gossip addresses of members that came back, for a push/pull
-		closed  bool
+		// isolated: fewer than half of the other members are alive, as on
+		// the minority side of a partition (see isolatedLocked).
+		isolated bool
+		closed   bool
 	}
 	closeOnce sync.Once
 	closeErr  error
@@ -102,7 +106,11 @@ func New(cfg Config) (*Node, error) {
 		n.store.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	n.client, err = peer.NewClient(peer.ClientConfig{Key: cfg.GossipKey, Logger: n.log})
+	cc := peer.ClientConfig{Key: cfg.GossipKey, Logger: n.log}
+	if cfg.hook != nil {
+		cc.DialContext = cfg.hook.dial
+	}
+	n.client, err = peer.NewClient(cc)
 	if err != nil {
 		n.cache.Close()
 		n.store.Close()
@@ -132,6 +140,9 @@ func (n *Node) Start() error {
 	if err != nil {
 		return fmt.Errorf("node: peer listen: %w", err)
 	}
+	if n.cfg.hook != nil {
+		ln = n.cfg.hook.listener(ln)
+	}
 	n.server, err = peer.NewServer(peer.ServerConfig{Key: n.cfg.GossipKey, Logger: n.log}, peer.HandlerFunc(n.handlePeer))
 	if err != nil {
 		ln.Close()
@@ -141,6 +152,12 @@ func (n *Node) Start() error {
 	if err != nil {
 		ln.Close()
 		return err
+	}
+	if n.cfg.hook != nil {
+		if err := n.cfg.hook.transport(mc); err != nil {
+			ln.Close()
+			return fmt.Errorf("node: gossip transport: %w", err)
+		}
 	}
 	// The peer address must be known before memberlist publishes our
 	// metadata, which happens inside Create.
@@ -158,10 +175,11 @@ func (n *Node) Start() error {
 		return fmt.Errorf("node: gossip: %w", err)
 	}
 	n.ml = ml
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.maintain()
 	go n.joinLoop()
 	go n.outboxLoop()
+	go n.reconnectLoop()
 	n.log.Info("node started", "gossip", ml.LocalNode().Address(), "peer", n.peerAddr)
 	return nil
 }
@@ -247,6 +265,40 @@ func (n *Node) joinAll() {
 		}
 	}
 }
+
+// reconnectLoop tries, every push/pull interval, to reach the members it
+// holds for dead (as serf's reconnect does). A partition can leave both
+// sides believing the other dead, and memberlist alone stops gossiping to
+// dead members after a while; a push/pull with each of them merges the two
+// sides again as soon as the network lets it.
+func (n *Node) reconnectLoop() {
+	defer n.wg.Done()
+	for {
+		t := time.NewTimer(n.cfg.Membership.PushPullInterval)
+		select {
+		case <-n.done:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		var addrs []string
+		n.mu.Lock()
+		for _, m := range n.mu.members {
+			if m.State == StateDead && time.Since(m.Since) < reconnectFor {
+				addrs = append(addrs, m.Gossip)
+			}
+		}
+		n.mu.Unlock()
+		if len(addrs) > 0 {
+			if k, err := n.ml.Join(addrs); k > 0 {
+				n.log.Info("reconnected to members held for dead", "reached", k, "tried", len(addrs), "err", err)
+			}
+		}
+	}
+}
+
+// reconnectFor is how long a dead member is tried again.
+const reconnectFor = 24 * time.Hour
 
 // Ready reports whether the node has joined the cluster (or started a new
 // one) and its ring includes itself.
@@ -438,6 +490,10 @@ func (n *Node) close(graceful bool) error {
 	if n.ml != nil {
 		if graceful {
 			n.handoff()
+			n.leaving.Store(true)
+			if err := n.ml.UpdateNode(n.cfg.Membership.LeaveTimeout); err != nil {
+				n.log.Debug("leave announcement", "err", err)
+			}
 			if err := n.ml.Leave(n.cfg.Membership.LeaveTimeout); err != nil {
 				errs = append(errs, fmt.Errorf("leave: %w", err))
 			}

@@ -30,6 +30,10 @@ type meta struct {
 	Proto int    `msgpack:"v"`
 	Peer  string `msgpack:"p"`
 	HTTP  string `msgpack:"h"`
+	// Leaving is set by a node that is about to leave gracefully, so that
+	// the others record "left" rather than "dead" (memberlist's NotifyLeave
+	// does not say which).
+	Leaving bool `msgpack:"l,omitempty"`
 }
 
 type fetchReq struct {

@@ -47,6 +47,9 @@ type Config struct {
 	// Data is the Pebble directory of the created-cache records. "" keeps
 	// them in memory. Default "".
 	Data string
+	// NoNearCache stops the node from keeping copies of values it fetched
+	// from their owners. Default false.
+	NoNearCache bool
 	// GossipKey encrypts gossip and authenticates peer connections: 16, 24
 	// or 32 bytes. Default none.
 	GossipKey []byte

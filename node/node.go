@@ -94,13 +94,14 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("node: records: %w", err)
 	}
 	n.cache, err = worker.NewCache(worker.CacheConfig{
-		MaxBytes: cfg.Memory,
-		Defaults: cfg.Defaults,
-		Clock:    cfg.Clock,
-		Self:     cfg.Name,
-		Peers:    n,
-		OnFill:   n.record,
-		Logger:   n.log,
+		MaxBytes:    cfg.Memory,
+		Defaults:    cfg.Defaults,
+		Clock:       cfg.Clock,
+		Self:        cfg.Name,
+		Peers:       n,
+		NoNearCache: cfg.NoNearCache,
+		OnFill:      n.record,
+		Logger:      n.log,
 	})
 	if err != nil {
 		n.store.Close()

@@ -45,6 +45,11 @@ type CacheConfig struct {
 	// Peers routes keys owned by other nodes. Default nil: this cache owns
 	// every key.
 	Peers PeerPicker
+	// NoNearCache stops this cache from keeping copies of entries fetched
+	// from their owner: every Get of another node's key then goes to the
+	// owner. Default false (copies are kept, and dropped by invalidations
+	// and ring changes).
+	NoNearCache bool
 	// OnFill is called after an owned fill was stored and before the callers
 	// that waited for it are released, with the policy the fill ran with: the
 	// node writes the created-cache record there (synchronously unless

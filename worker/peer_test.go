@@ -60,6 +60,22 @@ func TestPeerSeam(t *testing.T) {
 		}
 	})
 
+	t.Run("no near cache: every get goes to the owner", func(t *testing.T) {
+		p := &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+			return &Entry{Label: req.Label, Key: req.Key, Value: []byte("remote"), Owner: "n2", CreatedAt: epoch, AvailableTo: epoch.Add(time.Hour)}, Hit, nil
+		}}
+		c, _ := newTestCache(t, CacheConfig{Self: "n1", Peers: pickAll{p}, NoNearCache: true})
+		w := register(t, c, Config{Label: "nn", Getter: local})
+		for range 3 {
+			if e, _, err := w.Get(ctx, Args{}, Settings{}); err != nil || string(e.Value) != "remote" {
+				t.Fatal(e, err)
+			}
+		}
+		if p.fetches.Load() != 3 || c.Len() != 0 {
+			t.Fatalf("%d fetches, %d entries kept", p.fetches.Load(), c.Len())
+		}
+	})
+
 	t.Run("owner unreachable: fallback not kept", func(t *testing.T) {
 		p := &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
 			return nil, 0, errors.New("connection refused")

@@ -307,6 +307,8 @@ func (w *Worker) finish(key string, gen uint64, f *flight, e *Entry, st Status, 
 			// The invalidated value must not be served any longer.
 			w.cache.store.Invalidate(key)
 		}
+	case w.cache.cfg.NoNearCache && e.Owner != w.cache.cfg.Self:
+		// Copies of other nodes' keys are not kept.
 	default:
 		w.cache.store.Set(key, e)
 		stored = true

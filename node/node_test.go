@@ -314,3 +314,41 @@ func contains(s, sub string) bool {
 	}
 	return false
 }
+
+func TestNearCopiesOfMovedKeysAreDropped(t *testing.T) {
+	g := newCounting(0)
+	c := newCluster(t, 3, withWorker(g, worker.Settings{}))
+	ctx := context.Background()
+	n1 := c.nodes[0]
+	// Near copies on n1 of keys other nodes own.
+	var near []string
+	for k := range 200 {
+		key, _ := worker.KeyOf("w", worker.Args{"id": k})
+		if n1.Owner(key) != "n1" {
+			if _, _, err := n1.Get(ctx, "w", worker.Args{"id": k}, worker.Settings{}); err != nil {
+				t.Fatal(err)
+			}
+			near = append(near, key)
+		}
+	}
+	c.add("n4")
+	c.waitConverged(2 * time.Second)
+	waitFor(t, 2*time.Second, "near copies of moved keys dropped", func() bool {
+		for _, key := range near {
+			e, ok := n1.Cache().Lookup(key)
+			if ok && e.Owner != n1.Owner(key) {
+				return false
+			}
+		}
+		return true
+	})
+	moved := 0
+	for _, key := range near {
+		if n1.Owner(key) == "n4" {
+			moved++
+		}
+	}
+	if moved == 0 {
+		t.Fatal("no key moved to the new node")
+	}
+}

@@ -303,17 +303,18 @@ func (c *Client) startDial(p *pool, i int, d *dialing) bool {
 	go func() {
 		defer c.wg.Done()
 		cc, err := c.dial(p.addr)
+		var unwanted *clientConn
 		p.mu.Lock()
 		if p.mu.slots[i].dial == d {
 			p.mu.slots[i].dial = nil
 		}
 		if err == nil && p.mu.closed {
+			// CloseAddr or Close came first: nobody will use this one.
 			err = errPoolClosed
 			if c.isClosed() {
 				err = ErrClosed
 			}
-			cc.close(err)
-			cc = nil
+			unwanted, cc = cc, nil
 		}
 		if err == nil {
 			p.mu.slots[i].conn = cc
@@ -322,6 +323,10 @@ func (c *Client) startDial(p *pool, i int, d *dialing) bool {
 		d.conn, d.err = cc, err
 		close(d.done)
 		p.mu.Unlock()
+		if unwanted != nil {
+			// Never started and never in a slot: closing it is all.
+			_ = unwanted.nc.Close()
+		}
 		if cc != nil {
 			cc.start()
 		}
@@ -477,7 +482,9 @@ func (cc *clientConn) start() {
 }
 
 // close closes the connection; the reader then fails the pending calls
-// with cause (the first cause given wins).
+// with cause (the first cause given wins). The connection leaves its pool
+// slot at once, so that new calls dial rather than pick a dying connection
+// while the reader is still on its way to the teardown.
 func (cc *clientConn) close(cause error) {
 	cc.mu.Lock()
 	if cc.mu.cause == nil {
@@ -485,6 +492,9 @@ func (cc *clientConn) close(cause error) {
 	}
 	cc.mu.Unlock()
 	_ = cc.nc.Close()
+	if cc.pool != nil {
+		cc.pool.drop(cc)
+	}
 }
 
 // call sends one request and waits for its response.

@@ -34,9 +34,11 @@ type fileConfig struct {
 	Join          addrList  `yaml:"join"`
 	Data          optString `yaml:"data"`
 	Memory        Size      `yaml:"memory"`
-	GossipKey     string    `yaml:"gossip_key"`
-	AdminToken    string    `yaml:"admin_token_file"`
-	LogLevel      string    `yaml:"log_level"`
+	// NearCache keeps copies of values fetched from their owners. Default true.
+	NearCache  *bool  `yaml:"near_cache"`
+	GossipKey  string `yaml:"gossip_key"`
+	AdminToken string `yaml:"admin_token_file"`
+	LogLevel   string `yaml:"log_level"`
 	// Membership is a preset name (lan, local) or a mapping that tunes one.
 	Membership membershipConfig        `yaml:"membership"`
 	Ring       ringConfig              `yaml:"ring"`
@@ -377,6 +379,7 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 		return nil, usagef("%v", err)
 	}
 	nc.Membership = m
+	nc.NoNearCache = fc.NearCache != nil && !*fc.NearCache
 	nc.Ring = ring.Config{PartitionCount: fc.Ring.PartitionCount, ReplicationFactor: fc.Ring.ReplicationFactor, Load: fc.Ring.Load}
 	if _, err := ring.New(nc.Ring, nil); err != nil {
 		return nil, usagef("ring: %v", err)

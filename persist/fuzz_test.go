@@ -91,8 +91,6 @@ func encodeParsed(p parsedKey) []byte {
 		b = appendEsc(b, p.Name)
 	case prefixRecord, prefixValue:
 		b = appendEsc(b, p.Key)
-	case prefixLabel:
-		b = appendEsc(appendEsc(b, p.Label), p.Key)
 	case prefixShape:
 		b = appendEsc(shapePrefix(p.Label, encodeShape(p.Shape)), p.Key)
 	case prefixMatch:

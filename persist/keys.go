@@ -13,24 +13,23 @@ package persist
 // bit flipped, written big-endian in 8 bytes, so that they sort as times;
 // outbox IDs are big-endian uint64.
 //
-//	0x00 esc(name)                              meta: "format" → version byte,
-//	                                            "outbox-seq" → last outbox ID
-//	0x01 esc(key)                               record: version byte + msgpack
-//	0x02 esc(label) esc(key)                    label index (List, Labels)
-//	0x03 esc(label) esc(shape) esc(key)         shape index: the records of a
-//	                                            label by the set of attributes
-//	                                            they constrain
-//	0x04 esc(label) esc(shape) esc(attr) esc(value) esc(key)
-//	                                            value index: one entry per
-//	                                            value a record constrains
-//	0x05 time(relevance_to) esc(key)            relevance index (StaleBefore);
-//	                                            only records with a soft TTL
-//	0x06 time(available_to) esc(key)            expiry index (RemoveExpired);
-//	                                            only records with a hard TTL
-//	0x07 time(due) id                           outbox item → payload
-//	0x08 id                                     outbox by ID → time(due) (Ack)
-//	0x09 esc(key)                               value → time(available_to) + bytes
-//	0x0A time(available_to) esc(key)            value expiry index
+//	0x00 esc(name)                      meta: "format" → version byte,
+//	                                    "outbox-seq" → last outbox ID
+//	0x01 esc(key)                       record: version byte + msgpack
+//	0x02 esc(label) esc(shape) esc(key) shape index: the records of a label
+//	                                    by the set of attributes they
+//	                                    constrain (Match, List, Labels)
+//	0x03 esc(label) esc(shape) esc(attr) esc(value) esc(key)
+//	                                    value index: one entry per value a
+//	                                    record constrains (Match)
+//	0x04 time(relevance_to) esc(key)    relevance index (StaleBefore); only
+//	                                    records with a soft TTL
+//	0x05 time(available_to) esc(key)   expiry index (RemoveExpired); only
+//	                                    records with a hard TTL
+//	0x06 time(due) id                   outbox item → payload
+//	0x07 id                             outbox by ID → time(due) (Ack)
+//	0x08 esc(key)                       value → deadline + bytes
+//	0x09 time(available_to) esc(key)    value expiry index
 //
 // A shape is the sorted list of attribute names a record constrains (the
 // keys of Record.Match), written as the concatenation of their escaped forms
@@ -39,6 +38,12 @@ package persist
 // record are a pure function of the record (indexKeys), so replacing or
 // deleting a record deletes exactly the entries its old version produced,
 // in the same batch.
+//
+// A record costs 4 + (number of constrained values) keys. There is no
+// separate label index: a label's records are its shapes' records (a few
+// shapes per worker), and List merges them in key order. Every key is
+// written to the memtable and then rewritten by each compaction, so a key
+// per record saved is CPU saved on both sides.
 
 import (
 	"bytes"
@@ -53,16 +58,14 @@ import (
 const (
 	prefixMeta        byte = 0x00
 	prefixRecord      byte = 0x01
-	prefixLabel       byte = 0x02
-	prefixShape       byte = 0x03
-	prefixMatch       byte = 0x04
-	prefixRelevance   byte = 0x05
-	prefixExpiry      byte = 0x06
-	prefixOutbox      byte = 0x07
-	prefixOutboxID    byte = 0x08
-	prefixValue       byte = 0x09
-	prefixValueExpiry byte = 0x0A
-	prefixEnd         byte = 0x0B // first byte after every table
+	prefixShape       byte = 0x02
+	prefixMatch       byte = 0x03
+	prefixRelevance   byte = 0x04
+	prefixExpiry      byte = 0x05
+	prefixOutbox      byte = 0x06
+	prefixOutboxID    byte = 0x07
+	prefixValue       byte = 0x08
+	prefixValueExpiry byte = 0x09
 )
 
 // Meta names.
@@ -216,10 +219,6 @@ func metaKey(name string) []byte { return appendEsc([]byte{prefixMeta}, name) }
 
 func recordKey(key string) []byte { return appendEsc([]byte{prefixRecord}, key) }
 
-func labelPrefix(label string) []byte { return appendEsc([]byte{prefixLabel}, label) }
-
-func labelKey(label, key string) []byte { return appendEsc(labelPrefix(label), key) }
-
 func shapeLabelPrefix(label string) []byte { return appendEsc([]byte{prefixShape}, label) }
 
 func shapePrefix(label, shape string) []byte { return appendEsc(shapeLabelPrefix(label), shape) }
@@ -246,34 +245,62 @@ func outboxIDKey(id uint64) []byte {
 
 func valueKey(key string) []byte { return appendEsc([]byte{prefixValue}, key) }
 
-// indexKeys returns the index entries of rec, all with empty values.
+// indexKeys returns the index entries of rec, all with empty values. They
+// are slices of one buffer: this runs for every record written.
 func indexKeys(rec *Record) [][]byte {
-	shapeAttrs := shapeOf(rec.Match)
-	shape := encodeShape(shapeAttrs)
-	keys := make([][]byte, 0, 4+len(rec.Match))
-	keys = append(keys, labelKey(rec.Label, rec.Key))
-	keys = append(keys, appendEsc(shapePrefix(rec.Label, shape), rec.Key))
-	var seen map[string]struct{}
-	for _, a := range shapeAttrs {
-		clear(seen)
+	attrs := shapeOf(rec.Match)
+	var scratch [256]byte
+	comps := scratch[:0]
+	comps = appendEsc(comps, rec.Label)
+	nLabel := len(comps)
+	comps = appendEsc(comps, encodeShape(attrs))
+	nShape := len(comps)
+	comps = appendEsc(comps, rec.Key)
+	label, shape, key := comps[:nLabel], comps[nLabel:nShape], comps[nShape:]
+
+	nKeys, size := 3, 1+len(label)+len(shape)+len(key)+2*(1+8+len(key))
+	for _, a := range attrs {
 		for _, v := range rec.Match[a] {
-			if len(rec.Match[a]) > 1 {
-				if seen == nil {
-					seen = make(map[string]struct{})
-				}
+			nKeys++
+			size += 1 + len(label) + len(shape) + 2*len(a) + 2 + 2*len(v) + 2 + len(key)
+		}
+	}
+	buf := make([]byte, 0, size)
+	keys := make([][]byte, 0, nKeys)
+	add := func(parts ...[]byte) {
+		start := len(buf)
+		for _, p := range parts {
+			buf = append(buf, p...)
+		}
+		keys = append(keys, buf[start:len(buf):len(buf)])
+	}
+	add([]byte{prefixShape}, label, shape, key)
+	var seen map[string]struct{}
+	for _, a := range attrs {
+		vs := rec.Match[a]
+		if len(vs) > 1 {
+			if seen == nil {
+				seen = make(map[string]struct{})
+			}
+			clear(seen)
+		}
+		ea := appendEsc(nil, a)
+		for _, v := range vs {
+			if len(vs) > 1 {
 				if _, dup := seen[v]; dup {
 					continue
 				}
 				seen[v] = struct{}{}
 			}
-			keys = append(keys, appendEsc(matchPrefix(rec.Label, shape, a, v), rec.Key))
+			add([]byte{prefixMatch}, label, shape, ea, appendEsc(nil, v), key)
 		}
 	}
+	var tb [9]byte
 	if !rec.RelevanceTo.IsZero() {
-		keys = append(keys, timeKey(prefixRelevance, rec.RelevanceTo, rec.Key))
+		add(appendTime(append(tb[:0], prefixRelevance), rec.RelevanceTo), key)
 	}
 	if !rec.AvailableTo.IsZero() {
-		keys = append(keys, timeKey(prefixExpiry, rec.AvailableTo, rec.Key))
+		add(appendTime(append(tb[:0], prefixExpiry), rec.AvailableTo), key)
 	}
 	return keys
 }
@@ -282,11 +309,11 @@ func indexKeys(rec *Record) [][]byte {
 type parsedKey struct {
 	Table  byte
 	Name   string   // meta
-	Label  string   // label, shape, match
+	Label  string   // shape, match
 	Shape  []string // shape, match
 	Attr   string   // match
 	Value  string   // match
-	Key    string   // record, label, shape, match, relevance, expiry, value, value expiry
+	Key    string   // record, shape, match, relevance, expiry, value, value expiry
 	Time   time.Time
 	ID     uint64 // outbox, outbox ID
 	shapeC string // the shape component as stored
@@ -322,9 +349,6 @@ func parseKey(b []byte) (parsedKey, error) {
 	case prefixMeta:
 		str(&p.Name)
 	case prefixRecord, prefixValue:
-		str(&p.Key)
-	case prefixLabel:
-		str(&p.Label)
 		str(&p.Key)
 	case prefixShape, prefixMatch:
 		str(&p.Label)

@@ -84,21 +84,7 @@ func (s *Store) List(label, after string, limit int) ([]Record, string, error) {
 		next string
 	)
 	err := s.readSnapshot(func(r pebble.Reader) error {
-		prefix := labelPrefix(label)
-		var lower []byte
-		if after != "" {
-			lower = prefixSuccessor(appendEsc(bytes.Clone(prefix), after))
-		}
-		var keys []string
-		more := false
-		err := scanKeys(r, prefix, lower, func(k string) bool {
-			if limit > 0 && len(keys) == limit {
-				more = true
-				return false
-			}
-			keys = append(keys, k)
-			return true
-		})
+		keys, more, err := listKeys(r, label, after, limit)
 		if err != nil {
 			return err
 		}
@@ -114,22 +100,87 @@ func (s *Store) List(label, after string, limit int) ([]Record, string, error) {
 	return recs, next, nil
 }
 
+// listKeys merges the shape indexes of label in key order: one iterator per
+// shape, each positioned after the key after, the smallest key taken each
+// step.
+func listKeys(r pebble.Reader, label, after string, limit int) (keys []string, more bool, err error) {
+	shapeList, err := shapes(r, label)
+	if err != nil {
+		return nil, false, err
+	}
+	type cursor struct {
+		it     *pebble.Iterator
+		prefix int
+		key    string
+		valid  bool
+	}
+	cursors := make([]*cursor, 0, len(shapeList))
+	defer func() {
+		for _, c := range cursors {
+			err = errors.Join(err, c.it.Close())
+		}
+	}()
+	advance := func(c *cursor, valid bool) error {
+		c.valid = valid
+		if !valid {
+			return c.it.Error()
+		}
+		k, err := lastKey(c.it.Key(), c.prefix)
+		c.key = k
+		return err
+	}
+	for _, shape := range shapeList {
+		prefix := shapePrefix(label, shape)
+		lower := prefix
+		if after != "" {
+			lower = prefixSuccessor(appendEsc(bytes.Clone(prefix), after))
+		}
+		it, err := r.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixSuccessor(prefix)})
+		if err != nil {
+			return nil, false, err
+		}
+		c := &cursor{it: it, prefix: len(prefix)}
+		cursors = append(cursors, c)
+		if err := advance(c, it.First()); err != nil {
+			return nil, false, err
+		}
+	}
+	for {
+		var min *cursor
+		for _, c := range cursors {
+			if c.valid && (min == nil || c.key < min.key) {
+				min = c
+			}
+		}
+		if min == nil {
+			return keys, false, nil
+		}
+		if limit > 0 && len(keys) == limit {
+			return keys, true, nil
+		}
+		keys = append(keys, min.key)
+		if err := advance(min, min.it.Next()); err != nil {
+			return nil, false, err
+		}
+	}
+}
+
 // Labels returns the labels that have at least one record, sorted. It seeks
 // from label to label instead of reading every record's entry.
 func (s *Store) Labels() ([]string, error) {
 	var labels []string
 	err := s.read(func(db *pebble.DB) error {
-		it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixLabel}, UpperBound: []byte{prefixLabel + 1}})
+		it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixShape}, UpperBound: []byte{prefixShape + 1}})
 		if err != nil {
 			return err
 		}
 		for valid := it.First(); valid; {
-			p, err := parseKey(it.Key())
+			label, _, err := readEsc(it.Key()[1:])
 			if err != nil {
 				return errors.Join(err, it.Close())
 			}
-			labels = append(labels, p.Label)
-			valid = it.SeekGE(prefixSuccessor(labelPrefix(p.Label)))
+			labels = append(labels, label)
+			valid = it.SeekGE(prefixSuccessor(shapeLabelPrefix(label)))
 		}
 		return it.Close()
 	})

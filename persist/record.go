@@ -94,7 +94,7 @@ func encodeRecord(rec *Record) ([]byte, error) {
 		if rec.Args == nil {
 			return e.EncodeNil()
 		}
-		return encodeValue(e, reflect.ValueOf(rec.Args), 0)
+		return encodeAny(e, rec.Args, 0)
 	})
 	put(func() error {
 		if rec.Match == nil {
@@ -137,6 +137,77 @@ func encodeRecord(rec *Record) ([]byte, error) {
 }
 
 var timeType = reflect.TypeFor[time.Time]()
+
+// encodeAny encodes one argument value: the common types directly, the
+// rest through encodeValue's reflection.
+func encodeAny(e *msgpack.Encoder, v any, depth int) error {
+	if depth > maxArgDepth {
+		return fmt.Errorf("argument nested deeper than %d", maxArgDepth)
+	}
+	switch x := v.(type) {
+	case nil:
+		return e.EncodeNil()
+	case string:
+		return e.EncodeString(x)
+	case int:
+		return e.EncodeInt64(int64(x))
+	case int64:
+		return e.EncodeInt64(x)
+	case float64:
+		return e.EncodeFloat64(x)
+	case bool:
+		return e.EncodeBool(x)
+	case []string:
+		if x == nil {
+			return e.EncodeNil()
+		}
+		if err := e.EncodeArrayLen(len(x)); err != nil {
+			return err
+		}
+		for _, s := range x {
+			if err := e.EncodeString(s); err != nil {
+				return err
+			}
+		}
+		return nil
+	case []any:
+		if x == nil {
+			return e.EncodeNil()
+		}
+		if err := e.EncodeArrayLen(len(x)); err != nil {
+			return err
+		}
+		for _, el := range x {
+			if err := encodeAny(e, el, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	case map[string]any:
+		if x == nil {
+			return e.EncodeNil()
+		}
+		var buf [16]string
+		keys := buf[:0]
+		for k := range x {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		if err := e.EncodeMapLen(len(keys)); err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if err := e.EncodeString(k); err != nil {
+				return err
+			}
+			if err := encodeAny(e, x[k], depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return encodeValue(e, reflect.ValueOf(v), depth)
+}
 
 // encodeValue encodes one argument value. It accepts what decodeValue gives
 // back (nil, booleans, numbers, strings, []byte, time.Time, slices, arrays,

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -31,6 +32,18 @@ var (
 	// ErrCorrupt is wrapped by errors about stored data that cannot be
 	// decoded.
 	ErrCorrupt = errors.New("persist: corrupt data")
+)
+
+// Pebble sizing. A record is about 6 keys; with Pebble's 4 MiB default
+// memtable, a burst of async records is flushed in many small L0 tables
+// whose compactions rewrite the base level again and again (measured: a
+// third more CPU per record, see docs/BENCHMARKS.md). Pebble grows
+// memtables from 256 KiB up to this size, so an idle or small store (a
+// test node) does not pay for it. The block cache holds the index and
+// filter blocks that the read-before-write of every record touches.
+const (
+	memTableSize   = 16 << 20
+	blockCacheSize = 64 << 20
 )
 
 // formatVersion is the version of the key layout, stored under the meta key
@@ -185,6 +198,13 @@ func Open(cfg Config) (*Store, error) {
 		Logger:             pebbleLogger{c.Logger.With("component", "pebble")},
 		FormatMajorVersion: pebble.FormatNewest,
 	}
+	// Every write of a record first reads the key's previous record, and
+	// for a new key that read is a miss: bloom filters let it skip the
+	// tables instead of reading their index blocks. Later levels inherit
+	// L0's policy.
+	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
+	opts.CacheSize = blockCacheSize
+	opts.MemTableSize = memTableSize
 	dir := c.Dir
 	if dir == "" {
 		opts.FS = vfs.NewMem()

@@ -465,14 +465,14 @@ func (s *Store) applyOp(t *txn, o *op) error {
 			return err
 		}
 		o.found = found
-		if s.cfg.KeepValues {
-			_, err = t.deleteValue(o.key)
-		}
+		// Values are deleted and expired even without KeepValues: the
+		// database may come from a run that kept them.
+		_, err = t.deleteValue(o.key)
 		return err
 	case opExpire:
 		var err error
 		o.n, err = t.expireRecords(o.t, expireChunk, s.log)
-		if err != nil || !s.cfg.KeepValues {
+		if err != nil {
 			return err
 		}
 		o.nValues, err = t.expireValues(o.t, expireChunk)

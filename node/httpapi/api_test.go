@@ -139,6 +139,9 @@ func TestAPI(t *testing.T) {
 		if n := db.runs(`items@fail=s"1"&id=s"1"`); n != 2 {
 			t.Errorf("a failing getter ran %d times for two reads; errors must not be cached", n)
 		}
+		for _, m := range ms { // filled here, and by the owner for the other node
+			wantError(t, call(t, "GET", m.url+"/v1/cache/slow?x=1", "", ""), 504, "fill_timeout")
+		}
 		wantError(t, call(t, "POST", n1.url+"/v1/cache/items", "", ""), 405, "method_not_allowed")
 		wantError(t, call(t, "GET", n1.url+"/v1/invalidate", token, ""), 405, "method_not_allowed")
 		wantError(t, call(t, "GET", n1.url+"/nope", "", ""), 404, "not_found")
@@ -211,7 +214,7 @@ func TestAPI(t *testing.T) {
 
 		var ws struct{ Workers []WorkerInfo }
 		a = call(t, "GET", n1.url+"/admin/workers", token, "")
-		if a.code != 200 || json.Unmarshal(a.body, &ws) != nil || len(ws.Workers) != 2 {
+		if a.code != 200 || json.Unmarshal(a.body, &ws) != nil || len(ws.Workers) != 3 {
 			t.Fatalf("workers: %d %s", a.code, a.body)
 		}
 		it := ws.Workers[1]

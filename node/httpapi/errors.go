@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/node"
@@ -58,8 +59,12 @@ func statusOf(err error) (int, string) {
 	case errors.Is(err, worker.ErrBadArgs), errors.Is(err, worker.ErrConfig), errors.Is(err, invalidation.ErrBadRequest):
 		return http.StatusBadRequest, "bad_request"
 	case errors.Is(err, worker.ErrFill):
-		// Checked before the context errors: an origin that timed out is
-		// an origin error, not a wait that ran out.
+		// A fill that ran past its deadline (the wait budget, or the
+		// worker's fill timeout) is a timeout, wherever it ran: an owner's
+		// error crosses the peer transport as text, hence the second test.
+		if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), context.DeadlineExceeded.Error()) {
+			return http.StatusGatewayTimeout, "fill_timeout"
+		}
 		return http.StatusBadGateway, "origin_error"
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout, "fill_timeout"

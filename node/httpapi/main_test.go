@@ -88,7 +88,12 @@ func (db *fooDB) register(t *testing.T, n *node.Node, m *Metrics) {
 		}
 		return worker.Value{Data: []byte(fmt.Sprintf("item %v", args["id"])), ContentType: "text/plain; charset=utf-8"}, nil
 	})
+	slow := worker.GetterFunc(func(ctx context.Context, args worker.Args) (worker.Value, error) {
+		<-ctx.Done() // an origin slower than the fill timeout
+		return worker.Value{}, ctx.Err()
+	})
 	for _, c := range []worker.Config{
+		{Label: "slow", Getter: slow, FillTimeout: 50 * time.Millisecond, Settings: worker.Settings{Tick: 10 * time.Millisecond, TickAmount: worker.Int(5)}},
 		{Label: "filtered", Getter: m.WrapGetter("filtered", origin{filtered, "http://db.internal/foos/filter"}), Settings: worker.Settings{Expires: time.Hour}},
 		{Label: "items", Getter: m.WrapGetter("items", origin{items, "http://db.internal/items"}), Settings: worker.Settings{Expires: time.Hour,
 			RelevanceInvalidation: worker.Bool(true), RelevanceExpires: 30 * time.Second}},

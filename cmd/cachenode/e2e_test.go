@@ -392,6 +392,22 @@ func TestEndToEnd(t *testing.T) {
 	waitAgree(t, nodes, 20*time.Second)
 	t.Logf("cluster of 3 up after %v", time.Since(start).Round(time.Millisecond))
 
+	t.Run("ring command", func(t *testing.T) {
+		out, err := exec.Command(bin, "ring", "--http", strings.TrimPrefix(n2.http, "http://"), "--admin-token-file", tokenFile).CombinedOutput()
+		if err != nil {
+			t.Fatalf("cachenode ring: %v\n%s", err, out)
+		}
+		for _, want := range []string{"271 partitions", "as seen by n2 (ready)", "n1 ", "n2 *", "n3 ", "alive"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("cachenode ring output lacks %q:\n%s", want, out)
+			}
+		}
+		if out, err := exec.Command(bin, "ring", "--http", strings.TrimPrefix(n2.http, "http://")).CombinedOutput(); err == nil ||
+			!strings.Contains(string(out), "unauthorized") {
+			t.Errorf("cachenode ring without the token: %v %s", err, out)
+		}
+	})
+
 	t.Run("headers", func(t *testing.T) {
 		a := do(t, "GET", n1.http+"/v1/cache/items?id=1&tag=b&tag=a", "", nil)
 		if a.code != 200 || a.header.Get("X-Cache") != "miss" {

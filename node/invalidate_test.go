@@ -71,10 +71,10 @@ func (db *fooDB) list(label string, a worker.Args, keep func(foo) bool) worker.V
 // register adds all_foos and filtered_foos and the Foo rules to a node.
 func (db *fooDB) register(n *Node) {
 	c := n.Cache()
-	must(c.Register(worker.Config{Label: "all_foos", Getter: worker.GetterFunc(func(ctx context.Context, a worker.Args) (worker.Value, error) {
+	must(c.Register(worker.Config{Label: "all_foos", Settings: patient, Getter: worker.GetterFunc(func(ctx context.Context, a worker.Args) (worker.Value, error) {
 		return db.list("all_foos", a, func(foo) bool { return true }), nil
 	})}))
-	must(c.Register(worker.Config{Label: "filtered_foos", Getter: worker.GetterFunc(func(ctx context.Context, a worker.Args) (worker.Value, error) {
+	must(c.Register(worker.Config{Label: "filtered_foos", Settings: patient, Getter: worker.GetterFunc(func(ctx context.Context, a worker.Args) (worker.Value, error) {
 		db.mu.Lock()
 		gate := db.gate
 		db.mu.Unlock()

@@ -21,9 +21,14 @@ func withWorker(g *countingGetter, s worker.Settings) func(*Node) {
 	}
 }
 
+// patient is the wait budget of the tests that count fills: 30 s, so that
+// only a real failure, never a slow race-detector run on a loaded two-core
+// machine, makes a caller give up on the owner and compute the value itself.
+var patient = worker.Settings{Tick: time.Second, TickAmount: worker.Int(30)}
+
 func TestColdKeyFilledOnceAcrossCluster(t *testing.T) {
 	g := newCounting(50 * time.Millisecond)
-	c := newCluster(t, 5, withWorker(g, worker.Settings{}))
+	c := newCluster(t, 5, withWorker(g, patient))
 	const callers = 500
 	var wg sync.WaitGroup
 	errs := make(chan error, callers)
@@ -53,7 +58,7 @@ func TestColdKeyFilledOnceAcrossCluster(t *testing.T) {
 
 func TestThousandColdKeysFilledOnceEach(t *testing.T) {
 	g := newCounting(0)
-	c := newCluster(t, 5, withWorker(g, worker.Settings{}))
+	c := newCluster(t, 5, withWorker(g, patient))
 	const keys = 1000
 	// Every node asks for every key, all nodes at once and in the same
 	// order, so that each key is asked on five nodes at about the same
@@ -158,7 +163,7 @@ func TestKilledOwnerIsReplaced(t *testing.T) {
 
 func TestJoinConvergesFast(t *testing.T) {
 	g := newCounting(0)
-	c := newCluster(t, 4, withWorker(g, worker.Settings{}))
+	c := newCluster(t, 4, withWorker(g, patient))
 	start := time.Now()
 	c.add("n5")
 	took := c.waitConverged(time.Second)
@@ -189,7 +194,7 @@ func TestJoinConvergesFast(t *testing.T) {
 
 func TestGracefulLeaveHandsOffHotEntries(t *testing.T) {
 	g := newCounting(0)
-	c := newCluster(t, 5, withWorker(g, worker.Settings{}))
+	c := newCluster(t, 5, withWorker(g, patient))
 	ctx := context.Background()
 	for k := range 300 {
 		if _, _, err := c.nodes[0].Get(ctx, "w", worker.Args{"id": k}, worker.Settings{}); err != nil {

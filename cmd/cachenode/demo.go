@@ -62,9 +62,15 @@ func demo(args []string, stdout, stderr io.Writer) int {
 	defer osrv.Close()
 
 	var nodes []*running
-	defer func() {
+	stopAll := func() {
 		for _, r := range slices.Backward(nodes) {
 			r.stop(5 * time.Second)
+		}
+	}
+	stopping := false // set once the graceful stop below has begun
+	defer func() {
+		if !stopping {
+			stopAll()
 		}
 	}()
 	client := newOriginClient()
@@ -107,12 +113,10 @@ func demo(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintln(stdout, "\nstopping the demo cluster…")
+	stopping = true
 	done := make(chan struct{})
 	go func() {
-		for _, r := range slices.Backward(nodes) {
-			r.stop(5 * time.Second)
-		}
-		nodes = nil
+		stopAll()
 		close(done)
 	}()
 	select {
@@ -192,8 +196,7 @@ Try:
   # or send an invalidation yourself
   curl -s -X POST %[1]s/v1/invalidate -d '{"label": "all_foos"}'
   curl -s -X POST %[1]s/v1/invalidate -d '{"model": "Foo", "changes": [{"op": "update", "old": {"attr1": "green", "attr2": "large"}, "new": {"attr1": "red", "attr2": "large"}}]}'
-  # the ring, the members, the workers and the records
-  open %[1]s/admin/
+  # the ring, the members, the workers and the records: open %[1]s/admin/ in a browser, or
   go run ./cmd/cachenode ring --http %[4]s
   curl -s %[1]s/admin/records
   # the origin's request count: one per key and per refresh, however many reads

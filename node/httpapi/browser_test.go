@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -130,5 +132,20 @@ func TestAdminPageInBrowser(t *testing.T) {
 			t.Fatalf("no screenshot at %s: %v", abs, err)
 		}
 		t.Logf("screenshot written to %s", abs)
+	}
+}
+
+// TestBrowserSeesConsoleErrors proves that the console check above is not
+// vacuous: a page with a script error is reported.
+func TestBrowserSeesConsoleErrors(t *testing.T) {
+	bin := chromium(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.Write([]byte(`<!doctype html><p>x</p><script>throw new Error("boom")</script>`))
+	}))
+	defer srv.Close()
+	_, log := runChromium(t, bin, srv.URL, "--dump-dom")
+	if errs := consoleErrors(log); len(errs) == 0 || !strings.Contains(strings.Join(errs, "\n"), "boom") {
+		t.Errorf("a script error was not seen in Chromium's log:\n%s", log)
 	}
 }

@@ -78,9 +78,9 @@ func (s *Store) outboxItems(upper []byte, limit int) ([]OutboxItem, error) {
 // repeat after a reopen even when every item was acknowledged.
 func (t *txn) enqueue(id uint64, due time.Time, payload []byte) {
 	k := outboxKey(due, id)
-	t.set(k, payload)
+	t.setIndex(k, payload)
 	t.set(outboxIDKey(id), k[1:9])
-	t.set(metaKey(metaOutboxSeq), binary.BigEndian.AppendUint64(nil, id))
+	t.setIndex(metaKey(metaOutboxSeq), binary.BigEndian.AppendUint64(nil, id))
 }
 
 func (t *txn) ack(id uint64) error {
@@ -97,7 +97,7 @@ func (t *txn) ack(id uint64) error {
 	}
 	k := append([]byte{prefixOutbox}, bits...)
 	k = binary.BigEndian.AppendUint64(k, id)
-	t.del(k)
+	t.delIndex(k)
 	t.del(idKey)
 	return nil
 }

@@ -110,7 +110,7 @@ func (t *txn) putValue(key string, value []byte, availableTo time.Time) error {
 	entry := encodeValueEntry(value, availableTo)
 	t.set(valueKey(key), entry)
 	if !availableTo.IsZero() {
-		t.set(timeKey(prefixValueExpiry, availableTo, key), nil)
+		t.setIndex(timeKey(prefixValueExpiry, availableTo, key), nil)
 	}
 	return nil
 }
@@ -125,7 +125,7 @@ func (t *txn) deleteValue(key string) (bool, error) {
 		return false, nil
 	}
 	if _, _, bits, err := decodeValueEntry(raw); err == nil && bits != nil {
-		t.del(valueExpiryKey(bits, key))
+		t.delIndex(valueExpiryKey(bits, key))
 	}
 	t.del(valueKey(key))
 	return true, nil
@@ -146,7 +146,7 @@ func (t *txn) expireValues(now time.Time, limit int) (int, error) {
 		k := bytes.Clone(it.Key())
 		key, err := lastKey(k, 1+8)
 		if err != nil {
-			t.del(k)
+			t.delIndex(k)
 			continue
 		}
 		raw, found, err := t.get(valueKey(key))
@@ -154,7 +154,7 @@ func (t *txn) expireValues(now time.Time, limit int) (int, error) {
 			return n, errors.Join(err, it.Close())
 		}
 		if !found {
-			t.del(k)
+			t.delIndex(k)
 			continue
 		}
 		_, until, _, err := decodeValueEntry(raw)
@@ -164,7 +164,7 @@ func (t *txn) expireValues(now time.Time, limit int) (int, error) {
 		if _, err := t.deleteValue(key); err != nil {
 			return n, errors.Join(err, it.Close())
 		}
-		t.del(k)
+		t.delIndex(k)
 		n++
 	}
 	return n, it.Close()

@@ -384,7 +384,8 @@ func (s *Store) releaseFlushesLocked() {
 // records, commits it, and fills in the operations' results. It returns the
 // error that lost async records, if any.
 func (s *Store) apply(ops []*op, recs []Record) error {
-	t := &txn{db: s.db, view: make(map[string]viewEntry, 8*(len(ops)+len(recs)))}
+	n := len(ops) + len(recs)
+	t := &txn{db: s.db, writes: make([]write, 0, 8*n), view: make(map[string]viewEntry, n)}
 	for _, o := range ops {
 		o.err = s.applyOp(t, o)
 	}
@@ -407,7 +408,7 @@ func (s *Store) apply(ops []*op, recs []Record) error {
 		}
 		written++
 	}
-	if len(t.view) == 0 {
+	if len(t.writes) == 0 {
 		return asyncErr
 	}
 	if err := t.commit(); err != nil {
@@ -496,13 +497,22 @@ type viewEntry struct {
 	del bool
 }
 
-// txn is a batch under construction by the writer: the final write of
-// every key it touches, which later operations of the same batch read
-// through get. It is used by the writer goroutine only.
+// txn is a batch under construction by the writer: its writes in order,
+// and a view of the keys that later operations of the same batch read back
+// through get (Pebble cannot answer those reads before the commit). It is
+// used by the writer goroutine only.
 type txn struct {
-	db   *pebble.DB
-	view map[string]viewEntry
-	pre  map[string]viewEntry // committed values read ahead by prefetch
+	db     *pebble.DB
+	writes []write
+	view   map[string]viewEntry // final state of the keys written with set and del
+	pre    map[string]viewEntry // committed values read ahead by prefetch
+}
+
+// write is one Set or Delete of a txn; seq orders writes of the same key.
+type write struct {
+	key, val []byte
+	del      bool
+	seq      int
 }
 
 // prefetch reads the committed records of recs' keys with one iterator, in
@@ -561,30 +571,53 @@ func (t *txn) get(k []byte) ([]byte, bool, error) {
 	return v, true, closer.Close()
 }
 
-// set and del record a write; the last write of a key wins.
-func (t *txn) set(k, v []byte) { t.view[string(k)] = viewEntry{val: v} }
+// set and del write a key that later operations of the batch may read
+// through get (records, values, outbox IDs).
+func (t *txn) set(k, v []byte) {
+	t.view[string(k)] = viewEntry{val: v}
+	t.setIndex(k, v)
+}
 
-func (t *txn) del(k []byte) { t.view[string(k)] = viewEntry{del: true} }
+func (t *txn) del(k []byte) {
+	t.view[string(k)] = viewEntry{del: true}
+	t.delIndex(k)
+}
 
-// commit writes the batch in key order and syncs the WAL. Sorted inserts
-// are cheaper for the memtable's skiplist, which reuses the previous
-// insertion point, and the view already holds one final write per key.
+// setIndex and delIndex write a key that nothing reads back before the
+// commit: index entries, outbox items, meta.
+func (t *txn) setIndex(k, v []byte) {
+	t.writes = append(t.writes, write{key: k, val: v, seq: len(t.writes)})
+}
+
+func (t *txn) delIndex(k []byte) {
+	t.writes = append(t.writes, write{key: k, del: true, seq: len(t.writes)})
+}
+
+// commit writes the batch in key order, the last write of each key only,
+// and syncs the WAL. Sorted inserts are cheaper for the memtable's
+// skiplist, which starts each insert from the previous one's position.
 func (t *txn) commit() error {
-	keys := make([]string, 0, len(t.view))
+	slices.SortFunc(t.writes, func(a, b write) int {
+		if c := bytes.Compare(a.key, b.key); c != 0 {
+			return c
+		}
+		return a.seq - b.seq
+	})
 	size := 0
-	for k, e := range t.view {
-		keys = append(keys, k)
-		size += len(k) + len(e.val) + 8
+	for _, w := range t.writes {
+		size += len(w.key) + len(w.val) + 8
 	}
-	slices.Sort(keys)
 	b := t.db.NewBatchWithSize(size)
 	defer b.Close()
-	for _, k := range keys {
+	for i, w := range t.writes {
+		if i+1 < len(t.writes) && bytes.Equal(w.key, t.writes[i+1].key) {
+			continue // a later write of the same key wins
+		}
 		// Set and Delete fail only on a committed batch.
-		if e := t.view[k]; e.del {
-			_ = b.Delete([]byte(k), nil)
+		if w.del {
+			_ = b.Delete(w.key, nil)
 		} else {
-			_ = b.Set([]byte(k), e.val, nil)
+			_ = b.Set(w.key, w.val, nil)
 		}
 	}
 	return b.Commit(syncCommit)
@@ -629,16 +662,16 @@ func (t *txn) putRecord(rec *Record, enc []byte, log logger) error {
 				delete(keep, string(k)) // present already: do not rewrite
 				continue
 			}
-			t.del(k)
+			t.delIndex(k)
 		}
 		for _, k := range newKeys {
 			if _, ok := keep[string(k)]; ok {
-				t.set(k, nil)
+				t.setIndex(k, nil)
 			}
 		}
 	} else {
 		for _, k := range newKeys {
-			t.set(k, nil)
+			t.setIndex(k, nil)
 		}
 	}
 	t.set(recordKey(rec.Key), enc)
@@ -653,7 +686,7 @@ func (t *txn) deleteRecord(key string, log logger) (bool, error) {
 	}
 	if old != nil {
 		for _, k := range indexKeys(old) {
-			t.del(k)
+			t.delIndex(k)
 		}
 	}
 	t.del(recordKey(key))
@@ -677,7 +710,7 @@ func (t *txn) expireRecords(now time.Time, limit int, log logger) (int, error) {
 		key, err := lastKey(it.Key(), 1+8)
 		if err != nil {
 			log.Error("persist: removing a corrupt expiry index entry", "key", fmt.Sprintf("%q", it.Key()), "err", err)
-			t.del(bytes.Clone(it.Key()))
+			t.delIndex(bytes.Clone(it.Key()))
 			continue
 		}
 		rec, err := t.oldRecord(key, log)
@@ -687,7 +720,7 @@ func (t *txn) expireRecords(now time.Time, limit int, log logger) (int, error) {
 		if rec == nil {
 			// An entry without a record cannot be produced by putRecord;
 			// remove it rather than skip it on every sweep.
-			t.del(bytes.Clone(it.Key()))
+			t.delIndex(bytes.Clone(it.Key()))
 			continue
 		}
 		if rec.AvailableTo.IsZero() || rec.AvailableTo.After(now) {

@@ -404,3 +404,25 @@ func TestNewNeedsANode(t *testing.T) {
 		t.Errorf("New without a node: %v", err)
 	}
 }
+
+// TestInvalidationArgsNameTheKeyAQueryFilled checks that JSON arguments of
+// POST /v1/invalidate name the key that the same values in a query string
+// filled: numbers and booleans in JSON are text in a query.
+func TestInvalidationArgsNameTheKeyAQueryFilled(t *testing.T) {
+	req, err := DecodeInvalidation([]byte(`{"label":"w","args":{"id":7,"ratio":1.5,"on":true,"tags":["a",2],"one":["x"]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := ParseQuery("id=7&ratio=1.5&on=true&tags=a&tags=2&one=x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := worker.KeyOf("w", q.Args)
+	got, _ := worker.KeyOf("w", req.Args)
+	if got != want {
+		t.Fatalf("invalidation key %q, query key %q", got, want)
+	}
+	if _, err := DecodeInvalidation([]byte(`{"label":"w","args":{"x":[[1]]}}`)); err == nil {
+		t.Fatal("nested list accepted")
+	}
+}

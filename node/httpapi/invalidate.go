@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -79,10 +80,55 @@ func DecodeInvalidation(body []byte) (invalidation.Request, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return req, errors.New("malformed JSON body: data after the object")
 	}
+	if req.Args != nil {
+		// Keys read over HTTP are made of query parameters, which are text:
+		// {"attr1": 7} names the key that ?attr1=7 filled.
+		args := make(map[string]any, len(req.Args))
+		for name, v := range req.Args {
+			t, err := queryForm(v)
+			if err != nil {
+				return req, fmt.Errorf("%w: args.%s: %v", invalidation.ErrBadRequest, name, err)
+			}
+			args[name] = t
+		}
+		req.Args = args
+	}
 	if err := req.Validate(); err != nil {
 		return req, err
 	}
 	return req, nil
+}
+
+// queryForm returns a JSON argument value as ParseQuery would have read it
+// from a query string: text, and lists of text for repeated parameters.
+func queryForm(v any) (any, error) {
+	switch x := v.(type) {
+	case string:
+		return x, nil
+	case float64:
+		return strconv.FormatFloat(x, 'g', -1, 64), nil
+	case bool:
+		return strconv.FormatBool(x), nil
+	case nil:
+		return "", nil
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			if _, nested := e.([]any); nested {
+				return nil, errors.New("lists cannot nest in a query")
+			}
+			t, err := queryForm(e)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = t
+		}
+		if len(out) == 1 {
+			return out[0], nil // one repeated parameter is a plain value
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("%T cannot be a query parameter", v)
 }
 
 // recentInvalidation is one line of the admin page's list.

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,6 +48,13 @@ type Config struct {
 	// Data is the Pebble directory of the created-cache records. "" keeps
 	// them in memory. Default "".
 	Data string
+	// PeerTLS, when set, wraps peer-transport connections in TLS both ways:
+	// the server side uses Certificates, ClientCAs and ClientAuth, the
+	// client side Certificates and RootCAs (the server name is taken from
+	// the dialed address). Set ClientAuth to RequireAndVerifyClientCert for
+	// mutual TLS. Default nil: plain TCP (authenticated by GossipKey when
+	// set).
+	PeerTLS *tls.Config
 	// NoNearCache stops the node from keeping copies of values it fetched
 	// from their owners. Default false.
 	NoNearCache bool
@@ -201,6 +209,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Clock == nil {
 		c.Clock = worker.SystemClock()
+	}
+	if c.PeerTLS != nil {
+		c.PeerTLS = c.PeerTLS.Clone()
 	}
 	c.Join = append([]string(nil), c.Join...)
 	c.GossipKey = append([]byte(nil), c.GossipKey...)

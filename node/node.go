@@ -107,7 +107,7 @@ func New(cfg Config) (*Node, error) {
 		n.store.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	cc := peer.ClientConfig{Key: cfg.GossipKey, Logger: n.log}
+	cc := peer.ClientConfig{Key: cfg.GossipKey, TLS: cfg.PeerTLS, Logger: n.log}
 	if cfg.hook != nil {
 		cc.DialContext = cfg.hook.dial
 	}
@@ -144,7 +144,7 @@ func (n *Node) Start() error {
 	if n.cfg.hook != nil {
 		ln = n.cfg.hook.listener(ln)
 	}
-	n.server, err = peer.NewServer(peer.ServerConfig{Key: n.cfg.GossipKey, Logger: n.log}, peer.HandlerFunc(n.handlePeer))
+	n.server, err = peer.NewServer(peer.ServerConfig{Key: n.cfg.GossipKey, TLS: n.cfg.PeerTLS, Logger: n.log}, peer.HandlerFunc(n.handlePeer))
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("node: %w", err)

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -112,6 +114,40 @@ type ringConfig struct {
 type tlsConfig struct {
 	Cert string `yaml:"cert"`
 	Key  string `yaml:"key"`
+	// CA, with Peer, is the PEM bundle that peer certificates must chain
+	// to; default: the system roots.
+	CA string `yaml:"ca"`
+	// Peer also wraps the peer transport in mutual TLS with cert and key.
+	Peer bool `yaml:"peer"`
+}
+
+// peerTLS loads the mutual-TLS configuration of the peer transport.
+func (t tlsConfig) peerTLS() (*tls.Config, error) {
+	if !t.Peer {
+		return nil, nil
+	}
+	if t.Cert == "" {
+		return nil, errors.New("tls.peer needs tls.cert and tls.key")
+	}
+	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %v", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || t.CA != "" {
+		pool = x509.NewCertPool()
+	}
+	if t.CA != "" {
+		pem, err := os.ReadFile(t.CA)
+		if err != nil {
+			return nil, fmt.Errorf("tls.ca: %v", err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls.ca: no certificate in %s", t.CA)
+		}
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool,
+		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}, nil
 }
 
 // policyConfig holds the worker fields of the original library; unset
@@ -386,6 +422,9 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 	}
 	if (rc.TLS.Cert == "") != (rc.TLS.Key == "") {
 		return nil, usagef("tls: give both cert and key")
+	}
+	if nc.PeerTLS, err = rc.TLS.peerTLS(); err != nil {
+		return nil, usagef("%v", err)
 	}
 	if err := fc.Defaults.check("defaults"); err != nil {
 		return nil, usageError{err.Error()}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -249,5 +250,21 @@ func TestOriginGetter(t *testing.T) {
 	}
 	if g.Origin() != srv.URL+"/v?fixed=1" {
 		t.Errorf("Origin() = %q", g.Origin())
+	}
+}
+
+func TestPeerTLSConfig(t *testing.T) {
+	cert, key, _ := selfSigned(t)
+	path := writeFile(t, "c.yaml", "name: n\ndata: ''\ntls:\n  cert: "+cert+"\n  key: "+key+"\n  ca: "+cert+"\n  peer: true\n")
+	rc, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Node.PeerTLS == nil || len(rc.Node.PeerTLS.Certificates) != 1 || rc.Node.PeerTLS.ClientAuth != tls.RequireAndVerifyClientCert {
+		t.Fatalf("peer TLS not configured: %+v", rc.Node.PeerTLS)
+	}
+	path = writeFile(t, "bad.yaml", "name: n\ndata: ''\ntls:\n  peer: true\n")
+	if _, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "tls") {
+		t.Fatalf("tls.peer without a certificate: %v", err)
 	}
 }

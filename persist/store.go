@@ -177,7 +177,7 @@ type Store struct {
 type Stats struct {
 	WrittenSync   uint64 // records written by Put
 	WrittenAsync  uint64 // records written by the background writer
-	Replaced      uint64 // pending async writes replaced by a newer Put or PutAsync of the same key
+	Replaced      uint64 // pending async writes superseded by a newer PutAsync, Put or Delete of the same key
 	Dropped       uint64 // async writes dropped because the queue was full (ErrQueueFull)
 	AsyncErrors   uint64 // async records lost to an encoding or commit error (logged)
 	Deleted       uint64 // records removed by Delete

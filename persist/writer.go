@@ -22,14 +22,12 @@ import (
 //
 // Why not NoSync for the async path: Pebble's NoSync commit leaves the WAL
 // in a user-space buffer that a kill loses, so "pending batch" would become
-// "whatever was written since the last sync", an unbounded window. The
+// "whatever was written since the last sync", an unbounded window. (With
+// NoSync for every commit, TestCrash loses acknowledged records.) The
 // price of syncing is small because it is paid per batch, not per record:
 // the writer is a single goroutine that takes every synchronous operation
 // waiting and up to BatchSize async records, so concurrent callers share
 // one fsync (group commit) and the batch grows while an fsync is running.
-
-// syncCommit is the write option of every commit; see the WAL sync policy.
-var syncCommit = pebble.Sync
 
 // expireChunk bounds how many records (and values) one RemoveExpired step
 // deletes, so that the sweep never holds the writer for one huge batch.
@@ -620,7 +618,7 @@ func (t *txn) commit() error {
 			_ = b.Set(w.key, w.val, nil)
 		}
 	}
-	return b.Commit(syncCommit)
+	return b.Commit(pebble.Sync) // see the WAL sync policy
 }
 
 // oldRecord reads the current record of key through the view. A record

@@ -491,10 +491,7 @@ func (n *Node) close(graceful bool) error {
 	if n.ml != nil {
 		if graceful {
 			n.handoff()
-			n.leaving.Store(true)
-			if err := n.ml.UpdateNode(n.cfg.Membership.LeaveTimeout); err != nil {
-				n.log.Debug("leave announcement", "err", err)
-			}
+			n.announceLeave()
 			if err := n.ml.Leave(n.cfg.Membership.LeaveTimeout); err != nil {
 				errs = append(errs, fmt.Errorf("leave: %w", err))
 			}

@@ -357,3 +357,21 @@ func TestNearCopiesOfMovedKeysAreDropped(t *testing.T) {
 		t.Fatal("no key moved to the new node")
 	}
 }
+
+func TestGracefulLeaveIsRecordedAsLeft(t *testing.T) {
+	c := newCluster(t, 4, nil)
+	leaving := c.nodes[3]
+	if err := leaving.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "every member to record the leave", func() bool {
+		for _, n := range c.nodes[:3] {
+			for _, m := range n.Members() {
+				if m.Name == leaving.Name() && m.State != StateLeft {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -55,6 +56,9 @@ func (n *Node) handlePeer(ctx context.Context, op byte, payload []byte) ([]byte,
 		return n.handleHandoff(payload)
 	case opInvalidate:
 		return n.handleInvalidate(ctx, payload)
+	case opLeaving:
+		n.markLeaving(string(payload))
+		return nil, nil
 	}
 	return nil, &peer.RemoteError{Code: codeBadRequest, Message: fmt.Sprintf("unknown op %d", op)}
 }
@@ -171,7 +175,38 @@ func sendHandoff(ctx context.Context, n *Node, p *remote, entries []wireEntry) {
 	}
 }
 
-var opNames = map[byte]string{opFetch: "fetch", opHandoff: "handoff", opInvalidate: "invalidate"}
+var opNames = map[byte]string{opFetch: "fetch", opHandoff: "handoff", opInvalidate: "invalidate", opLeaving: "leaving"}
+
+// markLeaving records that a member announced a graceful leave, so that its
+// departure is recorded as "left", not "dead".
+func (n *Node) markLeaving(name string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if m, ok := n.mu.members[name]; ok {
+		m.leaving = true
+	}
+}
+
+// announceLeave tells every member directly that this node is leaving, and
+// publishes it in the metadata for members the direct message missed.
+func (n *Node) announceLeave() {
+	n.leaving.Store(true)
+	r := n.route.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.Membership.LeaveTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, p := range r.peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.call(ctx, p, opLeaving, []byte(n.cfg.Name))
+		}()
+	}
+	wg.Wait()
+	if err := n.ml.UpdateNode(n.cfg.Membership.LeaveTimeout); err != nil {
+		n.log.Debug("leave announcement", "err", err)
+	}
+}
 
 // call makes a peer call and reports it to Config.OnPeerCall.
 func (n *Node) call(ctx context.Context, p *remote, op byte, body []byte) ([]byte, error) {

@@ -15,6 +15,7 @@ const (
 	opFetch      byte = 1 // fetchReq → wireEntry: answer for a key this node owns
 	opHandoff    byte = 2 // handoffReq → handoffResp: entries of a leaving node
 	opInvalidate byte = 3 // invalidation event → applied count
+	opLeaving    byte = 4 // node name → nothing: the sender is about to leave gracefully
 )
 
 // Error codes carried in peer.RemoteError.

@@ -23,8 +23,12 @@ type State string
 // Members(), so the node tracks states from the event delegate.
 const (
 	StateAlive State = "alive"
-	StateDead  State = "dead"
-	StateLeft  State = "left"
+	// StateSuspect: alive for memberlist, but this node's probes of it have
+	// not been answered for two probe rounds; it is about to be declared
+	// dead unless it answers or refutes.
+	StateSuspect State = "suspect"
+	StateDead    State = "dead"
+	StateLeft    State = "left"
 )
 
 // Member is what this node knows of a member of the cluster.
@@ -67,6 +71,7 @@ func (n *Node) memberlistConfig() (*memberlist.Config, error) {
 	mc.SecretKey = n.cfg.GossipKey
 	mc.Delegate = delegate{n}
 	mc.Events = events{n}
+	mc.Ping = pings{n}
 	mc.Logger = log.New(slogWriter{n.log}, "", 0)
 	return mc, nil
 }
@@ -275,4 +280,22 @@ func (n *Node) dropAll() {
 			w.Drop(e.Key)
 		}
 	}
+}
+
+// pings records when each member last answered a probe of this node:
+// memberlist keeps its suspicion state to itself, so the node derives
+// "suspect" from its own probes (see Node.Members).
+type pings struct{ n *Node }
+
+func (p pings) AckPayload() []byte { return nil }
+func (p pings) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, payload []byte) {
+	p.n.lastAck.Store(other.Name, time.Now())
+}
+
+// suspectAfter is how long a member may go without answering this node's
+// probes before it shows as suspect: two rounds of probes over the other
+// members, plus a probe's timeout.
+func (n *Node) suspectAfter(members int) time.Duration {
+	m := n.cfg.Membership
+	return 2*time.Duration(max(members-1, 1))*m.ProbeInterval + m.ProbeTimeout + m.ProbeInterval
 }

@@ -53,6 +53,7 @@ type Node struct {
 	joined  atomic.Bool
 	started atomic.Bool
 	leaving atomic.Bool
+	lastAck sync.Map // member name → time.Time of its last answered probe
 
 	done chan struct{} // closed by Close: stops the background loops
 	wg   sync.WaitGroup
@@ -345,7 +346,9 @@ func (n *Node) Ring() *ring.Ring {
 	return nil
 }
 
-// Members returns what this node knows of every member, sorted by name.
+// Members returns what this node knows of every member, sorted by name. A
+// member is "suspect" while alive for memberlist but silent to this node's
+// probes for two probe rounds.
 func (n *Node) Members() []Member {
 	n.mu.Lock()
 	out := make([]Member, 0, len(n.mu.members))
@@ -353,6 +356,17 @@ func (n *Node) Members() []Member {
 		out = append(out, *m)
 	}
 	n.mu.Unlock()
+	limit := n.suspectAfter(len(out))
+	now := time.Now()
+	for i := range out {
+		m := &out[i]
+		if m.State != StateAlive || m.Name == n.cfg.Name || now.Sub(m.Since) < limit {
+			continue
+		}
+		if t, ok := n.lastAck.Load(m.Name); !ok || now.Sub(t.(time.Time)) > limit {
+			m.State = StateSuspect
+		}
+	}
 	sortMembers(out)
 	return out
 }

@@ -375,3 +375,20 @@ func TestGracefulLeaveIsRecordedAsLeft(t *testing.T) {
 		return true
 	})
 }
+
+func TestSilentMemberShowsAsSuspect(t *testing.T) {
+	c := startCluster(&cluster{t: t, membership: steadyMembership(), hooks: map[string]*cutter{}}, 3)
+	state := func(of string) State {
+		for _, m := range c.nodes[0].Members() {
+			if m.Name == of {
+				return m.State
+			}
+		}
+		return ""
+	}
+	waitFor(t, 10*time.Second, "n3 answering probes", func() bool { return state("n3") == StateAlive })
+	c.hooks["n3"].set(true)
+	waitFor(t, 20*time.Second, "n3 suspect, then dead", func() bool { return state("n3") == StateSuspect })
+	waitFor(t, 30*time.Second, "n3 dead", func() bool { return state("n3") == StateDead })
+	c.hooks["n3"].set(false)
+}

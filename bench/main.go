@@ -15,8 +15,10 @@
 // until every node serves the new value; bulk change events per second),
 // reroute (kill -9 of an owner until its keys are served again), http (GET
 // /v1/cache hits over keep-alive connections), records (created-cache
-// records written per second). The comparison with groupcache and olric is
-// the separate module bench/compare.
+// records written per second), processes (the HTTP hits and the kill -9
+// re-route again, against cachenode processes that the bench starts, with
+// an origin it serves). The comparison with groupcache and olric is the
+// separate module bench/compare.
 package main
 
 import (
@@ -37,7 +39,7 @@ import (
 	"github.com/cachenode/cachenode/bench/internal/scenario"
 )
 
-var allScenarios = []string{"owner", "near", "remote", "stampede", "invalidation", "reroute", "http", "records"}
+var allScenarios = []string{"owner", "near", "remote", "stampede", "invalidation", "reroute", "http", "records", "processes"}
 
 type flags struct {
 	scenarios                    string
@@ -50,6 +52,7 @@ type flags struct {
 	bulkEvents, bulkChanges      int
 	rrRounds, rrKeys             int
 	httpAddrs, httpLabel         string
+	cachenode                    string
 	jsonPath, mdPath, cpuProfile string
 	dataDir                      string
 	verbose                      bool
@@ -80,6 +83,7 @@ func main() {
 	flag.IntVar(&f.rrKeys, "reroute-keys", 50, "keys of the killed owner read after each kill")
 	flag.StringVar(&f.httpAddrs, "http", "", "HOST:PORT,... of running cachenode HTTP APIs; the http scenario reads from them instead of an embedded node")
 	flag.StringVar(&f.httpLabel, "http-label", scenario.Label, "worker label read with -http (argument id=k0, k1, ...)")
+	flag.StringVar(&f.cachenode, "cachenode", "", "cachenode binary of the processes scenario; default: build ./cmd/cachenode")
 	flag.StringVar(&f.jsonPath, "json", "", "write the results as JSON to this file")
 	flag.StringVar(&f.mdPath, "md", "", "write the results as a Markdown table to this file")
 	flag.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of each closed-loop scenario to PREFIX-SCENARIO.pprof")
@@ -231,6 +235,46 @@ func runOne(ctx context.Context, s string, f flags, opts scenario.Options) ([]*l
 		var r *load.Result
 		err = profiled(f, "http-hit", func() { r = h.Run(ctx) })
 		return []*load.Result{r}, err
+
+	case "processes":
+		bin := f.cachenode
+		if bin == "" {
+			dir, err := os.MkdirTemp("", "cachenode-bin-*")
+			if err != nil {
+				return nil, err
+			}
+			defer os.RemoveAll(dir)
+			if bin, err = scenario.BuildCachenode(ctx, dir); err != nil {
+				return nil, err
+			}
+		}
+		var out []*load.Result
+		ps, err := scenario.StartProcesses(ctx, opts, bin, true)
+		if err != nil {
+			return nil, err
+		}
+		h, err := scenario.NewHTTPHits(ctx, opts, ps.HTTPAddrs(), scenario.Label)
+		if err != nil {
+			ps.Close()
+			return nil, err
+		}
+		r := h.Run(ctx)
+		r.System = "cachenode-processes"
+		out = append(out, r)
+		h.Close()
+		ps.Close()
+		// Without near cache, so that the reads after the kill go to the
+		// owner, as in the embedded reroute scenario.
+		ps, err = scenario.StartProcesses(ctx, opts, bin, false)
+		if err != nil {
+			return out, err
+		}
+		defer ps.Close()
+		r, err = ps.Reroute(ctx, f.rrRounds, f.rrKeys)
+		if err != nil {
+			return out, err
+		}
+		return append(out, r), nil
 
 	case "records":
 		var out []*load.Result

@@ -22,8 +22,8 @@ import (
 type HTTPHits struct {
 	opts    Options
 	system  string
-	urls    []string // one per node, each ending in /v1/cache/LABEL?id=
-	ids     []string
+	urls    []string   // one per node, each ending in /v1/cache/LABEL?id=
+	ids     [][]string // per node: the ids it owns
 	client  *http.Client
 	c       *Cluster       // embedded only
 	servers []*http.Server // embedded only
@@ -58,10 +58,11 @@ func NewHTTPHitsEmbedded(ctx context.Context, opts Options) (*HTTPHits, error) {
 		h.Close()
 		return nil, err
 	}
-	for _, a := range args {
-		h.ids = append(h.ids, a["id"].(string))
-	}
 	h.urls = []string{"http://" + ln.Addr().String() + "/v1/cache/" + Label + "?id="}
+	h.ids = make([][]string, 1)
+	for _, a := range args {
+		h.ids[0] = append(h.ids[0], a["id"].(string))
+	}
 	h.client = keepAliveClient(opts.Callers)
 	if err := h.fill(ctx); err != nil {
 		h.Close()
@@ -70,10 +71,12 @@ func NewHTTPHitsEmbedded(ctx context.Context, opts Options) (*HTTPHits, error) {
 	return h, nil
 }
 
-// NewHTTPHits reads opts.Keys keys of the worker label (argument "id") from
-// running nodes at addrs (HOST:PORT of their HTTP API), caller c from
-// addrs[c mod len(addrs)]. Every key is read once on every node first, so
-// that the measured reads are hits on the owner or on a near-cache copy.
+// NewHTTPHits reads keys of the worker label (argument "id") from running
+// nodes at addrs (HOST:PORT of their HTTP API), caller c from
+// addrs[c mod len(addrs)]. Keys k0, k1, ... are read once on the first
+// node, which fills them, and each node is then asked only the keys it owns
+// (X-Cache-Owner), so that every measured read is a hit on the owner, as in
+// the embedded HTTP scenario.
 func NewHTTPHits(ctx context.Context, opts Options, addrs []string, label string) (*HTTPHits, error) {
 	opts = opts.withDefaults()
 	if len(addrs) == 0 {
@@ -86,10 +89,33 @@ func NewHTTPHits(ctx context.Context, opts Options, addrs []string, label string
 		}
 		h.urls = append(h.urls, strings.TrimSuffix(a, "/")+"/v1/cache/"+url.PathEscape(label)+"?id=")
 	}
-	for i := range opts.Keys {
-		h.ids = append(h.ids, fmt.Sprintf("k%d", i))
-	}
 	h.client = keepAliveClient(opts.Callers)
+	names := make(map[string]int) // node name → index in urls
+	for i, u := range h.urls {
+		a, err := h.get(ctx, u+"k0")
+		if err != nil {
+			return nil, fmt.Errorf("scenario: %w", err)
+		}
+		names[a.node] = i
+	}
+	h.ids = make([][]string, len(h.urls))
+	for i := range opts.Keys {
+		id := fmt.Sprintf("k%d", i)
+		a, err := h.get(ctx, h.urls[0]+id)
+		if err != nil {
+			return nil, fmt.Errorf("scenario: fill: %w", err)
+		}
+		j, ok := names[a.owner]
+		if !ok {
+			return nil, fmt.Errorf("scenario: %s is owned by %q, not one of the nodes given", id, a.owner)
+		}
+		h.ids[j] = append(h.ids[j], id)
+	}
+	for i, ids := range h.ids {
+		if len(ids) == 0 {
+			return nil, fmt.Errorf("scenario: %s owns none of %d keys", addrs[i], opts.Keys)
+		}
+	}
 	if err := h.fill(ctx); err != nil {
 		return nil, err
 	}
@@ -108,10 +134,10 @@ func keepAliveClient(callers int) *http.Client {
 	}
 }
 
-// fill reads every key on every node once.
+// fill reads every node's keys on it once.
 func (h *HTTPHits) fill(ctx context.Context) error {
-	for _, u := range h.urls {
-		for _, id := range h.ids {
+	for i, u := range h.urls {
+		for _, id := range h.ids[i] {
 			if _, err := h.get(ctx, u+url.QueryEscape(id)); err != nil {
 				return fmt.Errorf("scenario: fill: %w", err)
 			}
@@ -120,33 +146,35 @@ func (h *HTTPHits) fill(ctx context.Context) error {
 	return nil
 }
 
-// get reads one URL to the end (so that the connection is reused) and
-// returns its X-Cache header.
-func (h *HTTPHits) get(ctx context.Context, u string) (string, error) {
+// answer is what the bench reads of a GET /v1/cache answer's headers.
+type answer struct{ xcache, owner, node string }
+
+// get reads one URL to the end (so that the connection is reused).
+func (h *HTTPHits) get(ctx context.Context, u string) (answer, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return "", err
+		return answer{}, err
 	}
 	resp, err := h.client.Do(req)
 	if err != nil {
-		return "", err
+		return answer{}, err
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		return "", err
+		return answer{}, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s: %s", u, resp.Status)
+		return answer{}, fmt.Errorf("GET %s: %s", u, resp.Status)
 	}
-	return resp.Header.Get("X-Cache"), nil
+	return answer{resp.Header.Get("X-Cache"), resp.Header.Get("X-Cache-Owner"), resp.Header.Get("X-Cache-Node")}, nil
 }
 
 // Run reads the keys with opts.Callers callers for opts.Duration.
 func (h *HTTPHits) Run(ctx context.Context) *load.Result {
 	paths := make([][]string, len(h.urls))
 	for i, u := range h.urls {
-		for _, id := range h.ids {
+		for _, id := range h.ids[i] {
 			paths[i] = append(paths[i], u+url.QueryEscape(id))
 		}
 	}
@@ -160,9 +188,9 @@ func (h *HTTPHits) Run(ctx context.Context) *load.Result {
 		Warmup: h.opts.Warmup, Progress: h.opts.Progress,
 	}, func(ctx context.Context, caller, i int) error {
 		ps := paths[caller%len(paths)]
-		xc, err := h.get(ctx, ps[(caller*7919+i)%len(ps)])
+		a, err := h.get(ctx, ps[(caller*7919+i)%len(ps)])
 		if err == nil {
-			counts[caller][xc]++
+			counts[caller][a.xcache]++
 		}
 		return err
 	})
@@ -176,7 +204,9 @@ func (h *HTTPHits) Run(ctx context.Context) *load.Result {
 		r.Nodes = len(h.c.Nodes)
 		r.Note("HTTP API of one embedded node served in this process; keys it owns")
 	}
-	r.Keys = int64(len(h.ids))
+	for _, ids := range h.ids {
+		r.Keys += int64(len(ids))
+	}
 	var kinds []string
 	for k := range seen {
 		kinds = append(kinds, k)

@@ -50,7 +50,7 @@ type flags struct {
 	fillDelay                    time.Duration
 	invNodes, invRounds          int
 	bulkEvents, bulkChanges      int
-	rrRounds, rrKeys             int
+	rrRounds, rrKeys, rrNodes    int
 	httpAddrs, httpLabel         string
 	cachenode                    string
 	jsonPath, mdPath, cpuProfile string
@@ -79,7 +79,8 @@ func main() {
 	flag.IntVar(&f.invRounds, "invalidation-rounds", 500, "invalidations of one key measured")
 	flag.IntVar(&f.bulkEvents, "bulk-events", 50, "bulk change events measured")
 	flag.IntVar(&f.bulkChanges, "bulk-changes", 1000, "changes per bulk event")
-	flag.IntVar(&f.rrRounds, "reroute-rounds", 5, "kills measured by the reroute scenario")
+	flag.IntVar(&f.rrRounds, "reroute-rounds", 10, "kills measured by the reroute and processes scenarios")
+	flag.IntVar(&f.rrNodes, "reroute-nodes", 5, "cluster size of the reroute scenarios, the victim included")
 	flag.IntVar(&f.rrKeys, "reroute-keys", 50, "keys of the killed owner read after each kill")
 	flag.StringVar(&f.httpAddrs, "http", "", "HOST:PORT,... of running cachenode HTTP APIs; the http scenario reads from them instead of an embedded node")
 	flag.StringVar(&f.httpLabel, "http-label", scenario.Label, "worker label read with -http (argument id=k0, k1, ...)")
@@ -209,7 +210,9 @@ func runOne(ctx context.Context, s string, f flags, opts scenario.Options) ([]*l
 		return []*load.Result{ret, vis, bulk}, nil
 
 	case "reroute":
-		rr, err := scenario.NewReroute(ctx, opts)
+		o := opts
+		o.Nodes = f.rrNodes
+		rr, err := scenario.NewReroute(ctx, o)
 		if err != nil {
 			return nil, err
 		}
@@ -265,7 +268,9 @@ func runOne(ctx context.Context, s string, f flags, opts scenario.Options) ([]*l
 		ps.Close()
 		// Without near cache, so that the reads after the kill go to the
 		// owner, as in the embedded reroute scenario.
-		ps, err = scenario.StartProcesses(ctx, opts, bin, false)
+		o := opts
+		o.Nodes = f.rrNodes
+		ps, err = scenario.StartProcesses(ctx, o, bin, false)
 		if err != nil {
 			return out, err
 		}

@@ -61,7 +61,7 @@ func startCluster(c *cluster, size int) *cluster {
 	for i := range size {
 		c.add(fmt.Sprintf("n%d", i+1))
 	}
-	c.waitConverged(5 * time.Second)
+	c.waitConverged(20 * time.Second)
 	t.Cleanup(func() {
 		for _, n := range c.nodes {
 			n.Close()
@@ -101,7 +101,7 @@ func (c *cluster) add(name string) *Node {
 	if err := n.Start(); err != nil {
 		c.t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := n.WaitReady(ctx); err != nil {
 		c.t.Fatalf("%s not ready: %v", name, err)

@@ -216,7 +216,7 @@ func TestGracefulLeaveHandsOffHotEntries(t *testing.T) {
 	if err := leaving.Close(); err != nil {
 		t.Fatal(err)
 	}
-	c.waitConverged(2 * time.Second)
+	c.waitConverged(10 * time.Second)
 	for _, a := range owned {
 		key, _ := worker.KeyOf("w", a)
 		owner := c.live()[0].Owner(key)
@@ -337,7 +337,7 @@ func TestNearCopiesOfMovedKeysAreDropped(t *testing.T) {
 		}
 	}
 	c.add("n4")
-	c.waitConverged(2 * time.Second)
+	c.waitConverged(10 * time.Second)
 	waitFor(t, 2*time.Second, "near copies of moved keys dropped", func() bool {
 		for _, key := range near {
 			e, ok := n1.Cache().Lookup(key)

@@ -82,7 +82,7 @@ func TestDelayedInvalidationSurvivesRestart(t *testing.T) {
 		if err := n.Start(); err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		if err := n.WaitReady(ctx); err != nil {
 			t.Fatal(err)

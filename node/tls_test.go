@@ -54,7 +54,7 @@ func TestPeerTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { n.Close() })
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		if err := n.WaitReady(ctx); err != nil {
 			t.Fatal(err)

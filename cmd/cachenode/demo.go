@@ -151,10 +151,14 @@ func listenPreferred(addr string) (net.Listener, error) {
 func demoConfig(name, httpAddr, origin string) *runConfig {
 	t := true
 	rel := Duration(30 * time.Second)
+	defaults := worker.DefaultPolicy()
+	// A first read on a slow machine (a race-built binary on a busy CI
+	// runner) may need more than the default second to start everything up.
+	defaults.TickAmount = 30
 	return &runConfig{
 		Node: node.Config{
 			Name: name, Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0", Memory: 64 << 20,
-			Membership: node.LocalMembership(), Defaults: worker.DefaultPolicy(),
+			Membership: node.LocalMembership(), Defaults: defaults,
 		},
 		HTTP: httpAddr,
 		Workers: map[string]workerConfig{

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strconv"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 	"gonum.org/v1/plot"
@@ -15,19 +16,36 @@ import (
 )
 
 // percentileTicks label the x axis of a latency-by-percentile plot, where x
-// is -log10(1 - q): 0 is the median's neighbourhood start, 1 is p90, 2 is
-// p99, and so on, so that the tail gets as much room as the body.
+// is -log10(1 - q): 0 is p0, 0.3 is p50, 1 is p90, 2 is p99, and so on, so
+// that the tail gets as much room as the body.
 type percentileTicks struct{}
 
 func (percentileTicks) Ticks(min, max float64) []plot.Tick {
 	labels := []string{"0%", "90%", "99%", "99.9%", "99.99%", "99.999%"}
-	var out []plot.Tick
+	out := []plot.Tick{{Value: math.Log10(2), Label: "50%"}}
 	for i, l := range labels {
 		if float64(i) >= min-1e-9 && float64(i) <= max+1e-9 {
 			out = append(out, plot.Tick{Value: float64(i), Label: l})
 		}
 	}
-	out = append(out, plot.Tick{Value: math.Log10(2)}) // p50, unlabelled
+	return out
+}
+
+// logTicks125 marks 1, 2 and 5 times the powers of ten, so that a panel
+// whose latencies span less than a decade still has labelled ticks.
+type logTicks125 struct{}
+
+func (logTicks125) Ticks(min, max float64) []plot.Tick {
+	var out []plot.Tick
+	for e := math.Floor(math.Log10(min)); e <= math.Ceil(math.Log10(max)); e++ {
+		for _, m := range []float64{1, 2, 5} {
+			v := m * math.Pow(10, e)
+			if v < min || v > max {
+				continue
+			}
+			out = append(out, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', -1, 64)})
+		}
+	}
 	return out
 }
 
@@ -67,10 +85,11 @@ func plotDistributions(path string, rep *report) error {
 		p.Y.Label.Text = "latency (ms, log scale)"
 		p.X.Tick.Marker = percentileTicks{}
 		p.Y.Scale = plot.LogScale{}
-		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+		p.Y.Tick.Marker = logTicks125{}
 		p.Add(plotter.NewGrid())
-		p.Legend.Top = true
-		p.Legend.Left = true
+		// The curves rise to the right: the bottom right corner is free.
+		p.Legend.Top = false
+		p.Legend.Left = false
 		var args []any
 		for _, m := range rep.Merged[sc] {
 			args = append(args, fmt.Sprintf("%s (p99 %.2f ms)", m.System, m.Latency.P99/1e3), distribution(m.Hist))

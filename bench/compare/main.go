@@ -281,9 +281,9 @@ func fmtRatio(s spread) string {
 		return "n/a"
 	}
 	if s.Min == s.Max {
-		return fmt.Sprintf("%.2f", s.Median)
+		return fmt.Sprintf("%.3g", s.Median)
 	}
-	return fmt.Sprintf("%.2f (%.2f–%.2f)", s.Median, s.Min, s.Max)
+	return fmt.Sprintf("%.3g (%.3g–%.3g)", s.Median, s.Min, s.Max)
 }
 
 func (rep *report) markdown() string {

@@ -78,14 +78,18 @@ const (
 var errBadKey = fmt.Errorf("%w: bad key", ErrCorrupt)
 
 // appendEsc appends the escaped component of s to b.
-func appendEsc(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c == 0x00 {
-			b = append(b, 0x00, 0xFF)
-			continue
+func appendEsc[S ~string | ~[]byte](b []byte, s S) []byte {
+	for len(s) > 0 {
+		i := 0
+		for i < len(s) && s[i] != 0x00 {
+			i++
 		}
-		b = append(b, c)
+		b = append(b, s[:i]...)
+		if i == len(s) {
+			break
+		}
+		b = append(b, 0x00, 0xFF)
+		s = s[i+1:]
 	}
 	return append(b, 0x00, 0x01)
 }
@@ -207,12 +211,18 @@ func decodeShape(s string) ([]string, error) {
 
 // shapeOf returns the sorted attribute names that m constrains.
 func shapeOf(m map[string][]string) []string {
-	attrs := make([]string, 0, len(m))
+	return appendShape(make([]string, 0, len(m)), m)
+}
+
+// appendShape appends the sorted attribute names that m constrains to dst
+// (callers on the write path pass a stack array).
+func appendShape(dst []string, m map[string][]string) []string {
+	n := len(dst)
 	for a := range m {
-		attrs = append(attrs, a)
+		dst = append(dst, a)
 	}
-	slices.Sort(attrs)
-	return attrs
+	slices.Sort(dst[n:])
+	return dst
 }
 
 func metaKey(name string) []byte { return appendEsc([]byte{prefixMeta}, name) }
@@ -245,64 +255,84 @@ func outboxIDKey(id uint64) []byte {
 
 func valueKey(key string) []byte { return appendEsc([]byte{prefixValue}, key) }
 
-// indexKeys returns the index entries of rec, all with empty values. They
-// are slices of one buffer: this runs for every record written.
+// indexKeys returns the index entries of rec, all with empty values.
 func indexKeys(rec *Record) [][]byte {
-	attrs := shapeOf(rec.Match)
-	var scratch [256]byte
-	comps := scratch[:0]
-	comps = appendEsc(comps, rec.Label)
-	nLabel := len(comps)
-	comps = appendEsc(comps, encodeShape(attrs))
-	nShape := len(comps)
-	comps = appendEsc(comps, rec.Key)
-	label, shape, key := comps[:nLabel], comps[nLabel:nShape], comps[nShape:]
+	keys, _ := appendIndexKeys(nil, nil, rec)
+	return keys
+}
 
-	nKeys, size := 3, 1+len(label)+len(shape)+len(key)+2*(1+8+len(key))
+// appendIndexKeys appends the index entries of rec to buf, and their
+// slices of buf (capacity-capped, never written again) to keys. The writer
+// calls it for every record with one buffer per batch, so it allocates
+// nothing once buf has grown: slices handed out before buf is reallocated
+// keep pointing at the old array, whose bytes do not change.
+func appendIndexKeys(keys [][]byte, buf []byte, rec *Record) ([][]byte, []byte) {
+	var attrBuf [8]string
+	attrs := appendShape(attrBuf[:0], rec.Match)
+
+	// The components, once: label, shape (escaped twice) and key.
+	start := len(buf)
+	buf = appendEsc(buf, rec.Label)
+	nLabel := len(buf)
 	for _, a := range attrs {
-		for _, v := range rec.Match[a] {
-			nKeys++
-			size += 1 + len(label) + len(shape) + 2*len(a) + 2 + 2*len(v) + 2 + len(key)
-		}
+		buf = appendEsc(buf, a)
 	}
-	buf := make([]byte, 0, size)
-	keys := make([][]byte, 0, nKeys)
-	add := func(parts ...[]byte) {
-		start := len(buf)
-		for _, p := range parts {
-			buf = append(buf, p...)
-		}
-		keys = append(keys, buf[start:len(buf):len(buf)])
+	nInner := len(buf)
+	buf = appendEsc(buf, buf[nLabel:nInner])
+	nShape := len(buf)
+	buf = appendEsc(buf, rec.Key)
+	comps := buf[start:len(buf):len(buf)]
+	label := comps[:nLabel-start]
+	shape := comps[nInner-start : nShape-start]
+	key := comps[nShape-start:]
+
+	add := func(from int) {
+		keys = append(keys, buf[from:len(buf):len(buf)])
 	}
-	add([]byte{prefixShape}, label, shape, key)
-	var seen map[string]struct{}
+	from := len(buf)
+	buf = append(buf, prefixShape)
+	buf = append(buf, label...)
+	buf = append(buf, shape...)
+	buf = append(buf, key...)
+	add(from)
 	for _, a := range attrs {
 		vs := rec.Match[a]
-		if len(vs) > 1 {
-			if seen == nil {
-				seen = make(map[string]struct{})
-			}
-			clear(seen)
+		var seen map[string]struct{} // only for long lists
+		if len(vs) > 16 {
+			seen = make(map[string]struct{}, len(vs))
 		}
-		ea := appendEsc(nil, a)
-		for _, v := range vs {
-			if len(vs) > 1 {
+		for i, v := range vs {
+			if seen != nil {
 				if _, dup := seen[v]; dup {
 					continue
 				}
 				seen[v] = struct{}{}
+			} else if slices.Contains(vs[:i], v) {
+				continue
 			}
-			add([]byte{prefixMatch}, label, shape, ea, appendEsc(nil, v), key)
+			from := len(buf)
+			buf = append(buf, prefixMatch)
+			buf = append(buf, label...)
+			buf = append(buf, shape...)
+			buf = appendEsc(buf, a)
+			buf = appendEsc(buf, v)
+			buf = append(buf, key...)
+			add(from)
 		}
 	}
-	var tb [9]byte
 	if !rec.RelevanceTo.IsZero() {
-		add(appendTime(append(tb[:0], prefixRelevance), rec.RelevanceTo), key)
+		from := len(buf)
+		buf = appendTime(append(buf, prefixRelevance), rec.RelevanceTo)
+		buf = append(buf, key...)
+		add(from)
 	}
 	if !rec.AvailableTo.IsZero() {
-		add(appendTime(append(tb[:0], prefixExpiry), rec.AvailableTo), key)
+		from := len(buf)
+		buf = appendTime(append(buf, prefixExpiry), rec.AvailableTo)
+		buf = append(buf, key...)
+		add(from)
 	}
-	return keys
+	return keys, buf
 }
 
 // parsedKey is a decoded Pebble key; which fields are set depends on Table.

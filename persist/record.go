@@ -77,6 +77,11 @@ var encPool = sync.Pool{New: func() any {
 
 // encodeRecord returns the stored form of rec.
 func encodeRecord(rec *Record) ([]byte, error) {
+	return appendRecord(nil, rec)
+}
+
+// appendRecord appends the stored form of rec to dst.
+func appendRecord(dst []byte, rec *Record) ([]byte, error) {
 	eb := encPool.Get().(*encodeBuf)
 	defer encPool.Put(eb)
 	eb.buf.Reset()
@@ -103,7 +108,8 @@ func encodeRecord(rec *Record) ([]byte, error) {
 		if err := e.EncodeMapLen(len(rec.Match)); err != nil {
 			return err
 		}
-		for _, a := range shapeOf(rec.Match) {
+		var attrBuf [8]string
+		for _, a := range appendShape(attrBuf[:0], rec.Match) {
 			if err := e.EncodeString(a); err != nil {
 				return err
 			}
@@ -131,9 +137,9 @@ func encodeRecord(rec *Record) ([]byte, error) {
 	put(func() error { return e.EncodeInt(int64(rec.FillDuration)) })
 	put(func() error { return e.EncodeInt(rec.Size) })
 	if err != nil {
-		return nil, fmt.Errorf("persist: encode record %q: %w", rec.Key, err)
+		return dst, fmt.Errorf("persist: encode record %q: %w", rec.Key, err)
 	}
-	return bytes.Clone(eb.buf.Bytes()), nil
+	return append(dst, eb.buf.Bytes()...), nil
 }
 
 var timeType = reflect.TypeFor[time.Time]()

@@ -166,6 +166,7 @@ type Store struct {
 	closeErr  error
 
 	outboxSeq uint64 // last outbox ID issued; owned by the writer goroutine
+	wtx       *txn   // the writer's batch under construction, reused; writer goroutine only
 
 	stats struct {
 		writtenSync, writtenAsync, replaced, dropped, asyncErrors atomic.Uint64

@@ -382,31 +382,16 @@ func (s *Store) releaseFlushesLocked() {
 // records, commits it, and fills in the operations' results. It returns the
 // error that lost async records, if any.
 func (s *Store) apply(ops []*op, recs []Record) error {
-	n := len(ops) + len(recs)
-	t := &txn{db: s.db, writes: make([]write, 0, 8*n), view: make(map[string]viewEntry, n)}
+	if s.wtx == nil {
+		s.wtx = &txn{db: s.db, view: make(map[string]viewEntry)}
+	}
+	t := s.wtx
+	defer t.reset()
 	for _, o := range ops {
 		o.err = s.applyOp(t, o)
 	}
-	if err := t.prefetch(recs); err != nil {
-		s.log.Error("persist: prefetch of replaced records failed", "err", err)
-	}
-	written := 0
-	var asyncErr error
-	for i := range recs {
-		rec := &recs[i]
-		enc, err := encodeRecord(rec)
-		if err == nil {
-			err = t.putRecord(rec, enc, s.log)
-		}
-		if err != nil {
-			s.stats.asyncErrors.Add(1)
-			s.log.Error("persist: async record not written", "key", rec.Key, "err", err)
-			asyncErr = cmpOr(asyncErr, err)
-			continue
-		}
-		written++
-	}
-	if len(t.writes) == 0 {
+	written, asyncErr := s.applyAsync(t, recs)
+	if t.n == 0 {
 		return asyncErr
 	}
 	if err := t.commit(); err != nil {
@@ -442,6 +427,54 @@ func (s *Store) apply(ops []*op, recs []Record) error {
 		}
 	}
 	return asyncErr
+}
+
+// applyAsync adds the async records to t, after the synchronous operations
+// (which are older: a PutAsync that a Put or Delete of the same key
+// superseded never reaches the writer). The records' keys are distinct (the
+// queue keeps one per key), so nothing later in the batch reads them back:
+// they bypass the view. They are encoded into t's buffer and handled in key
+// order, so the prefetch seeks forward and the record table's writes need
+// no sorting.
+func (s *Store) applyAsync(t *txn, recs []Record) (written int, asyncErr error) {
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	for i := range recs {
+		from := len(t.buf)
+		t.buf = appendEsc(append(t.buf, prefixRecord), recs[i].Key)
+		t.recKeys = append(t.recKeys, t.buf[from:len(t.buf):len(t.buf)])
+		t.order = append(t.order, int32(i))
+	}
+	slices.SortFunc(t.order, func(a, b int32) int { return bytes.Compare(t.recKeys[a], t.recKeys[b]) })
+	if err := t.prefetch(); err != nil {
+		s.log.Error("persist: prefetch of replaced records failed", "err", err)
+	}
+	for _, i := range t.order {
+		rec := &recs[i]
+		from := len(t.buf)
+		var err error
+		t.buf, err = appendRecord(t.buf, rec)
+		var old *Record
+		if err == nil {
+			enc := t.buf[from:len(t.buf):len(t.buf)]
+			old, err = t.prevRecord(int(i), rec.Key, s.log)
+			if err == nil {
+				t.writeIndexes(rec, old)
+				t.setIndex(t.recKeys[i], enc)
+			}
+		} else {
+			t.buf = t.buf[:from]
+		}
+		if err != nil {
+			s.stats.asyncErrors.Add(1)
+			s.log.Error("persist: async record not written", "key", rec.Key, "err", err)
+			asyncErr = cmpOr(asyncErr, err)
+			continue
+		}
+		written++
+	}
+	return written, asyncErr
 }
 
 func cmpOr(a, b error) error {
@@ -495,57 +528,110 @@ type viewEntry struct {
 	del bool
 }
 
-// txn is a batch under construction by the writer: its writes in order,
+// txn is a batch under construction by the writer: its writes, per table,
 // and a view of the keys that later operations of the same batch read back
 // through get (Pebble cannot answer those reads before the commit). It is
-// used by the writer goroutine only.
+// used by the writer goroutine only, and reused from batch to batch (reset
+// after each commit), so that building a batch allocates little: keys,
+// encoded records and prefetched values are appended to buf.
 type txn struct {
 	db     *pebble.DB
-	writes []write
+	tables [256][]write         // by the key's table prefix
+	n      int                  // writes in tables
 	view   map[string]viewEntry // final state of the keys written with set and del
-	pre    map[string]viewEntry // committed values read ahead by prefetch
+	buf    []byte               // keys and values of this batch (see appendIndexKeys)
+	keys   [][]byte             // scratch for writeIndexes
+	keep   map[string]struct{}  // scratch for writeIndexes
+	// The async records of the batch: their record keys, their indexes in
+	// key order, and what prefetch read of their previous records.
+	recKeys [][]byte
+	order   []int32
+	prev    []prevEntry
+}
+
+// prevEntry is what prefetch read of an async record's previous record.
+type prevEntry struct {
+	val   []byte
+	state uint8 // prevUnknown, prevAbsent or prevPresent
+}
+
+const (
+	prevUnknown uint8 = iota // not prefetched: read it with get
+	prevAbsent
+	prevPresent
+)
+
+// maxRetainedBuf bounds the batch buffer that a txn keeps between batches.
+const maxRetainedBuf = 4 << 20
+
+// reset empties t for the next batch, dropping its references to the
+// callers' data.
+func (t *txn) reset() {
+	for i := range t.tables {
+		if len(t.tables[i]) > 0 {
+			clear(t.tables[i])
+			t.tables[i] = t.tables[i][:0]
+		}
+	}
+	t.n = 0
+	if len(t.view) > 4096 {
+		t.view = make(map[string]viewEntry)
+	} else {
+		clear(t.view)
+	}
+	if cap(t.buf) > maxRetainedBuf {
+		t.buf = nil
+	}
+	t.buf = t.buf[:0]
+	clear(t.keys)
+	t.keys = t.keys[:0]
+	clear(t.recKeys)
+	t.recKeys = t.recKeys[:0]
+	t.order = t.order[:0]
+	clear(t.prev)
+	t.prev = t.prev[:0]
 }
 
 // write is one Set or Delete of a txn; seq orders writes of the same key.
 type write struct {
 	key, val []byte
+	seq      int32
 	del      bool
-	seq      int
 }
 
-// prefetch reads the committed records of recs' keys with one iterator, in
-// key order, so that get does not pay a point lookup each (most of them
-// miss, and a miss through one iterator's bloom-filtered prefix seeks is
-// several times cheaper than a Get, which builds an iterator per call).
-func (t *txn) prefetch(recs []Record) error {
-	if len(recs) < 8 {
+// prefetch reads the committed previous records of the batch's async
+// records with one iterator, in key order, so that prevRecord does not pay
+// a point lookup each (most of them miss, and a miss through one
+// iterator's bloom-filtered prefix seeks is several times cheaper than a
+// Get, which builds an iterator per call). Keys it does not settle stay
+// prevUnknown.
+func (t *txn) prefetch() error {
+	t.prev = slices.Grow(t.prev[:0], len(t.recKeys))[:len(t.recKeys)] // zero: reset clears it
+	if len(t.recKeys) < 8 {
 		return nil
 	}
-	keys := make([][]byte, len(recs))
-	for i := range recs {
-		keys[i] = recordKey(recs[i].Key)
-	}
-	slices.SortFunc(keys, bytes.Compare)
 	it, err := t.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecord}, UpperBound: []byte{prefixRecord + 1}})
 	if err != nil {
 		return err
 	}
-	t.pre = make(map[string]viewEntry, len(keys))
-	for _, k := range keys {
+	for _, i := range t.order {
+		k := t.recKeys[i]
 		if it.SeekPrefixGE(k) && bytes.Equal(it.Key(), k) {
 			v, err := it.ValueAndErr()
 			if err != nil {
-				t.pre = nil
+				clear(t.prev)
 				return errors.Join(err, it.Close())
 			}
-			t.pre[string(k)] = viewEntry{val: bytes.Clone(v)}
+			from := len(t.buf)
+			t.buf = append(t.buf, v...)
+			t.prev[i] = prevEntry{val: t.buf[from:len(t.buf):len(t.buf)], state: prevPresent}
 			continue
 		}
 		if err := it.Error(); err != nil {
-			t.pre = nil
+			clear(t.prev)
 			return errors.Join(err, it.Close())
 		}
-		t.pre[string(k)] = viewEntry{del: true}
+		t.prev[i] = prevEntry{state: prevAbsent}
 	}
 	return it.Close()
 }
@@ -553,9 +639,6 @@ func (t *txn) prefetch(recs []Record) error {
 // get returns the value of k as it will be once the batch is committed.
 func (t *txn) get(k []byte) ([]byte, bool, error) {
 	if e, ok := t.view[string(k)]; ok {
-		return e.val, !e.del, nil
-	}
-	if e, ok := t.pre[string(k)]; ok {
 		return e.val, !e.del, nil
 	}
 	v, closer, err := t.db.Get(k)
@@ -584,38 +667,55 @@ func (t *txn) del(k []byte) {
 // setIndex and delIndex write a key that nothing reads back before the
 // commit: index entries, outbox items, meta.
 func (t *txn) setIndex(k, v []byte) {
-	t.writes = append(t.writes, write{key: k, val: v, seq: len(t.writes)})
+	t.tables[k[0]] = append(t.tables[k[0]], write{key: k, val: v, seq: int32(t.n)})
+	t.n++
 }
 
 func (t *txn) delIndex(k []byte) {
-	t.writes = append(t.writes, write{key: k, del: true, seq: len(t.writes)})
+	t.tables[k[0]] = append(t.tables[k[0]], write{key: k, del: true, seq: int32(t.n)})
+	t.n++
+}
+
+func cmpWrite(a, b write) int {
+	if c := bytes.Compare(a.key, b.key); c != 0 {
+		return c
+	}
+	return int(a.seq - b.seq)
 }
 
 // commit writes the batch in key order, the last write of each key only,
 // and syncs the WAL. Sorted inserts are cheaper for the memtable's
 // skiplist, which starts each insert from the previous one's position.
+// The writes are kept per table, and the table prefix is the key's first
+// byte, so sorting each table sorts the batch; a table written in key
+// order (the records of async writes, the time indexes of records with
+// equal deadlines) costs one pass.
 func (t *txn) commit() error {
-	slices.SortFunc(t.writes, func(a, b write) int {
-		if c := bytes.Compare(a.key, b.key); c != 0 {
-			return c
-		}
-		return a.seq - b.seq
-	})
 	size := 0
-	for _, w := range t.writes {
-		size += len(w.key) + len(w.val) + 8
+	for _, ws := range t.tables {
+		if len(ws) == 0 {
+			continue
+		}
+		if !slices.IsSortedFunc(ws, cmpWrite) {
+			slices.SortFunc(ws, cmpWrite)
+		}
+		for _, w := range ws {
+			size += len(w.key) + len(w.val) + 8
+		}
 	}
 	b := t.db.NewBatchWithSize(size)
 	defer b.Close()
-	for i, w := range t.writes {
-		if i+1 < len(t.writes) && bytes.Equal(w.key, t.writes[i+1].key) {
-			continue // a later write of the same key wins
-		}
-		// Set and Delete fail only on a committed batch.
-		if w.del {
-			_ = b.Delete(w.key, nil)
-		} else {
-			_ = b.Set(w.key, w.val, nil)
+	for _, ws := range t.tables {
+		for i, w := range ws {
+			if i+1 < len(ws) && bytes.Equal(w.key, ws[i+1].key) {
+				continue // a later write of the same key wins
+			}
+			// Set and Delete fail only on a committed batch.
+			if w.del {
+				_ = b.Delete(w.key, nil)
+			} else {
+				_ = b.Set(w.key, w.val, nil)
+			}
 		}
 	}
 	return b.Commit(pebble.Sync) // see the WAL sync policy
@@ -627,8 +727,33 @@ func (t *txn) commit() error {
 // would be worse.
 func (t *txn) oldRecord(key string, log logger) (*Record, error) {
 	raw, found, err := t.get(recordKey(key))
-	if err != nil || !found {
-		return nil, err
+	return decodeOld(key, raw, found, err, log)
+}
+
+// prevRecord is oldRecord for the async record i of the batch: through the
+// view (a synchronous operation earlier in the batch), else what prefetch
+// read, else a point read.
+func (t *txn) prevRecord(i int, key string, log logger) (*Record, error) {
+	k := t.recKeys[i]
+	if e, ok := t.view[string(k)]; ok {
+		return decodeOld(key, e.val, !e.del, nil, log)
+	}
+	switch p := t.prev[i]; p.state {
+	case prevAbsent:
+		return nil, nil
+	case prevPresent:
+		return decodeOld(key, p.val, true, nil, log)
+	}
+	raw, found, err := t.get(k)
+	return decodeOld(key, raw, found, err, log)
+}
+
+func decodeOld(key string, raw []byte, found bool, err error, log logger) (*Record, error) {
+	if err != nil {
+		return nil, fmt.Errorf("persist: read record %q: %w", key, err)
+	}
+	if !found {
+		return nil, nil
 	}
 	old, err := decodeRecord(raw)
 	if err != nil {
@@ -647,40 +772,59 @@ type logger interface {
 func (t *txn) putRecord(rec *Record, enc []byte, log logger) error {
 	old, err := t.oldRecord(rec.Key, log)
 	if err != nil {
-		return fmt.Errorf("persist: read record %q: %w", rec.Key, err)
+		return err
 	}
-	newKeys := indexKeys(rec)
-	if old != nil {
-		keep := make(map[string]struct{}, len(newKeys))
-		for _, k := range newKeys {
-			keep[string(k)] = struct{}{}
-		}
-		for _, k := range indexKeys(old) {
-			if _, ok := keep[string(k)]; ok {
-				delete(keep, string(k)) // present already: do not rewrite
-				continue
-			}
-			t.delIndex(k)
-		}
-		for _, k := range newKeys {
-			if _, ok := keep[string(k)]; ok {
-				t.setIndex(k, nil)
-			}
-		}
-	} else {
+	t.writeIndexes(rec, old)
+	t.set(recordKey(rec.Key), enc)
+	return nil
+}
+
+// writeIndexes writes the index entries of rec, and deletes those of old
+// (the record rec replaces, or nil) that rec does not have. Entries that
+// both have are not rewritten.
+func (t *txn) writeIndexes(rec, old *Record) {
+	from := len(t.keys)
+	t.keys, t.buf = appendIndexKeys(t.keys, t.buf, rec)
+	newKeys := t.keys[from:]
+	defer func() {
+		clear(t.keys[from:])
+		t.keys = t.keys[:from]
+	}()
+	if old == nil {
 		for _, k := range newKeys {
 			t.setIndex(k, nil)
 		}
+		return
 	}
-	t.set(recordKey(rec.Key), enc)
-	return nil
+	if t.keep == nil {
+		t.keep = make(map[string]struct{})
+	}
+	keep := t.keep
+	clear(keep)
+	for _, k := range newKeys {
+		keep[string(k)] = struct{}{}
+	}
+	mid := len(t.keys)
+	t.keys, t.buf = appendIndexKeys(t.keys, t.buf, old)
+	for _, k := range t.keys[mid:] {
+		if _, ok := keep[string(k)]; ok {
+			delete(keep, string(k)) // present already: do not rewrite
+			continue
+		}
+		t.delIndex(k)
+	}
+	for _, k := range newKeys {
+		if _, ok := keep[string(k)]; ok {
+			t.setIndex(k, nil)
+		}
+	}
 }
 
 // deleteRecord removes the record of key and its index entries.
 func (t *txn) deleteRecord(key string, log logger) (bool, error) {
 	old, err := t.oldRecord(key, log)
 	if err != nil {
-		return false, fmt.Errorf("persist: read record %q: %w", key, err)
+		return false, err
 	}
 	if old != nil {
 		for _, k := range indexKeys(old) {

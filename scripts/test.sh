@@ -12,6 +12,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # headless browser test of the admin page (node/httpapi)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# examples/dedicated/run.sh
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) ||
@@ -25,3 +27,22 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 go test -race -timeout 15m "$@" ./...
+
+# The dedicated example end to end (about 30 s): it builds cachenode as
+# deploy/Dockerfile does (CGO_ENABLED=0 -trimpath; the deploy tests above
+# built the same, so the build cache has it), starts an origin and three
+# nodes on loopback, checks a fill, a hit elsewhere, an invalidation, the
+# admin page and a graceful stop, and stops what it started.
+examples/dedicated/run.sh
+
+# examples/embedded is a module of its own, so that `go test -race ./...`
+# above does not build modernc.org/sqlite (large, and slow to compile with
+# -race). Its test starts three instances and runs in a few seconds; it runs
+# without -race to keep CI time down, with CGO_ENABLED=0 -trimpath to share
+# the build cache with the static binary. -mod=mod: the module takes the
+# main module's requirements through its replace directive, and a
+# dependency added to the main go.mod would otherwise stop it on a missing
+# go.sum line.
+(cd examples/embedded &&
+  CGO_ENABLED=0 go vet -mod=mod -trimpath ./... &&
+  CGO_ENABLED=0 go test -mod=mod -trimpath -timeout 5m ./...)

@@ -101,6 +101,10 @@ type Membership struct {
 	// SuspicionMult scales how long a suspect member has to refute before
 	// it is declared dead (SuspicionMult × log10(N) × ProbeInterval).
 	SuspicionMult int
+	// SuspicionMaxTimeoutMult bounds the suspicion timeout when no other
+	// member confirms the suspicion: at most SuspicionMaxTimeoutMult times
+	// the timeout above (memberlist's default 6). 0 means 6.
+	SuspicionMaxTimeoutMult int
 	// GossipInterval is the period of gossip rounds.
 	GossipInterval time.Duration
 	// PushPullInterval is the period of full state exchanges with a random
@@ -137,15 +141,19 @@ func LANMembership() Membership {
 // milliseconds. It costs more gossip traffic than LAN.
 func LocalMembership() Membership {
 	return Membership{
-		Preset:           "local",
-		ProbeInterval:    200 * time.Millisecond,
-		ProbeTimeout:     150 * time.Millisecond,
-		SuspicionMult:    3,
-		GossipInterval:   20 * time.Millisecond,
-		PushPullInterval: time.Second,
-		LeaveTimeout:     500 * time.Millisecond,
-		JoinBackoff:      50 * time.Millisecond,
-		JoinBackoffMax:   time.Second,
+		Preset:        "local",
+		ProbeInterval: 200 * time.Millisecond,
+		ProbeTimeout:  150 * time.Millisecond,
+		SuspicionMult: 3,
+		// Without confirmations a suspicion lasts at most twice its base
+		// timeout (1.2 s here) instead of six times: failure detection stays
+		// near one second even when no other member confirms it.
+		SuspicionMaxTimeoutMult: 2,
+		GossipInterval:          20 * time.Millisecond,
+		PushPullInterval:        time.Second,
+		LeaveTimeout:            500 * time.Millisecond,
+		JoinBackoff:             50 * time.Millisecond,
+		JoinBackoffMax:          time.Second,
 	}
 }
 
@@ -189,6 +197,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: membership intervals must be > 0", ErrConfig)
 	case m.SuspicionMult <= 0:
 		return c, fmt.Errorf("%w: membership.suspicion_mult must be > 0", ErrConfig)
+	case m.SuspicionMaxTimeoutMult < 0:
+		return c, fmt.Errorf("%w: membership.suspicion_max_timeout_mult must be >= 0", ErrConfig)
 	case m.JoinBackoff <= 0 || m.JoinBackoffMax < m.JoinBackoff:
 		return c, fmt.Errorf("%w: membership.join_backoff must be > 0 and <= join_backoff_max", ErrConfig)
 	}

@@ -66,6 +66,9 @@ func (n *Node) memberlistConfig() (*memberlist.Config, error) {
 	mc.ProbeInterval = m.ProbeInterval
 	mc.ProbeTimeout = m.ProbeTimeout
 	mc.SuspicionMult = m.SuspicionMult
+	if m.SuspicionMaxTimeoutMult > 0 {
+		mc.SuspicionMaxTimeoutMult = m.SuspicionMaxTimeoutMult
+	}
 	mc.GossipInterval = m.GossipInterval
 	mc.PushPullInterval = m.PushPullInterval
 	mc.SecretKey = n.cfg.GossipKey

@@ -68,6 +68,7 @@ type membershipConfig struct {
 	ProbeInterval    *Duration `yaml:"probe_interval"`
 	ProbeTimeout     *Duration `yaml:"probe_timeout"`
 	SuspicionMult    *int      `yaml:"suspicion_mult"`
+	SuspicionMaxMult *int      `yaml:"suspicion_max_timeout_mult"`
 	GossipInterval   *Duration `yaml:"gossip_interval"`
 	PushPullInterval *Duration `yaml:"push_pull_interval"`
 	LeaveTimeout     *Duration `yaml:"leave_timeout"`
@@ -95,6 +96,9 @@ func (m membershipConfig) build() (node.Membership, error) {
 	setDur(&out.LeaveTimeout, m.LeaveTimeout)
 	if m.SuspicionMult != nil {
 		out.SuspicionMult = *m.SuspicionMult
+	}
+	if m.SuspicionMaxMult != nil {
+		out.SuspicionMaxTimeoutMult = *m.SuspicionMaxMult
 	}
 	return out, nil
 }

@@ -74,7 +74,11 @@ func run(args []string) int {
 		"gossip", a.Node().GossipAddr(), "db", cfg.DB)
 	select {
 	case sig := <-sigs:
-		cfg.Logger.Info("shutting down", "signal", sig.String())
+		cfg.Logger.Info("shutting down (a second signal exits at once)", "signal", sig.String())
+		go func() {
+			<-sigs
+			os.Exit(1)
+		}()
 	case err := <-a.Done():
 		cfg.Logger.Error("http server stopped", "err", err)
 	}

@@ -143,7 +143,7 @@ func (n *Node) broadcast(ctx context.Context, ev *invalidation.Event) (invalidat
 			resp, err := n.call(ctx, p, opInvalidate, payload)
 			var ir invalidateResp
 			if err == nil {
-				err = msgpack.Unmarshal(resp, &ir)
+				err = unmarshal(resp, &ir)
 			}
 			answers <- answer{p.name, ir.Keys, err}
 		}()
@@ -227,7 +227,7 @@ var _ invalidation.Host = (*Node)(nil)
 
 func (n *Node) handleInvalidate(ctx context.Context, payload []byte) ([]byte, error) {
 	var ev invalidation.Event
-	if err := msgpack.Unmarshal(payload, &ev); err != nil || ev.ID == "" {
+	if err := unmarshal(payload, &ev); err != nil || ev.ID == "" {
 		return nil, &peer.RemoteError{Code: codeBadRequest, Message: fmt.Sprintf("bad event: %v", err)}
 	}
 	k, err := n.applyEvent(ctx, &ev, payload)
@@ -291,7 +291,7 @@ func (b eventBroadcast) Finished()       {}
 // applyBackground applies an event that arrived by gossip or push/pull.
 func (n *Node) applyBackground(payload []byte) {
 	var ev invalidation.Event
-	if err := msgpack.Unmarshal(payload, &ev); err != nil || ev.ID == "" {
+	if err := unmarshal(payload, &ev); err != nil || ev.ID == "" {
 		n.log.Warn("dropping a malformed gossiped event", "err", err)
 		return
 	}
@@ -353,7 +353,7 @@ func (n *Node) mergeState(buf []byte) {
 		return
 	}
 	var in []loggedEvent
-	if err := msgpack.Unmarshal(buf, &in); err != nil {
+	if err := unmarshal(buf, &in); err != nil {
 		n.log.Warn("bad push/pull state", "err", err)
 		return
 	}
@@ -388,7 +388,7 @@ func (n *Node) outboxLoop() {
 		}
 		for _, it := range items {
 			var ev invalidation.Event
-			if err := msgpack.Unmarshal(it.Payload, &ev); err != nil {
+			if err := unmarshal(it.Payload, &ev); err != nil {
 				n.log.Error("outbox: dropping an undecodable item", "id", it.ID, "err", err)
 				n.store.Ack(it.ID)
 				continue

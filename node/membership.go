@@ -135,7 +135,7 @@ func (e events) NotifyLeave(m *memberlist.Node) {
 	// state, not the Node it passes); the leaving flag of the metadata is.
 	st := StateDead
 	var md meta
-	if m.State == memberlist.StateLeft || msgpack.Unmarshal(m.Meta, &md) == nil && md.Leaving {
+	if m.State == memberlist.StateLeft || unmarshal(m.Meta, &md) == nil && md.Leaving {
 		st = StateLeft
 	}
 	e.n.memberDown(m.Name, st)
@@ -143,7 +143,7 @@ func (e events) NotifyLeave(m *memberlist.Node) {
 
 func (n *Node) memberUp(m *memberlist.Node) {
 	var md meta
-	if err := msgpack.Unmarshal(m.Meta, &md); err != nil || md.Peer == "" {
+	if err := unmarshal(m.Meta, &md); err != nil || md.Peer == "" {
 		n.log.Warn("member without usable metadata: not routing to it", "member", m.Name, "err", err)
 		return
 	}

@@ -28,7 +28,7 @@ func (p *remote) Name() string { return p.name }
 // wrapping worker.ErrFill, so that the caller does not run the getter a
 // second time; every other failure lets the caller fall back.
 func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.Entry, worker.Status, error) {
-	body, err := msgpack.Marshal(fetchReq{Label: req.Label, Key: req.Key, Args: req.Args, Ov: toWireSettings(req.Overrides)})
+	body, err := msgpack.Marshal(&fetchReq{Label: req.Label, Key: req.Key, Args: req.Args, Ov: toWireSettings(req.Overrides)})
 	if err != nil {
 		return nil, 0, fmt.Errorf("node: encode fetch: %w", err)
 	}
@@ -41,10 +41,12 @@ func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.En
 		return nil, 0, fmt.Errorf("node: fetch from %s: %w", p.name, err)
 	}
 	var we wireEntry
-	if err := msgpack.Unmarshal(resp, &we); err != nil {
+	if err := unmarshal(resp, &we); err != nil {
 		return nil, 0, fmt.Errorf("node: fetch from %s: bad answer: %w", p.name, err)
 	}
-	return we.entry(), worker.Status(we.Status), nil
+	e := we.entry()
+	e.Args = req.Args // not sent back: the caller has them
+	return e, worker.Status(we.Status), nil
 }
 
 // handlePeer answers the peer transport's requests.
@@ -65,7 +67,7 @@ func (n *Node) handlePeer(ctx context.Context, op byte, payload []byte) ([]byte,
 
 func (n *Node) handleFetch(ctx context.Context, payload []byte) ([]byte, error) {
 	var req fetchReq
-	if err := msgpack.Unmarshal(payload, &req); err != nil {
+	if err := unmarshal(payload, &req); err != nil {
 		return nil, &peer.RemoteError{Code: codeBadRequest, Message: err.Error()}
 	}
 	w, ok := n.cache.Worker(req.Label)
@@ -84,12 +86,14 @@ func (n *Node) handleFetch(ctx context.Context, payload []byte) ([]byte, error) 
 		}
 		return nil, err
 	}
-	return msgpack.Marshal(toWire(e, st))
+	we := toWire(e, st)
+	we.Args = nil // the caller has them
+	return msgpack.Marshal(&we)
 }
 
 func (n *Node) handleHandoff(payload []byte) ([]byte, error) {
 	var req handoffReq
-	if err := msgpack.Unmarshal(payload, &req); err != nil {
+	if err := unmarshal(payload, &req); err != nil {
 		return nil, &peer.RemoteError{Code: codeBadRequest, Message: err.Error()}
 	}
 	kept := 0

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -165,8 +166,9 @@ type Store struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	outboxSeq uint64 // last outbox ID issued; owned by the writer goroutine
-	wtx       *txn   // the writer's batch under construction, reused; writer goroutine only
+	outboxSeq uint64    // last outbox ID issued; owned by the writer goroutine
+	wtx       *txn      // the writer's batch under construction, reused; writer goroutine only
+	live      *liveKeys // records per key hash (see liveKeys); writer goroutine only after Open
 
 	stats struct {
 		writtenSync, writtenAsync, replaced, dropped, asyncErrors atomic.Uint64
@@ -256,6 +258,9 @@ func (s *Store) init() error {
 			return fmt.Errorf("persist: %s holds data format %v, this version reads [%d]", s.cfg.Dir, got, formatVersion)
 		}
 	}
+	if err := s.countRecords(); err != nil {
+		return err
+	}
 	v, closer, err = s.db.Get(metaKey(metaOutboxSeq))
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
@@ -268,6 +273,30 @@ func (s *Store) init() error {
 		}
 		s.outboxSeq = binary.BigEndian.Uint64(v)
 	}
+	return nil
+}
+
+// countRecords builds s.live from the record table (one pass over its
+// keys; see liveKeys).
+func (s *Store) countRecords() error {
+	l := &liveKeys{seed: maphash.MakeSeed(), n: make(map[uint64]uint32)}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecord}, UpperBound: []byte{prefixRecord + 1}})
+	if err != nil {
+		return fmt.Errorf("persist: count records: %w", err)
+	}
+	for valid := it.First(); valid; valid = it.Next() {
+		key, err := lastKey(it.Key(), 1)
+		if err != nil {
+			// Never written by this package; count the raw key so that a
+			// write of whatever it decodes to is not assumed new.
+			key = string(it.Key())
+		}
+		l.n[l.hash(key)]++
+	}
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		return fmt.Errorf("persist: count records: %w", err)
+	}
+	s.live = l
 	return nil
 }
 

@@ -519,3 +519,69 @@ func itoa(i int) string {
 	}
 	return itoa(i/10) + digits[i%10:i%10+1]
 }
+
+// TestReplaceAfterReopen replaces records that an earlier Open wrote, so
+// that the writer learns they exist only from the record count Open builds
+// (liveKeys): async batches large enough to be prefetched and small ones,
+// synchronous Puts, deletes and re-creations, mixed with new keys.
+func TestReplaceAfterReopen(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(Config{Dir: dir, SweepInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if err := s.PutAsync(rec("L", "k"+itoa(i), map[string][]string{"a": {itoa(i)}})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openMemAt(t, Config{Dir: dir})
+	// A large async batch: old and new keys, other shapes and labels.
+	for i := range 40 {
+		r := rec("M", "k"+itoa(i*2), map[string][]string{"b": {itoa(i), "z"}})
+		r.RelevanceTo = t0.Add(time.Duration(i) * time.Minute)
+		if err := s.PutAsync(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkIndexes(t, s)
+	// Small async batches and synchronous writes of old keys.
+	for i := 1; i < 50; i += 10 {
+		if err := s.PutAsync(rec("N", "k"+itoa(i), nil)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Put(rec("N", "k"+itoa(i+2), map[string][]string{"c": {"1"}})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkIndexes(t, s)
+	// Delete, re-create, replace again, in one batch and across batches.
+	for i := range 10 {
+		if err := s.Delete("k" + itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		if err := s.PutAsync(rec("P", "k"+itoa(i), map[string][]string{"d": {itoa(i)}})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkIndexes(t, s)
+	for i := range 10 {
+		if err := s.PutAsync(rec("Q", "k"+itoa(i), nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkIndexes(t, s)
+	// Left in L: k0…k49 but the 25 even ones (M), the 10 odd ones that N
+	// took and k5, k7, k9 (Q).
+	if got, _ := s.Match("L", nil); len(got) != 50-25-10-3 {
+		t.Errorf("Match(L) = %d records: %v", len(got), keysOf(got))
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"time"
 
@@ -383,7 +384,7 @@ func (s *Store) releaseFlushesLocked() {
 // error that lost async records, if any.
 func (s *Store) apply(ops []*op, recs []Record) error {
 	if s.wtx == nil {
-		s.wtx = &txn{db: s.db, view: make(map[string]viewEntry)}
+		s.wtx = &txn{db: s.db, view: make(map[string]viewEntry), live: s.live, delta: make(map[uint64]int32)}
 	}
 	t := s.wtx
 	defer t.reset()
@@ -395,6 +396,10 @@ func (s *Store) apply(ops []*op, recs []Record) error {
 		return asyncErr
 	}
 	if err := t.commit(); err != nil {
+		// The batch may or may not be in the database: count the records
+		// it created, not those it removed (a count too high costs a read,
+		// one too low would skip the read of a record that exists).
+		t.live.apply(t.delta, false)
 		err = fmt.Errorf("persist: commit: %w", err)
 		for _, o := range ops {
 			if o.err == nil {
@@ -408,6 +413,7 @@ func (s *Store) apply(ops []*op, recs []Record) error {
 		}
 		return asyncErr
 	}
+	t.live.apply(t.delta, true)
 	s.stats.batches.Add(1)
 	s.stats.writtenAsync.Add(uint64(written))
 	for _, o := range ops {
@@ -447,7 +453,7 @@ func (s *Store) applyAsync(t *txn, recs []Record) (written int, asyncErr error) 
 		t.order = append(t.order, int32(i))
 	}
 	slices.SortFunc(t.order, func(a, b int32) int { return bytes.Compare(t.recKeys[a], t.recKeys[b]) })
-	if err := t.prefetch(); err != nil {
+	if err := t.prefetch(recs); err != nil {
 		s.log.Error("persist: prefetch of replaced records failed", "err", err)
 	}
 	for _, i := range t.order {
@@ -462,6 +468,9 @@ func (s *Store) applyAsync(t *txn, recs []Record) (written int, asyncErr error) 
 			if err == nil {
 				t.writeIndexes(rec, old)
 				t.setIndex(t.recKeys[i], enc)
+				if old == nil {
+					t.counted(rec.Key, +1)
+				}
 			}
 		} else {
 			t.buf = t.buf[:from]
@@ -547,6 +556,10 @@ type txn struct {
 	recKeys [][]byte
 	order   []int32
 	prev    []prevEntry
+	// live counts the committed records (see liveKeys); delta is what this
+	// batch changes in it, applied once the batch is committed.
+	live  *liveKeys
+	delta map[uint64]int32
 }
 
 // prevEntry is what prefetch read of an async record's previous record.
@@ -590,6 +603,7 @@ func (t *txn) reset() {
 	t.order = t.order[:0]
 	clear(t.prev)
 	t.prev = t.prev[:0]
+	clear(t.delta)
 }
 
 // write is one Set or Delete of a txn; seq orders writes of the same key.
@@ -603,23 +617,35 @@ type write struct {
 // records with one iterator, in key order, so that prevRecord does not pay
 // a point lookup each (most of them miss, and a miss through one
 // iterator's bloom-filtered prefix seeks is several times cheaper than a
-// Get, which builds an iterator per call). Keys it does not settle stay
-// prevUnknown.
-func (t *txn) prefetch() error {
+// Get, which builds an iterator per call). Keys that liveKeys proves
+// absent are not read at all: for new keys, the common case, the batch
+// reads nothing. Keys it does not settle stay prevUnknown.
+func (t *txn) prefetch(recs []Record) error {
 	t.prev = slices.Grow(t.prev[:0], len(t.recKeys))[:len(t.recKeys)] // zero: reset clears it
-	if len(t.recKeys) < 8 {
-		return nil
+	seek := 0
+	for _, i := range t.order {
+		if t.live.absent(recs[i].Key) {
+			t.prev[i].state = prevAbsent
+		} else {
+			seek++
+		}
+	}
+	if seek < 8 {
+		return nil // prevRecord reads them one by one
 	}
 	it, err := t.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecord}, UpperBound: []byte{prefixRecord + 1}})
 	if err != nil {
 		return err
 	}
 	for _, i := range t.order {
+		if t.prev[i].state != prevUnknown {
+			continue
+		}
 		k := t.recKeys[i]
 		if it.SeekPrefixGE(k) && bytes.Equal(it.Key(), k) {
 			v, err := it.ValueAndErr()
 			if err != nil {
-				clear(t.prev)
+				t.forgetPrefetch()
 				return errors.Join(err, it.Close())
 			}
 			from := len(t.buf)
@@ -628,12 +654,22 @@ func (t *txn) prefetch() error {
 			continue
 		}
 		if err := it.Error(); err != nil {
-			clear(t.prev)
+			t.forgetPrefetch()
 			return errors.Join(err, it.Close())
 		}
 		t.prev[i] = prevEntry{state: prevAbsent}
 	}
 	return it.Close()
+}
+
+// forgetPrefetch drops what a failed prefetch read (what liveKeys proved
+// stays).
+func (t *txn) forgetPrefetch() {
+	for i := range t.prev {
+		if t.prev[i].state == prevPresent {
+			t.prev[i] = prevEntry{}
+		}
+	}
 }
 
 // get returns the value of k as it will be once the batch is committed.
@@ -726,7 +762,14 @@ func (t *txn) commit() error {
 // cannot be found without it, and refusing every write of the key forever
 // would be worse.
 func (t *txn) oldRecord(key string, log logger) (*Record, error) {
-	raw, found, err := t.get(recordKey(key))
+	k := recordKey(key)
+	if e, ok := t.view[string(k)]; ok {
+		return decodeOld(key, e.val, !e.del, nil, log)
+	}
+	if t.live.absent(key) {
+		return nil, nil
+	}
+	raw, found, err := t.get(k)
 	return decodeOld(key, raw, found, err, log)
 }
 
@@ -776,6 +819,9 @@ func (t *txn) putRecord(rec *Record, enc []byte, log logger) error {
 	}
 	t.writeIndexes(rec, old)
 	t.set(recordKey(rec.Key), enc)
+	if old == nil {
+		t.counted(rec.Key, +1)
+	}
 	return nil
 }
 
@@ -830,6 +876,7 @@ func (t *txn) deleteRecord(key string, log logger) (bool, error) {
 		for _, k := range indexKeys(old) {
 			t.delIndex(k)
 		}
+		t.counted(key, -1)
 	}
 	t.del(recordKey(key))
 	return old != nil, nil
@@ -874,4 +921,61 @@ func (t *txn) expireRecords(now time.Time, limit int, log logger) (int, error) {
 		n++
 	}
 	return n, it.Close()
+}
+
+// liveKeys counts the records in the database per 64-bit hash of their key,
+// so that the writer knows without reading Pebble that a key has no record:
+// most async records are of new keys, and proving a miss through Pebble (a
+// bloom-filtered seek per level) was the writer's largest cost per record
+// once the database had grown. Open counts the record table; the writer,
+// the only goroutine that changes records, keeps the counts, applying a
+// batch's changes after its commit.
+//
+// A zero count proves that the key has no record. Counts may be too high,
+// never too low: a record the writer could not decode counts as created
+// when it is replaced and is not uncounted when deleted, and a batch whose
+// commit failed keeps its creations but not its removals. Too high costs a
+// read (the one every write used to pay); too low would skip reading a
+// record that exists and leave its index entries stale.
+//
+// Memory: one map entry (a uint64 and a uint32) per record, about 20-30
+// bytes with the map's overhead.
+type liveKeys struct {
+	seed maphash.Seed
+	n    map[uint64]uint32
+}
+
+func (l *liveKeys) hash(key string) uint64 { return maphash.String(l.seed, key) }
+
+// absent reports whether key certainly has no committed record. A nil
+// liveKeys knows nothing.
+func (l *liveKeys) absent(key string) bool {
+	return l != nil && l.n[l.hash(key)] == 0
+}
+
+// apply adds a committed batch's changes to the counts; with all false,
+// only the increments (see the type's comment).
+func (l *liveKeys) apply(delta map[uint64]int32, all bool) {
+	if l == nil {
+		return
+	}
+	for h, d := range delta {
+		if d > 0 {
+			l.n[h] += uint32(d)
+		} else if d < 0 && all {
+			if c := l.n[h]; c > uint32(-d) {
+				l.n[h] = c - uint32(-d)
+			} else {
+				delete(l.n, h)
+			}
+		}
+	}
+}
+
+// counted records that this batch creates (+1) or removes (-1) the record
+// of key.
+func (t *txn) counted(key string, d int32) {
+	if t.live != nil {
+		t.delta[t.live.hash(key)] += d
+	}
 }

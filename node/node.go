@@ -275,7 +275,7 @@ func (n *Node) joinAll() {
 // sides again as soon as the network lets it.
 func (n *Node) reconnectLoop() {
 	defer n.wg.Done()
-	for {
+	for tick := 1; ; tick++ {
 		t := time.NewTimer(n.cfg.Membership.PushPullInterval)
 		select {
 		case <-n.done:
@@ -291,9 +291,16 @@ func (n *Node) reconnectLoop() {
 			}
 		}
 		n.mu.Unlock()
+		if tick%seedRejoinEvery == 0 && n.joined.Load() {
+			// Join the configured addresses again, resolved anew: nodes
+			// started together that each found only themselves at first
+			// (a DNS name listing not-yet-started pods) merge here instead
+			// of staying separate clusters for good.
+			addrs = append(addrs, n.cfg.Join...)
+		}
 		if len(addrs) > 0 {
 			if k, err := n.ml.Join(addrs); k > 0 {
-				n.log.Info("reconnected to members held for dead", "reached", k, "tried", len(addrs), "err", err)
+				n.log.Debug("push/pull with members held for dead and seeds", "reached", k, "tried", len(addrs), "err", err)
 			}
 		}
 	}
@@ -301,6 +308,10 @@ func (n *Node) reconnectLoop() {
 
 // reconnectFor is how long a dead member is tried again.
 const reconnectFor = 24 * time.Hour
+
+// seedRejoinEvery: the configured join addresses are joined again every
+// this many push/pull intervals.
+const seedRejoinEvery = 3
 
 // Ready reports whether the node has joined the cluster (or started a new
 // one) and its ring includes itself.

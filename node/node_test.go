@@ -392,3 +392,50 @@ func TestSilentMemberShowsAsSuspect(t *testing.T) {
 	waitFor(t, 30*time.Second, "n3 dead", func() bool { return state("n3") == StateDead })
 	c.hooks["n3"].set(false)
 }
+
+// TestSplitAtBootMerges starts two nodes that each join only themselves
+// first (as pods behind a DNS name do when they start together) and checks
+// that they end up in one cluster.
+func TestSplitAtBootMerges(t *testing.T) {
+	var nodes []*Node
+	lns := make([]string, 2)
+	for i := range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns[i] = ln.Addr().String()
+		ln.Close()
+	}
+	for i, name := range []string{"a", "b"} {
+		// a lists both addresses, but b is not up when a joins, and a
+		// itself answers, so its first join "succeeds" alone; b lists only
+		// itself. Only a's later joins of its seeds can merge the two.
+		join := []string{lns[0], lns[1]}
+		if i == 1 {
+			join = []string{lns[1]}
+		}
+		n, err := New(Config{Name: name, Gossip: lns[i], Peer: "127.0.0.1:0", Membership: LocalMembership(), Join: join})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	// Start a alone (b is not listening yet), wait for it to be ready on its
+	// own, then start b the same way.
+	for _, n := range nodes {
+		if err := n.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		err := n.WaitReady(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 20*time.Second, "one cluster of two", func() bool {
+		return nodes[0].Ring().Len() == 2 && nodes[1].Ring().Len() == 2
+	})
+}

@@ -203,3 +203,49 @@ func TestInvalidatingAFetchInFlightDoesNotFillHere(t *testing.T) {
 		t.Fatal("the fetch that started before the invalidation was kept")
 	}
 }
+
+// TestPeerAskingDuringRefreshGetsTheNewValue is the regression test of a
+// violation found by the chaos harness (K1): a peer that fetched a key
+// while the owner rebuilt it after an invalidation got the invalidated
+// value and kept it as a near copy after the invalidation had returned.
+func TestPeerAskingDuringRefreshGetsTheNewValue(t *testing.T) {
+	c, _ := newTestCache(t, CacheConfig{})
+	g := newGate()
+	w := register(t, c, Config{Label: "k1", Getter: g})
+	ctx := context.Background()
+	go func() { g.release <- "old" }()
+	e, _, err := w.Get(ctx, Args{}, Settings{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := make(chan error, 1)
+	go func() { inv <- w.Invalidate(ctx, e.Key) }()
+	waitFor(t, "the rebuild", func() bool { return g.calls.Load() == 2 })
+	// A local reader sees the old value meanwhile, never a miss.
+	if r, st, _ := w.Get(ctx, Args{}, Settings{}); string(r.Value) != "old" || st != Hit {
+		t.Fatalf("local read during the rebuild: %q %v", r.Value, st)
+	}
+	// While the rebuild runs, a peer is not answered with the old value.
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	r, _, err := w.GetOwned(short, Args{}, Settings{})
+	cancel()
+	if err == nil {
+		t.Fatalf("a peer asking during the rebuild got %q at once", r.Value)
+	}
+	peer := make(chan string, 1)
+	go func() {
+		r, _, err := w.GetOwned(ctx, Args{}, Settings{})
+		if err != nil {
+			peer <- err.Error()
+			return
+		}
+		peer <- string(r.Value)
+	}()
+	g.release <- "new"
+	if err := <-inv; err != nil {
+		t.Fatal(err)
+	}
+	if got := <-peer; got != "new" {
+		t.Fatalf("a peer asking during the rebuild got %q", got)
+	}
+}

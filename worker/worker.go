@@ -40,8 +40,9 @@ type keyGen struct {
 
 // flight is one computation of a key that callers wait on.
 type flight struct {
-	done chan struct{} // closed when the fields below are set
-	args Args
+	done    chan struct{} // closed when the fields below are set
+	args    Args
+	refresh bool // started by an invalidation
 	// results, written before done is closed
 	entry  *Entry
 	status Status
@@ -117,6 +118,24 @@ func (w *Worker) get(ctx context.Context, args Args, ov Settings, route bool) (*
 	now := w.cache.clock.Now()
 	if e, ok := w.cache.store.GetIfPresent(key); ok && !e.Expired(now) {
 		if fresh(e, pol, now) {
+			if !route {
+				// Asked by a peer that will keep what it gets as a near
+				// copy: while an invalidation's rebuild of this key runs,
+				// the entry in place is the invalidated value, fine for a
+				// local reader now but not for a copy that outlives the
+				// rebuild. Answer with the rebuilt value instead.
+				if f := w.refreshing(key); f != nil {
+					select {
+					case <-f.done:
+						if f.err == nil && f.entry != nil {
+							return f.entry, Miss, nil
+						}
+						return w.load(ctx, key, args, pol, route)
+					case <-ctx.Done():
+						return nil, 0, ctx.Err()
+					}
+				}
+			}
 			w.stats.hits.Add(1)
 			w.maybeRefreshEarly(e, now, pol, route)
 			return e, Hit, nil
@@ -193,6 +212,25 @@ func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, ro
 	}
 }
 
+// refreshing returns the running rebuild of key that an invalidation
+// started, if any.
+func (w *Worker) refreshing(key string) *flight {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if f := w.flights[key]; f != nil && f.refresh {
+		return f
+	}
+	return nil
+}
+
+// Busy reports whether a computation of key is running (a fill or a
+// rebuild ordered by an invalidation).
+func (w *Worker) Busy(key string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.flights[key] != nil
+}
+
 // fresh reports whether e is within its soft TTL under pol.
 func fresh(e *Entry, pol Policy, now time.Time) bool {
 	return !pol.RelevanceInvalidation || now.Before(e.CreatedAt.Add(pol.RelevanceExpires))
@@ -246,7 +284,7 @@ func (w *Worker) startFlightLocked(key string, args Args, pol Policy, route, ref
 	if c.closed {
 		return nil, ErrClosed
 	}
-	f := &flight{done: make(chan struct{}), args: args}
+	f := &flight{done: make(chan struct{}), args: args, refresh: refresh}
 	w.flights[key] = f
 	gen := w.beginLocked(key)
 	c.wg.Add(1)

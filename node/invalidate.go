@@ -168,6 +168,18 @@ func (n *Node) broadcast(ctx context.Context, ev *invalidation.Event) (invalidat
 	if len(missed) > 0 {
 		n.redeliver(ev.ID, payload, missed)
 	}
+	// On the minority side of a partition the members held for dead may
+	// well be alive and serving: the invalidation did not reach them, and
+	// the caller must hear it (they get the event on push/pull at the heal).
+	n.mu.Lock()
+	if n.mu.isolated {
+		for name, m := range n.mu.members {
+			if m.State == StateDead {
+				res.Missing = append(res.Missing, name)
+			}
+		}
+	}
+	n.mu.Unlock()
 	if localErr != nil {
 		return res, fmt.Errorf("node: invalidation here: %w", localErr)
 	}
@@ -202,6 +214,10 @@ func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload [
 	}
 	s.mu.Unlock()
 	defer close(done)
+	now := time.Now()
+	for _, t := range ev.Targets {
+		n.lastInvalidation.Store(t.Label, now)
+	}
 	return invalidation.Apply(ctx, ev, n)
 }
 
@@ -413,4 +429,53 @@ func (n *Node) wakeOutbox() {
 	case n.outboxWake <- struct{}{}:
 	default:
 	}
+}
+
+type enqueueReq struct {
+	Due     int64  `msgpack:"d"`
+	Payload []byte `msgpack:"p"`
+}
+
+// handOverOutbox gives the delayed invalidations this node still holds to
+// another member before it leaves, so that they are applied at their due
+// time although this node is gone. An item is acknowledged here only after
+// the other member stored it durably; items no member took stay in the
+// outbox and are applied when this node starts again.
+func (n *Node) handOverOutbox() {
+	items, err := n.store.Pending()
+	if err != nil || len(items) == 0 {
+		return
+	}
+	r := n.route.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, it := range items {
+		body, err := msgpack.Marshal(enqueueReq{Due: it.Due.UnixNano(), Payload: it.Payload})
+		if err != nil {
+			continue
+		}
+		for _, p := range r.peers {
+			if _, err := n.call(ctx, p, opEnqueue, body); err == nil {
+				n.store.Ack(it.ID)
+				n.log.Info("delayed invalidation handed over", "id", it.ID, "to", p.name)
+				break
+			}
+		}
+	}
+}
+
+func (n *Node) handleEnqueue(payload []byte) ([]byte, error) {
+	var req enqueueReq
+	if err := unmarshal(payload, &req); err != nil {
+		return nil, &peer.RemoteError{Code: codeBadRequest, Message: err.Error()}
+	}
+	var ev invalidation.Event
+	if err := unmarshal(req.Payload, &ev); err != nil || ev.ID == "" {
+		return nil, &peer.RemoteError{Code: codeBadRequest, Message: "bad event"}
+	}
+	if _, err := n.store.Enqueue(time.Unix(0, req.Due), req.Payload); err != nil {
+		return nil, err
+	}
+	n.wakeOutbox()
+	return nil, nil
 }

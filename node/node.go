@@ -54,6 +54,9 @@ type Node struct {
 	started atomic.Bool
 	leaving atomic.Bool
 	lastAck sync.Map // member name → time.Time of its last answered probe
+	// lastInvalidation: worker label → when this node last applied an
+	// invalidation of it; handed-off entries older than that are refused.
+	lastInvalidation sync.Map
 
 	done chan struct{} // closed by Close: stops the background loops
 	wg   sync.WaitGroup
@@ -516,6 +519,7 @@ func (n *Node) close(graceful bool) error {
 	if n.ml != nil {
 		if graceful {
 			n.handoff()
+			n.handOverOutbox()
 			n.announceLeave()
 			if err := n.ml.Leave(n.cfg.Membership.LeaveTimeout); err != nil {
 				// Typically a timeout waiting for the leave message to go

@@ -42,6 +42,15 @@ func TestPartitionedMemberServesNoInvalidatedValueAfterHeal(t *testing.T) {
 	// While cut off, n3 answers from what it can compute alone.
 	get(t, n3, "filtered_foos", mine)
 	get(t, n3, "filtered_foos", theirs)
+	// An invalidation sent to the cut-off side says it did not reach the
+	// members that side holds for dead (chaos K5).
+	res3, err := n3.Invalidate(context.Background(), invalidation.Request{Label: "filtered_foos", Args: worker.Args{"attr1": 77, "attr2": "q"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res3.Missing) != 2 {
+		t.Fatalf("the minority side reported %+v; want n1 and n2 missing", res3)
+	}
 
 	// The data changes on the majority side: both foos leave the buckets.
 	db.set(1000, foo{Attr1: 99, Attr2: "z"})
@@ -122,5 +131,65 @@ func TestDelayedInvalidationSurvivesRestart(t *testing.T) {
 	// applied again.
 	if got := db.count("filtered_foos", v); got != 2 {
 		t.Fatalf("applied %d times", got-1)
+	}
+}
+
+// TestDelayedInvalidationOfALeavingNodeIsApplied is the regression test of
+// chaos K6: a delayed invalidation accepted by a node that then left
+// gracefully before its countdown was never applied.
+func TestDelayedInvalidationOfALeavingNodeIsApplied(t *testing.T) {
+	db := newFooDB()
+	c := newCluster(t, 3, db.register)
+	v := worker.Args{"attr1": 1, "attr2": "a"}
+	for _, n := range c.nodes {
+		get(t, n, "filtered_foos", v)
+	}
+	leaving := c.nodes[2]
+	res, err := leaving.Invalidate(context.Background(), invalidation.Request{
+		Label: "filtered_foos", Args: v, Delay: worker.Bool(true), Countdown: invalidation.Duration(time.Second)})
+	if err != nil || res.Queued == 0 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if err := leaving.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the handed-over invalidation", func() bool { return db.count("filtered_foos", v) == 2 })
+}
+
+// TestHandoffSkipsKeysBeingRebuilt is the regression test of chaos K7: a
+// node leaving while an invalidation rebuilt one of its keys handed the
+// invalidated value to the key's next owner.
+func TestHandoffSkipsKeysBeingRebuilt(t *testing.T) {
+	db := newFooDB()
+	c := newCluster(t, 3, db.register)
+	var v worker.Args
+	var key string
+	for a1 := range 100 {
+		cand := worker.Args{"attr1": a1, "attr2": "a"}
+		k, _ := worker.KeyOf("filtered_foos", cand)
+		if c.nodes[0].Owner(k) == "n3" {
+			v, key = cand, k
+			break
+		}
+	}
+	n3 := c.nodes[2]
+	get(t, n3, "filtered_foos", v)
+	gate := make(chan struct{})
+	db.mu.Lock()
+	db.gate = gate
+	db.mu.Unlock()
+	go c.nodes[0].Invalidate(context.Background(), invalidation.Request{Label: "filtered_foos", Args: v})
+	waitFor(t, 10*time.Second, "the rebuild on n3", func() bool { return db.count("filtered_foos", v) == 2 })
+	closed := make(chan error, 1)
+	go func() { closed <- n3.Close() }()
+	waitFor(t, 10*time.Second, "n3 gone from the others' rings", func() bool {
+		return !c.nodes[0].Ring().Has("n3") && !c.nodes[1].Ring().Has("n3")
+	})
+	next := c.byName(c.nodes[0].Owner(key))
+	e, ok := next.Cache().Lookup(key)
+	close(gate)
+	<-closed
+	if ok {
+		t.Fatalf("the next owner %s got %q handed over while its invalidation was being applied", next.Name(), e.Value)
 	}
 }

@@ -61,6 +61,8 @@ func (n *Node) handlePeer(ctx context.Context, op byte, payload []byte) ([]byte,
 	case opLeaving:
 		n.markLeaving(string(payload))
 		return nil, nil
+	case opEnqueue:
+		return n.handleEnqueue(payload)
 	}
 	return nil, &peer.RemoteError{Code: codeBadRequest, Message: fmt.Sprintf("unknown op %d", op)}
 }
@@ -104,6 +106,11 @@ func (n *Node) handleHandoff(payload []byte) ([]byte, error) {
 			continue
 		}
 		e.Owner = n.cfg.Name
+		if t, ok := n.lastInvalidation.Load(e.Label); ok && e.CreatedAt.Before(t.(time.Time)) {
+			// An invalidation of this worker was applied here after the
+			// entry was built: it may be one of the values it invalidated.
+			continue
+		}
 		if w.Put(e) {
 			kept++
 			n.record(e, w.Policy())
@@ -136,6 +143,11 @@ func (n *Node) handoff() {
 			break
 		}
 		if e.Owner != n.cfg.Name || e.Expired(now) {
+			continue
+		}
+		if w, ok := n.cache.Worker(e.Label); !ok || w.Busy(e.Key) {
+			// Being filled or rebuilt after an invalidation: the entry in
+			// place may be the invalidated value. Its new owner fills it.
 			continue
 		}
 		owner, ok := next.Owner(e.Key)
@@ -179,7 +191,7 @@ func sendHandoff(ctx context.Context, n *Node, p *remote, entries []wireEntry) {
 	}
 }
 
-var opNames = map[byte]string{opFetch: "fetch", opHandoff: "handoff", opInvalidate: "invalidate", opLeaving: "leaving"}
+var opNames = map[byte]string{opFetch: "fetch", opHandoff: "handoff", opInvalidate: "invalidate", opLeaving: "leaving", opEnqueue: "enqueue"}
 
 // markLeaving records that a member announced a graceful leave, so that its
 // departure is recorded as "left", not "dead".

@@ -16,6 +16,7 @@ const (
 	opHandoff    byte = 2 // handoffReq → handoffResp: entries of a leaving node
 	opInvalidate byte = 3 // invalidation event → applied count
 	opLeaving    byte = 4 // node name → nothing: the sender is about to leave gracefully
+	opEnqueue    byte = 5 // enqueueReq → nothing: a delayed invalidation handed over by a leaving node
 )
 
 // Error codes carried in peer.RemoteError.

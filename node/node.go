@@ -180,7 +180,8 @@ func (n *Node) Start() error {
 		return fmt.Errorf("node: gossip: %w", err)
 	}
 	n.ml = ml
-	n.wg.Add(4)
+	n.wg.Add(5)
+	go n.pauseWatch()
 	go n.maintain()
 	go n.joinLoop()
 	go n.outboxLoop()
@@ -307,6 +308,39 @@ func (n *Node) reconnectLoop() {
 			}
 		}
 	}
+}
+
+// pauseWatch notices when this process was stopped (SIGSTOP, a VM pause, a
+// long GC stall): the others may have declared it dead and applied
+// invalidations without it meanwhile, so nothing it cached can be trusted.
+func (n *Node) pauseWatch() {
+	defer n.wg.Done()
+	const every = 100 * time.Millisecond
+	last := time.Now()
+	for {
+		t := time.NewTimer(every)
+		select {
+		case <-n.done:
+			t.Stop()
+			return
+		case now := <-t.C:
+			n.checkPause(now.Sub(last))
+			last = now
+		}
+	}
+}
+
+// checkPause drops every cached entry when a gap between two ticks was long
+// enough for the others to declare this node dead: twice the suspicion
+// timeout's floor (SuspicionMult × ProbeInterval).
+func (n *Node) checkPause(gap time.Duration) bool {
+	m := n.cfg.Membership
+	if gap < 2*time.Duration(m.SuspicionMult)*m.ProbeInterval {
+		return false
+	}
+	n.log.Warn("this process was paused: dropping every cached entry", "for", gap)
+	n.dropAll()
+	return true
 }
 
 // reconnectFor is how long a dead member is tried again.

@@ -439,3 +439,27 @@ func TestSplitAtBootMerges(t *testing.T) {
 		return nodes[0].Ring().Len() == 2 && nodes[1].Ring().Len() == 2
 	})
 }
+
+// TestPausedProcessDropsItsCache is the regression test of chaos K3: a node
+// resumed after SIGSTOP served values invalidated while it was stopped.
+// The pause itself is simulated by the gap the watcher measures.
+func TestPausedProcessDropsItsCache(t *testing.T) {
+	g := newCounting(0)
+	c := newCluster(t, 1, withWorker(g, worker.Settings{}))
+	n := c.nodes[0]
+	for k := range 10 {
+		if _, _, err := n.Get(context.Background(), "w", worker.Args{"id": k}, worker.Settings{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n.checkPause(150 * time.Millisecond) {
+		t.Fatal("an ordinary tick taken for a pause")
+	}
+	if n.Cache().Len() == 0 {
+		t.Fatal("nothing cached")
+	}
+	if !n.checkPause(time.Minute) {
+		t.Fatal("a minute's gap not taken for a pause")
+	}
+	waitFor(t, 5*time.Second, "an empty cache", func() bool { return n.Cache().Len() == 0 })
+}

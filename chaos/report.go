@@ -51,7 +51,7 @@ type scenarioResult struct {
 
 	// Invariant 3: availability.
 	Reads               int            `json:"reads"`
-	ReadsToFailedNode   int            `json:"reads_to_failed_node"` // sent to a node the harness then killed, stopped or stopped: not counted
+	ReadsToFailedNode   int            `json:"reads_to_failed_node"` // sent to a node the harness killed, stopped or made leave during the read: not counted
 	Errors              int            `json:"errors"`
 	Availability        float64        `json:"availability_pct"`
 	ReadsOutside        int            `json:"reads_outside_windows"`

@@ -46,3 +46,9 @@ examples/dedicated/run.sh
 (cd examples/embedded &&
   CGO_ENABLED=0 go vet -mod=mod -trimpath ./... &&
   CGO_ENABLED=0 go test -mod=mod -trimpath -timeout 5m ./...)
+
+
+# The chaos scenarios (chaos/, issue 7) are not run here yet: they still
+# find stale reads after acknowledged invalidations in the SIGSTOP and
+# mixed scenarios that no fix covers yet. Run them by hand:
+#   CACHENODE_CHAOS=1 go test -count=1 -run TestChaos -v ./chaos

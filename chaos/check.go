@@ -248,8 +248,9 @@ type fillCheck struct {
 	Allowed  int    `json:"allowed"`
 	Moves    int    `json:"moves"`
 	Sends    int    `json:"invalidations"`
-	Burst    int    `json:"burst"` // fills by a node within 100 ms of its previous fill of this version
-	By       string `json:"by"`    // nodes that filled, in order
+	Burst    int    `json:"burst"`     // fills by a node within 100 ms of its previous fill of this version
+	NotOwner int    `json:"not_owner"` // fills by a node that was not the owner in its own ring, without a fallback answer
+	By       string `json:"by"`        // nodes that filled, in order
 	// Detail explains each fill and each ring change counted, for the
 	// key versions over the limit.
 	Detail []string `json:"detail,omitempty"`
@@ -343,6 +344,9 @@ func checkFills(fills []fill, spans map[string][]verSpan, ops []*writeOp, reads 
 					}
 					break
 				}
+			}
+			if what == "not owner, no fallback answer" {
+				fc.NotOwner++
 			}
 			detail = append(detail, fmt.Sprintf("fill %.3fs by %s, its ring {%s} owner %s: %s", f.At.Sub(start).Seconds(), f.Node, set, owner, what))
 		}
@@ -506,7 +510,7 @@ func checkStale(reads []obs, ops []*writeOp, cuts []cutWindow, start time.Time, 
 			}
 		}
 		if !s.Exempt {
-			s.Known = ev.staleKnown(r.Node, s.Key, r.Version, r.Start, r.Owner)
+			s.Known = ev.staleKnown(r.Node, s.Key, r.Version, r.Start)
 		}
 		out = append(out, s)
 	}

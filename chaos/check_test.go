@@ -130,7 +130,7 @@ func TestCheckStale(t *testing.T) {
 		{Start: at(900), End: at(910), Node: "n3", Key: k, Code: 200, Version: 1}, // stale after the heal
 	}
 	cuts := []cutWindow{{Nodes: []string{"n3"}, From: at(0), To: at(500)}}
-	got := checkStale(reads, ops, cuts, t0, newEvidence(reads, ops, cuts, nil, nil))
+	got := checkStale(reads, ops, cuts, t0, newEvidence(ops, nil, nil, nil))
 	if len(got) != 3 {
 		t.Fatalf("stale reads %+v, want 3", got)
 	}
@@ -186,52 +186,29 @@ func TestCheckFillsAllowance(t *testing.T) {
 
 func TestKnownEvidence(t *testing.T) {
 	k := "item/1"
-	key := keyRef{"item", 1}
 	sync := &writeOp{Kind: "key", Versions: map[string]int{k: 2}, Bumped: at(100), Acked: true, AckAt: at(200), Via: []string{"n1"}}
-	t.Run("K1", func(t *testing.T) {
-		reads := []obs{{Start: at(140), End: at(150), Node: "n2", Key: key, Code: 200, Cache: "hit", Owner: "n1", Version: 1}}
-		fills := []fill{{At: at(145), Key: k, Version: 2, Node: "n1"}}
-		ev := newEvidence(reads, []*writeOp{sync}, nil, nil, fills)
-		if got := ev.staleKnown("n2", k, 1, at(300), "n1"); got != "K1" {
-			t.Errorf("got %q", got)
-		}
-		ev = newEvidence(reads, []*writeOp{sync}, nil, nil, nil)
-		if got := ev.staleKnown("n2", k, 1, at(300), "n1"); got != "" {
-			t.Errorf("without a refresh fill: got %q", got)
-		}
-	})
-	t.Run("K3", func(t *testing.T) {
-		events := []*event{{At: at(50), Kind: "SIGSTOP", Targets: []string{"n2"}}, {At: at(250), Kind: "SIGCONT", Targets: []string{"n2"}}}
-		ev := newEvidence(nil, []*writeOp{sync}, nil, events, nil)
-		if got := ev.staleKnown("n2", k, 1, at(300), "n1"); got != "K3" {
-			t.Errorf("got %q", got)
-		}
-	})
-	t.Run("K5", func(t *testing.T) {
-		cuts := []cutWindow{{Nodes: []string{"n1"}, From: at(0), To: at(1000)}}
-		ev := newEvidence(nil, []*writeOp{sync}, cuts, nil, nil)
-		if got := ev.staleKnown("n2", k, 1, at(300), "n3"); got != "K5" {
-			t.Errorf("got %q", got)
-		}
-		if got := ev.staleKnown("n1", k, 1, at(300), "n1"); got != "" {
-			t.Errorf("the acknowledging side itself: got %q", got)
-		}
-	})
-	t.Run("K6", func(t *testing.T) {
-		delayed := &writeOp{Kind: "key-delayed", Versions: map[string]int{k: 2}, Bumped: at(100), Delayed: true, Due: at(1100),
-			Acked: true, AckAt: at(110), Via: []string{"n1"}}
-		events := []*event{{At: at(500), Kind: "leave", Targets: []string{"n1"}, Converge: 100 * time.Millisecond}}
-		ev := newEvidence(nil, []*writeOp{delayed}, nil, events, nil)
-		if got := ev.staleKnown("n2", k, 1, at(3000), "n3"); got != "K6" {
-			t.Errorf("got %q", got)
-		}
-	})
-	t.Run("unexplained", func(t *testing.T) {
-		ev := newEvidence(nil, []*writeOp{sync}, nil, nil, nil)
-		if got := ev.staleKnown("n2", k, 1, at(300), "n1"); got != "" {
-			t.Errorf("got %q", got)
-		}
-	})
+	events := []*event{{At: at(50), Kind: "SIGSTOP", Targets: []string{"n2"}}, {At: at(250), Kind: "SIGCONT", Targets: []string{"n2"}}}
+	ev := newEvidence([]*writeOp{sync}, events, nil, nil)
+	if got := ev.staleKnown("n2", k, 1, at(300)); got != "K3" {
+		t.Errorf("stopped while the invalidation was applied, read after SIGCONT: got %q, want K3", got)
+	}
+	if got := ev.staleKnown("n3", k, 1, at(300)); got != "" {
+		t.Errorf("a node that was not stopped: got %q, want no explanation", got)
+	}
+	if got := ev.staleKnown("n2", k, 1, at(240)); got != "" {
+		t.Errorf("a read before SIGCONT: got %q, want no explanation", got)
+	}
+	// K8: the node read the old version from the owner just before the
+	// owner's refresh filled the new one.
+	key := keyRef{"item", 1}
+	reads := []obs{{Start: at(120), End: at(130), Node: "n3", Key: key, Code: 200, Cache: "hit", Owner: "n1", Version: 1}}
+	fills := []fill{{At: at(140), Key: k, Version: 2, Node: "n1"}}
+	if got := newEvidence([]*writeOp{sync}, nil, reads, fills).staleKnown("n3", k, 1, at(300)); got != "K8" {
+		t.Errorf("got %q, want K8", got)
+	}
+	if got := newEvidence([]*writeOp{sync}, nil, reads, nil).staleKnown("n3", k, 1, at(300)); got != "" {
+		t.Errorf("without a refresh fill: got %q, want no explanation", got)
+	}
 }
 
 func TestBurstFills(t *testing.T) {

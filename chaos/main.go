@@ -67,10 +67,6 @@ type config struct {
 	Quiet     bool
 	Dump      string
 	LogLevel  string
-	// Race builds cachenode with the race detector: the test does it
-	// under -race, where the race-built packages are in the build cache
-	// already (a cold build without it takes minutes on a small machine).
-	Race bool
 }
 
 func main() {
@@ -234,7 +230,7 @@ func runAll(ctx context.Context, cfg config, logf func(string, ...any)) (_ *repo
 	bin := cfg.Bin
 	if bin == "" {
 		logf("chaos: building cachenode")
-		if bin, err = buildCachenode(ctx, work, cfg.Race); err != nil {
+		if bin, err = buildCachenode(ctx, work, false); err != nil {
 			return nil, err
 		}
 	}

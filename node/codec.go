@@ -120,6 +120,30 @@ func (r *fetchReq) DecodeMsgpack(dec *msgpack.Decoder) error {
 	return skipFields(dec, n-fetchReqFields)
 }
 
+// appendMsgpack appends the msgpack encoding of v to dst.
+func appendMsgpack(dst []byte, v any) ([]byte, error) {
+	enc := msgpack.GetEncoder()
+	aw := appendWriter{b: dst}
+	enc.Reset(&aw)
+	err := enc.Encode(v)
+	msgpack.PutEncoder(enc)
+	return aw.b, err
+}
+
+// appendWriter is an io.Writer (and io.ByteWriter, which msgpack uses
+// without a buffer in between) that appends to b.
+type appendWriter struct{ b []byte }
+
+func (a *appendWriter) Write(p []byte) (int, error) {
+	a.b = append(a.b, p...)
+	return len(p), nil
+}
+
+func (a *appendWriter) WriteByte(c byte) error {
+	a.b = append(a.b, c)
+	return nil
+}
+
 func encodeArgs(enc *msgpack.Encoder, a worker.Args) error {
 	if a == nil {
 		return enc.EncodeNil()

@@ -150,7 +150,7 @@ func (n *Node) Start() error {
 	if n.cfg.hook != nil {
 		ln = n.cfg.hook.listener(ln)
 	}
-	n.server, err = peer.NewServer(peer.ServerConfig{Key: n.cfg.GossipKey, TLS: n.cfg.PeerTLS, Logger: n.log}, peer.HandlerFunc(n.handlePeer))
+	n.server, err = peer.NewServer(peer.ServerConfig{Key: n.cfg.GossipKey, TLS: n.cfg.PeerTLS, Logger: n.log}, peerHandler{n})
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("node: %w", err)

@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -39,11 +40,31 @@ type frame struct {
 
 // appendFrame appends the encoding of a frame to dst.
 func appendFrame(dst []byte, kind, op byte, id uint64, budget uint32, payload []byte) []byte {
-	dst = binary.BigEndian.AppendUint32(dst, uint32(len(payload)))
-	dst = append(dst, kind, op, 0, 0)
-	dst = binary.BigEndian.AppendUint64(dst, id)
-	dst = binary.BigEndian.AppendUint32(dst, budget)
+	var hdr [headerSize]byte
+	putHeader(hdr[:], uint32(len(payload)), kind, op, id, budget)
+	dst = append(dst, hdr[:]...)
 	return append(dst, payload...)
+}
+
+// putHeader writes a frame header into hdr, which has headerSize bytes.
+func putHeader(hdr []byte, n uint32, kind, op byte, id uint64, budget uint32) {
+	binary.BigEndian.PutUint32(hdr[0:4], n)
+	hdr[4], hdr[5], hdr[6], hdr[7] = kind, op, 0, 0
+	binary.BigEndian.PutUint64(hdr[8:16], id)
+	binary.BigEndian.PutUint32(hdr[16:20], budget)
+}
+
+// frameBuffered reports whether br holds a whole frame, which reading
+// cannot block on.
+func frameBuffered(br *bufio.Reader) bool {
+	if br.Buffered() < headerSize {
+		return false
+	}
+	hdr, err := br.Peek(headerSize)
+	if err != nil {
+		return false
+	}
+	return uint64(br.Buffered()) >= headerSize+uint64(binary.BigEndian.Uint32(hdr[0:4]))
 }
 
 // budgetFor converts the time left until a deadline into a request budget:

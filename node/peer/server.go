@@ -35,6 +35,24 @@ func (f HandlerFunc) HandlePeer(ctx context.Context, op byte, payload []byte) ([
 
 var _ Handler = HandlerFunc(nil)
 
+// FastHandler is a Handler that can answer some requests at once, in the
+// goroutine that reads their connection: no goroutine is started for them,
+// and the answers to the requests that one read brought in leave together in
+// one write.
+type FastHandler interface {
+	Handler
+	// HandlePeerFast answers a request from memory, or reports false to
+	// have HandlePeer answer it in a goroutine of its own, as usual. It runs
+	// in the connection's read loop, so it must never block: no I/O, no
+	// waiting for another goroutine (a short mutex is fine). It appends the
+	// response payload to dst and returns the extended slice; when it
+	// reports false, what it returns is ignored. payload is valid only during
+	// the call (HandlePeer receives a copy). A panic is recovered and
+	// answered as one in HandlePeer is. A request answered here cannot be
+	// cancelled: it is over before the next frame is read.
+	HandlePeerFast(dst []byte, op byte, payload []byte) (resp []byte, ok bool)
+}
+
 // ServerStats are the counters of a Server since it was created.
 type ServerStats struct {
 	Accepted       uint64 // connections accepted
@@ -311,7 +329,28 @@ func (sc *serverConn) readLoop() error {
 	tr := &timedReader{r: sc.conn}
 	br := bufio.NewReaderSize(tr, readBufferSize)
 	var hdr [headerSize]byte
+	fast, _ := s.h.(FastHandler)
+	// out holds the frames answered by fast, sent when no whole frame is
+	// left in br: the answers to a batch of requests leave together, and
+	// before the loop can block in a read.
+	var out []byte
+	flush := func() error {
+		if len(out) == 0 {
+			return nil
+		}
+		err := sc.w.writeNow(out)
+		if cap(out) > keepBufferCap {
+			out = nil
+		}
+		out = out[:0]
+		return err
+	}
 	for {
+		if !frameBuffered(br) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
 		f, err := readFrame(br, &hdr, s.cfg.MaxFrameSize)
 		if err != nil {
 			return err
@@ -319,12 +358,26 @@ func (sc *serverConn) readLoop() error {
 		switch f.kind {
 		case kindRequest:
 			s.stats.requests.Add(1)
+			if fast != nil {
+				var ok bool
+				if out, ok = sc.answerFast(fast, out, f); ok {
+					continue
+				}
+			}
 			// Back-pressure: with MaxConcurrentPerConn handlers running,
-			// stop reading this connection until one returns.
+			// stop reading this connection until one returns (after
+			// sending the answers that are ready).
 			select {
 			case sc.sem <- struct{}{}:
-			case <-sc.ctx.Done():
-				return sc.ctx.Err()
+			default:
+				if err := flush(); err != nil {
+					return err
+				}
+				select {
+				case sc.sem <- struct{}{}:
+				case <-sc.ctx.Done():
+					return sc.ctx.Err()
+				}
 			}
 			ctx := &reqCtx{parent: sc.ctx}
 			if f.budget > 0 {
@@ -397,6 +450,47 @@ func (sc *serverConn) handle(ctx *reqCtx, f frame) {
 	// A failure here means the connection is broken; serve's read loop sees
 	// it too and tears the connection down.
 	_ = sc.w.write(sc.ctx, kind, f.op, f.id, 0, resp, false)
+}
+
+// answerFast offers request f to h and, if h answers it, appends the
+// response frame to out. A panic in h is answered as an internal error, as
+// in call.
+func (sc *serverConn) answerFast(h FastHandler, out []byte, f frame) (res []byte, ok bool) {
+	start := len(out)
+	defer func() {
+		if r := recover(); r != nil {
+			sc.s.cfg.Logger.Error("peer: handler panicked", "op", f.op, "panic", r)
+			sc.s.stats.handlerErrors.Add(1)
+			res = appendFrame(out[:start], kindError, f.op, f.id, 0,
+				encodeRemoteError(&RemoteError{Code: CodeInternal, Message: "handler panicked"}))
+			ok = true
+		}
+	}()
+	// The id of an answered request is never entered in inflight, but it
+	// must not be one of the running requests either.
+	sc.mu.Lock()
+	_, dup := sc.mu.inflight[f.id]
+	sc.mu.Unlock()
+	if dup {
+		return out, false // the slow path reports the protocol error
+	}
+	// The header goes first, its length filled in once the payload is
+	// there: the handler appends the response in place.
+	var zero [headerSize]byte
+	out = append(out, zero[:]...)
+	resp, ok := h.HandlePeerFast(out, f.op, f.payload)
+	if !ok || len(resp) < start+headerSize {
+		return out[:start], false
+	}
+	n := len(resp) - start - headerSize
+	if n > sc.peerMax {
+		return appendFrame(resp[:start], kindError, f.op, f.id, 0, encodeRemoteError(&RemoteError{
+			Code:    CodeFrameTooLarge,
+			Message: fmt.Sprintf("response of %d bytes, the client accepts %d", n, sc.peerMax),
+		})), true
+	}
+	putHeader(resp[start:start+headerSize], uint32(n), kindResponse, f.op, f.id, 0)
+	return resp, true
 }
 
 // call runs the handler, turning a panic into an error so that one bad

@@ -31,9 +31,16 @@ const (
 type frameWriter struct {
 	nc      net.Conn
 	timeout time.Duration
-	// fail is called once by the flusher when a write fails; it closes the
-	// connection.
+	// fail is called by the flusher or writeNow when a write fails; it
+	// closes the connection.
 	fail func(error)
+
+	// io serialises the writes to nc (the flusher's and writeNow's), so
+	// that frames never interleave, and guards deadlineSet.
+	io struct {
+		sync.Mutex
+		deadlineSet time.Time // when the write deadline was last moved
+	}
 
 	kick chan struct{} // capacity 1: buf became non-empty
 	stop chan struct{} // closed by close: the flusher exits
@@ -107,7 +114,6 @@ func (w *frameWriter) write(ctx context.Context, kind, op byte, id uint64, budge
 func (w *frameWriter) run() {
 	defer close(w.done)
 	spare := make([]byte, 0, 4096)
-	var deadlineSet time.Time
 	for {
 		select {
 		case <-w.kick:
@@ -133,16 +139,7 @@ func (w *frameWriter) run() {
 			}
 			w.mu.Unlock()
 
-			// Moving the deadline costs a timer update; do it once per
-			// quarter of the timeout, so a write gets between 3/4 of the
-			// timeout and all of it.
-			if now := time.Now(); now.After(deadlineSet.Add(w.timeout / 4)) {
-				_ = w.nc.SetWriteDeadline(now.Add(w.timeout))
-				deadlineSet = now
-			}
-			if _, err := w.nc.Write(out); err != nil {
-				w.close(err)
-				w.fail(err)
+			if err := w.writeOut(out); err != nil {
 				return
 			}
 			if cap(out) > keepBufferCap {
@@ -151,6 +148,40 @@ func (w *frameWriter) run() {
 			spare = out[:0]
 		}
 	}
+}
+
+// writeNow writes b, whole frames, to the connection from the caller's
+// goroutine, without waiting for the flusher: for a goroutine that is about
+// to block anyway (a server's read loop). b may be reused when it returns.
+// It fails with the writer's sticky error once the connection is broken or
+// closed.
+func (w *frameWriter) writeNow(b []byte) error {
+	w.mu.Lock()
+	err := w.mu.err
+	w.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return w.writeOut(b)
+}
+
+// writeOut writes b to the connection; on failure it closes the writer and
+// calls fail.
+func (w *frameWriter) writeOut(b []byte) error {
+	w.io.Lock()
+	// Moving the deadline costs a timer update; do it once per quarter of
+	// the timeout, so a write gets between 3/4 of the timeout and all of it.
+	if now := time.Now(); now.After(w.io.deadlineSet.Add(w.timeout / 4)) {
+		_ = w.nc.SetWriteDeadline(now.Add(w.timeout))
+		w.io.deadlineSet = now
+	}
+	_, err := w.nc.Write(b)
+	w.io.Unlock()
+	if err != nil {
+		w.close(err)
+		w.fail(err)
+	}
+	return err
 }
 
 // close makes every later write fail with err (the first cause wins) and

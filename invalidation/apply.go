@@ -33,19 +33,52 @@ type Host interface {
 // the target. Apply waits for the rebuilds, so that when it returns this
 // node serves no value the event invalidated.
 func Apply(ctx context.Context, ev *Event, h Host) (int, error) {
-	total := 0
+	return ApplyScope(ctx, ev, h, worker.ScopeAll)
+}
+
+// ApplyScope is Apply for the keys of one scope: a cluster applies an event
+// to the keys each member owns first (worker.ScopeOwned) and to the
+// near-cache copies only when every owner is done (worker.ScopeNear), so
+// that a non-owner that dropped its copy cannot fetch the old value from an
+// owner that has not applied the event yet.
+func ApplyScope(ctx context.Context, ev *Event, h Host, scope worker.Scope) (int, error) {
+	// The keys of every target first, per label and each once, so that a
+	// key named by several targets (several changes, or several events
+	// merged into one) is rebuilt once, not once per target.
+	type labelKeys struct {
+		w    *worker.Worker
+		keys []string
+		seen map[string]struct{}
+	}
+	var labels []*labelKeys
+	byLabel := make(map[string]*labelKeys)
 	var errs []error
 	for _, t := range ev.Targets {
-		w, ok := h.Worker(t.Label)
-		if !ok {
-			continue
+		lk := byLabel[t.Label]
+		if lk == nil {
+			w, ok := h.Worker(t.Label)
+			if !ok {
+				continue
+			}
+			lk = &labelKeys{w: w, seen: make(map[string]struct{})}
+			byLabel[t.Label] = lk
+			labels = append(labels, lk)
 		}
-		keys, err := targetKeys(w, t, h)
+		keys, err := targetKeys(lk.w, t, h)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		n, err := w.InvalidateKeys(ctx, keys)
+		for _, k := range keys {
+			if _, dup := lk.seen[k]; !dup {
+				lk.seen[k] = struct{}{}
+				lk.keys = append(lk.keys, k)
+			}
+		}
+	}
+	total := 0
+	for _, lk := range labels {
+		n, err := lk.w.InvalidateKeysScope(ctx, lk.keys, scope)
 		total += n
 		if err != nil {
 			if ctx.Err() != nil {

@@ -20,6 +20,39 @@ type cutter struct {
 	cut   atomic.Bool
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
+	// slow, when set, delays every write of this node's peer connections
+	// to one address: a link that delivers late, as TCP does on a lossy one.
+	slow atomic.Pointer[slowLink]
+}
+
+type slowLink struct {
+	addr  string
+	delay time.Duration
+}
+
+// slowTo delays this node's peer-transport writes to addr by d (0: no
+// longer).
+func (c *cutter) slowTo(addr string, d time.Duration) {
+	if d == 0 {
+		c.slow.Store(nil)
+		return
+	}
+	c.slow.Store(&slowLink{addr: addr, delay: d})
+}
+
+// slowConn is a peer connection that looks at its cutter's slow link
+// before each write.
+type slowConn struct {
+	net.Conn
+	c    *cutter
+	addr string
+}
+
+func (s slowConn) Write(b []byte) (int, error) {
+	if l := s.c.slow.Load(); l != nil && l.addr == s.addr {
+		time.Sleep(l.delay)
+	}
+	return s.Conn.Write(b)
 }
 
 var _ netHook = (*cutter)(nil)
@@ -59,7 +92,7 @@ func (c *cutter) dial(ctx context.Context, network, addr string) (net.Conn, erro
 	if err != nil {
 		return nil, err
 	}
-	return c.track(conn), nil
+	return c.track(slowConn{Conn: conn, c: c, addr: addr}), nil
 }
 
 type cutListener struct {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -33,11 +34,29 @@ const (
 // it offers to members on push/pull (so that a member cut off during an
 // invalidation gets it when it comes back), and the gossip queue.
 type eventState struct {
-	mu    sync.Mutex
-	seen  map[string]chan struct{} // closed when the event was applied here; guarded by mu
-	order []string                 // FIFO of seen IDs; guarded by mu
-	log   []loggedEvent            // recent events, oldest first; guarded by mu
+	mu sync.Mutex
+	// seen has, per event ID, a channel closed when the event was applied
+	// here; ownersKey(ID) has the same for the owners' round of a
+	// broadcast (the keys this node owns). Guarded by mu.
+	seen  map[string]chan struct{}
+	order []string      // FIFO of seen IDs; guarded by mu
+	log   []loggedEvent // recent events, oldest first; guarded by mu
+	// bg holds the events that came by gossip or push/pull and wait for
+	// the background applier, which applies all that are waiting as one
+	// (a node back from a partition gets many at once and must rebuild
+	// each key once, not once per event); bgRunning says the applier
+	// runs. Guarded by mu.
+	bg        []queuedEvent
+	bgRunning bool
 }
+
+type queuedEvent struct {
+	ev      invalidation.Event
+	payload []byte
+}
+
+// ownersKey is the key in eventState.seen of the owners' round of event id.
+func ownersKey(id string) string { return "owners/" + id }
 
 type loggedEvent struct {
 	At      int64              `msgpack:"at"`
@@ -116,7 +135,11 @@ type invalidateResp struct {
 	Keys int `msgpack:"k"`
 }
 
-// broadcast applies ev here and on every live member at once.
+// broadcast applies ev here and on every live member, in two rounds: the
+// keys each member owns first, then, once every owner acknowledged, the
+// near-cache copies. A non-owner that dropped its copy fetches the key again
+// from its owner, which by then has rebuilt it: with one round a non-owner
+// reached before the owner could fetch the old value and keep it.
 func (n *Node) broadcast(ctx context.Context, ev *invalidation.Event) (invalidation.Result, error) {
 	payload, err := msgpack.Marshal(ev)
 	if err != nil {
@@ -128,43 +151,41 @@ func (n *Node) broadcast(ctx context.Context, ev *invalidation.Event) (invalidat
 		defer cancel()
 	}
 	r := n.route.Load()
-	type answer struct {
-		name string
-		keys int
-		err  error
-	}
-	answers := make(chan answer, len(r.peers)+1)
-	go func() {
-		k, err := n.applyEvent(ctx, ev, payload)
-		answers <- answer{n.cfg.Name, k, err}
-	}()
-	for _, p := range r.peers {
-		go func() {
-			resp, err := n.call(ctx, p, opInvalidate, payload)
-			var ir invalidateResp
-			if err == nil {
-				err = unmarshal(resp, &ir)
-			}
-			answers <- answer{p.name, ir.Keys, err}
-		}()
-	}
 	var res invalidation.Result
-	var missed []*remote
-	var localErr error
-	for range len(r.peers) + 1 {
-		a := <-answers
-		switch {
-		case a.err == nil:
-			res.Keys += a.keys
-			res.Nodes++
-		case a.name == n.cfg.Name:
-			localErr = a.err
-		default:
-			n.log.Warn("invalidation not acknowledged", "member", a.name, "event", ev.ID, "err", a.err)
-			res.Missing = append(res.Missing, a.name)
-			missed = append(missed, r.peers[a.name])
+	failed := make(map[string]bool)
+	owners := n.fanout(ctx, r, ev, payload, true)
+	for _, a := range owners {
+		res.Keys += a.keys
+		if a.err != nil && a.name != n.cfg.Name {
+			n.log.Warn("invalidation (owners' round) not acknowledged", "member", a.name, "event", ev.ID, "err", a.err)
+			failed[a.name] = true
 		}
 	}
+	var missed []*remote
+	var localErr error
+	for _, a := range n.fanout(ctx, r, ev, payload, false) {
+		switch {
+		case a.name == n.cfg.Name:
+			localErr = errors.Join(owners[0].err, a.err)
+			if localErr == nil {
+				res.Nodes++
+			}
+		case a.err != nil:
+			n.log.Warn("invalidation not acknowledged", "member", a.name, "event", ev.ID, "err", a.err)
+			failed[a.name] = true
+			missed = append(missed, r.peers[a.name])
+		case !failed[a.name]:
+			res.Nodes++
+		}
+		res.Keys += a.keys
+	}
+	// A member that missed the owners' round but took the second one
+	// applied the whole event, but maybe after another member let a
+	// reader fetch its old value: it is missing too.
+	for name := range failed {
+		res.Missing = append(res.Missing, name)
+	}
+	slices.Sort(res.Missing)
 	if len(missed) > 0 {
 		n.redeliver(ev.ID, payload, missed)
 	}
@@ -186,39 +207,121 @@ func (n *Node) broadcast(ctx context.Context, ev *invalidation.Event) (invalidat
 	return res, nil
 }
 
-// applyEvent applies an event once: a second delivery (direct, redelivered,
-// gossiped or merged on push/pull) waits for the first to finish and acts
-// on nothing.
-func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload []byte) (int, error) {
-	s := &n.events
-	s.mu.Lock()
-	if done, dup := s.seen[ev.ID]; dup {
-		s.mu.Unlock()
+// applied is one member's answer to a round of a broadcast.
+type applied struct {
+	name string
+	keys int
+	err  error
+}
+
+// fanout sends one round of a broadcast to every member of r at once and
+// applies it here; it returns every answer, this node's first.
+func (n *Node) fanout(ctx context.Context, r *routing, ev *invalidation.Event, payload []byte, owners bool) []applied {
+	op := opInvalidate
+	if owners {
+		op = opInvalidateOwners
+	}
+	out := make([]applied, 1, len(r.peers)+1)
+	answers := make(chan applied, len(r.peers))
+	for _, p := range r.peers {
+		go func() {
+			resp, err := n.call(ctx, p, op, payload)
+			var ir invalidateResp
+			if err == nil {
+				err = unmarshal(resp, &ir)
+			}
+			answers <- applied{p.name, ir.Keys, err}
+		}()
+	}
+	k, err := n.applyEvent(ctx, ev, payload, owners)
+	out[0] = applied{n.cfg.Name, k, err}
+	for range len(r.peers) {
+		out = append(out, <-answers)
+	}
+	return out
+}
+
+// applyEvent applies an event once (with owners, only to the keys this
+// node owns: the first round of a broadcast). A second delivery (direct,
+// redelivered, gossiped or merged on push/pull) waits for the first to
+// finish and acts on nothing; a whole delivery after the owners' round
+// applies the rest.
+func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload []byte, owners bool) (int, error) {
+	scope, done, wait := n.claimEvent(ev, payload, owners)
+	if done == nil {
 		select {
-		case <-done:
+		case <-wait:
 			return 0, nil
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		}
 	}
-	done := make(chan struct{})
-	s.seen[ev.ID] = done
-	s.order = append(s.order, ev.ID)
+	defer close(done)
+	k, err := invalidation.ApplyScope(ctx, ev, n, scope)
+	if wait != nil {
+		// The owners' round is running here: this delivery is applied
+		// once it is done too.
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return k, ctx.Err()
+		}
+	}
+	return k, err
+}
+
+// claimEvent marks ev (only its owners' part, with owners) as being
+// applied here, and returns the scope left to apply and the channel to
+// close when it is applied. done is nil when nothing is left: wait is then
+// closed when the delivery that claimed it is done. When the owners' part
+// is being applied by another delivery, wait is that delivery's channel.
+func (n *Node) claimEvent(ev *invalidation.Event, payload []byte, owners bool) (scope worker.Scope, done, wait chan struct{}) {
+	s := &n.events
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d, dup := s.seen[ev.ID]; dup {
+		return 0, nil, d
+	}
+	ok := ownersKey(ev.ID)
+	ownersDone, ownersSeen := s.seen[ok]
+	if owners && ownersSeen {
+		return 0, nil, ownersDone
+	}
+	done = make(chan struct{})
+	scope = worker.ScopeAll
+	switch {
+	case owners:
+		scope = worker.ScopeOwned
+		s.remember(ok, done)
+	case ownersSeen:
+		scope, wait = worker.ScopeNear, ownersDone
+		s.remember(ev.ID, done)
+	default:
+		s.remember(ok, done)
+		s.remember(ev.ID, done)
+	}
+	if !ownersSeen {
+		// The first delivery of this event here.
+		s.log = append(s.log, loggedEvent{At: time.Now().UnixNano(), Payload: payload, id: ev.ID})
+		if len(s.log) > eventLogCap {
+			s.log = s.log[1:]
+		}
+		now := time.Now()
+		for _, t := range ev.Targets {
+			n.lastInvalidation.Store(t.Label, now)
+		}
+	}
+	return scope, done, wait
+}
+
+// remember records key in seen; s.mu is held.
+func (s *eventState) remember(key string, done chan struct{}) {
+	s.seen[key] = done
+	s.order = append(s.order, key)
 	if len(s.order) > seenCap {
 		delete(s.seen, s.order[0])
 		s.order = s.order[1:]
 	}
-	s.log = append(s.log, loggedEvent{At: time.Now().UnixNano(), Payload: payload, id: ev.ID})
-	if len(s.log) > eventLogCap {
-		s.log = s.log[1:]
-	}
-	s.mu.Unlock()
-	defer close(done)
-	now := time.Now()
-	for _, t := range ev.Targets {
-		n.lastInvalidation.Store(t.Label, now)
-	}
-	return invalidation.Apply(ctx, ev, n)
 }
 
 // OwnedRecordKeys implements invalidation.Host with the records index.
@@ -241,12 +344,12 @@ func (n *Node) Worker(label string) (*worker.Worker, bool) { return n.cache.Work
 
 var _ invalidation.Host = (*Node)(nil)
 
-func (n *Node) handleInvalidate(ctx context.Context, payload []byte) ([]byte, error) {
+func (n *Node) handleInvalidate(ctx context.Context, payload []byte, owners bool) ([]byte, error) {
 	var ev invalidation.Event
 	if err := unmarshal(payload, &ev); err != nil || ev.ID == "" {
 		return nil, &peer.RemoteError{Code: codeBadRequest, Message: fmt.Sprintf("bad event: %v", err)}
 	}
-	k, err := n.applyEvent(ctx, &ev, payload)
+	k, err := n.applyEvent(ctx, &ev, payload, owners)
 	if err != nil {
 		return nil, err
 	}
@@ -304,17 +407,37 @@ func (b eventBroadcast) Invalidates(other memberlist.Broadcast) bool {
 func (b eventBroadcast) Message() []byte { return b.msg }
 func (b eventBroadcast) Finished()       {}
 
-// applyBackground applies an event that arrived by gossip or push/pull.
-func (n *Node) applyBackground(payload []byte) {
-	var ev invalidation.Event
-	if err := unmarshal(payload, &ev); err != nil || ev.ID == "" {
-		n.log.Warn("dropping a malformed gossiped event", "err", err)
-		return
+// applyBackground applies events that arrived by gossip or push/pull: it
+// queues them for the background applier, which applies every queued event
+// together. The events of one push/pull are queued at once, so that they
+// are applied as one.
+func (n *Node) applyBackground(payloads ...[]byte) {
+	evs := make([]queuedEvent, 0, len(payloads))
+	for _, payload := range payloads {
+		var ev invalidation.Event
+		if err := unmarshal(payload, &ev); err != nil || ev.ID == "" {
+			n.log.Warn("dropping a malformed gossiped event", "err", err)
+			continue
+		}
+		evs = append(evs, queuedEvent{ev: ev, payload: payload})
 	}
-	n.events.mu.Lock()
-	_, dup := n.events.seen[ev.ID]
-	n.events.mu.Unlock()
-	if dup {
+	s := &n.events
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	queued := len(s.bg)
+next:
+	for _, q := range evs {
+		if _, dup := s.seen[q.ev.ID]; dup {
+			continue
+		}
+		for _, o := range s.bg {
+			if o.ev.ID == q.ev.ID {
+				continue next
+			}
+		}
+		s.bg = append(s.bg, q)
+	}
+	if s.bgRunning || len(s.bg) == queued {
 		return
 	}
 	n.mu.Lock()
@@ -324,16 +447,68 @@ func (n *Node) applyBackground(payload []byte) {
 	}
 	n.mu.Unlock()
 	if closed {
+		s.bg = nil
 		return
 	}
-	go func() {
-		defer n.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), applyTimeout)
-		defer cancel()
-		if _, err := n.applyEvent(ctx, &ev, payload); err != nil {
-			n.log.Warn("gossiped invalidation failed", "event", ev.ID, "err", err)
+	s.bgRunning = true
+	go n.backgroundApplier()
+}
+
+// backgroundApplier applies the queued events until none is left: all
+// those waiting at once, merged into one event per scope, so that a key
+// that several of them name is rebuilt once.
+func (n *Node) backgroundApplier() {
+	defer n.wg.Done()
+	s := &n.events
+	for {
+		s.mu.Lock()
+		batch := s.bg
+		s.bg = nil
+		if len(batch) == 0 {
+			s.bgRunning = false
 		}
-	}()
+		s.mu.Unlock()
+		if len(batch) == 0 {
+			return
+		}
+		var all, near invalidation.Event
+		var dones, waits []chan struct{}
+		for _, q := range batch {
+			scope, done, wait := n.claimEvent(&q.ev, q.payload, false)
+			switch {
+			case done == nil:
+				continue // applied meanwhile, directly
+			case scope == worker.ScopeNear:
+				near.Targets = append(near.Targets, q.ev.Targets...)
+				waits = append(waits, wait)
+			default:
+				all.Targets = append(all.Targets, q.ev.Targets...)
+			}
+			dones = append(dones, done)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), applyTimeout)
+		for _, m := range []struct {
+			ev    *invalidation.Event
+			scope worker.Scope
+		}{{&all, worker.ScopeAll}, {&near, worker.ScopeNear}} {
+			if len(m.ev.Targets) == 0 {
+				continue
+			}
+			if _, err := invalidation.ApplyScope(ctx, m.ev, n, m.scope); err != nil {
+				n.log.Warn("gossiped invalidation failed", "events", len(batch), "err", err)
+			}
+		}
+		for _, w := range waits {
+			select {
+			case <-w:
+			case <-ctx.Done():
+			}
+		}
+		cancel()
+		for _, d := range dones {
+			close(d)
+		}
+	}
 }
 
 // localState returns the recent events for a push/pull exchange.
@@ -373,9 +548,11 @@ func (n *Node) mergeState(buf []byte) {
 		n.log.Warn("bad push/pull state", "err", err)
 		return
 	}
-	for _, e := range in {
-		n.applyBackground(e.Payload)
+	payloads := make([][]byte, len(in))
+	for i, e := range in {
+		payloads[i] = e.Payload
 	}
+	n.applyBackground(payloads...)
 }
 
 // outboxLoop applies delayed invalidations when they are due, also those

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmihailenco/msgpack/v5"
+
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/worker"
 )
@@ -96,6 +98,20 @@ func must(_ *worker.Worker, err error) {
 	if err != nil {
 		panic(err)
 	}
+}
+
+// variantOwnedBy returns filtered_foos arguments whose key owner owns in
+// the ring of n.
+func variantOwnedBy(t *testing.T, n *Node, owner string) worker.Args {
+	t.Helper()
+	for a1 := range 100 {
+		a := worker.Args{"attr1": a1, "attr2": "a"}
+		if key, _ := worker.KeyOf("filtered_foos", a); n.Owner(key) == owner {
+			return a
+		}
+	}
+	t.Fatalf("no filtered_foos variant owned by %s", owner)
+	return nil
 }
 
 func get(t *testing.T, n *Node, label string, a worker.Args) string {
@@ -314,4 +330,89 @@ func (c *cluster) byName(name string) *Node {
 	}
 	c.t.Fatalf("no node %s", name)
 	return nil
+}
+
+// TestNonOwnerReachedFirstKeepsNoOldValue is chaos K8: the invalidation
+// reaches a non-owner before the owner (the link from the member that
+// broadcasts it to the owner delivers late). A read on the non-owner must
+// not fetch the old value from the owner and keep it: once Invalidate
+// returned, every member serves the new value.
+func TestNonOwnerReachedFirstKeepsNoOldValue(t *testing.T) {
+	db := newFooDB()
+	c := startCluster(&cluster{t: t, setup: db.register, membership: steadyMembership(), hooks: map[string]*cutter{}}, 3)
+	n1, n2, n3 := c.nodes[0], c.nodes[1], c.nodes[2]
+	v := variantOwnedBy(t, n1, "n1")
+	get(t, n2, "filtered_foos", v) // n2 keeps a near-cache copy
+	db.set(500, foo{Attr1: v["attr1"].(int), Attr2: "a"})
+
+	c.hooks["n3"].slowTo(n1.PeerAddr(), 300*time.Millisecond)
+	done := make(chan error, 1)
+	go func() {
+		_, err := n3.Invalidate(context.Background(), invalidation.Request{Label: "filtered_foos", Args: v})
+		done <- err
+	}()
+	// Read on n2 while the event is on its way to the owner.
+	for reading := true; reading; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			reading = false
+		default:
+			get(t, n2, "filtered_foos", v)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	c.hooks["n3"].slowTo("", 0)
+	for _, n := range c.nodes {
+		if got := get(t, n, "filtered_foos", v); !strings.Contains(","+got+",", ",500,") {
+			t.Errorf("after the invalidation returned, %s serves %v as %q, without foo 500", n.Name(), v, got)
+		}
+	}
+}
+
+// TestEventsOfOnePushPullRebuildAKeyOnce is chaos K4 without the network:
+// the events a member missed arrive together in a push/pull exchange, and
+// each key they name is rebuilt once, not once per event (concurrently,
+// each detaching the previous rebuild).
+func TestEventsOfOnePushPullRebuildAKeyOnce(t *testing.T) {
+	db := newFooDB()
+	c := newCluster(t, 1, db.register)
+	n := c.nodes[0]
+	v := worker.Args{"attr1": 1, "attr2": "a"}
+	get(t, n, "filtered_foos", v)
+	fills := db.count("filtered_foos", v)
+
+	tok, err := worker.MatchToken(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const events = 4
+	var state []loggedEvent
+	for range events {
+		ev := invalidation.Event{ID: invalidation.NewID(), Origin: "elsewhere", Targets: []invalidation.Target{
+			{Label: "filtered_foos", Kind: invalidation.KindKey, Args: v},
+			{Label: "filtered_foos", Kind: invalidation.KindMatch, Match: map[string][]string{"attr1": {tok}}},
+		}}
+		payload, err := msgpack.Marshal(&ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		state = append(state, loggedEvent{At: time.Now().UnixNano(), Payload: payload})
+	}
+	buf, err := msgpack.Marshal(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.mergeState(buf)
+	n.mergeState(buf) // the same events again, from another member
+	waitFor(t, 10*time.Second, "the events to be applied", func() bool {
+		n.events.mu.Lock()
+		defer n.events.mu.Unlock()
+		return len(n.events.log) == events && !n.events.bgRunning
+	})
+	if got := db.count("filtered_foos", v) - fills; got != 1 {
+		t.Errorf("%v was rebuilt %d times for %d events received together; want once", v, got, events)
+	}
 }

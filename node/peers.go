@@ -56,8 +56,8 @@ func (n *Node) handlePeer(ctx context.Context, op byte, payload []byte) ([]byte,
 		return n.handleFetch(ctx, payload)
 	case opHandoff:
 		return n.handleHandoff(payload)
-	case opInvalidate:
-		return n.handleInvalidate(ctx, payload)
+	case opInvalidate, opInvalidateOwners:
+		return n.handleInvalidate(ctx, payload, op == opInvalidateOwners)
 	case opLeaving:
 		n.markLeaving(string(payload))
 		return nil, nil
@@ -191,7 +191,7 @@ func sendHandoff(ctx context.Context, n *Node, p *remote, entries []wireEntry) {
 	}
 }
 
-var opNames = map[byte]string{opFetch: "fetch", opHandoff: "handoff", opInvalidate: "invalidate", opLeaving: "leaving", opEnqueue: "enqueue"}
+var opNames = map[byte]string{opFetch: "fetch", opHandoff: "handoff", opInvalidate: "invalidate", opLeaving: "leaving", opEnqueue: "enqueue", opInvalidateOwners: "invalidate-owners"}
 
 // markLeaving records that a member announced a graceful leave, so that its
 // departure is recorded as "left", not "dead".

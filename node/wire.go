@@ -17,6 +17,10 @@ const (
 	opInvalidate byte = 3 // invalidation event → applied count
 	opLeaving    byte = 4 // node name → nothing: the sender is about to leave gracefully
 	opEnqueue    byte = 5 // enqueueReq → nothing: a delayed invalidation handed over by a leaving node
+	// opInvalidateOwners is the first round of a broadcast: invalidation
+	// event → applied count, for the keys the receiver owns only. The
+	// second round, opInvalidate, applies the rest (near-cache copies).
+	opInvalidateOwners byte = 6
 )
 
 // Error codes carried in peer.RemoteError.

@@ -98,14 +98,36 @@ func (w *Worker) KeysWhere(pred func(Args) bool) []string {
 	return out
 }
 
+// Scope selects the keys an invalidation acts on by who owns them.
+type Scope uint8
+
+const (
+	// ScopeAll acts on every key: owned keys are rebuilt (or dropped, with
+	// the Drop action), near-cache copies and fetches are dropped.
+	ScopeAll Scope = iota
+	// ScopeOwned acts only on the keys this node owns. A cluster applies an
+	// event to the owners first so that a non-owner, once it dropped its
+	// copy, can only fetch the rebuilt value from the owner.
+	ScopeOwned
+	// ScopeNear acts only on near-cache copies and on fetches from other
+	// owners: the second half of ScopeOwned.
+	ScopeNear
+)
+
 // InvalidateKeys invalidates keys as Invalidate does, with the rebuilds
 // running concurrently, and returns how many of them were cached or being
 // computed here. It returns when every rebuild finished or ctx ended.
 func (w *Worker) InvalidateKeys(ctx context.Context, keys []string) (int, error) {
+	return w.InvalidateKeysScope(ctx, keys, ScopeAll)
+}
+
+// InvalidateKeysScope is InvalidateKeys for the keys of keys in scope; the
+// others are left alone (their generation is not bumped either).
+func (w *Worker) InvalidateKeysScope(ctx context.Context, keys []string, scope Scope) (int, error) {
 	var pending []*flight
 	acted := 0
 	for _, k := range keys {
-		f, present, err := w.invalidate(k, w.cfg.Action, nil)
+		f, present, err := w.invalidateScope(k, w.cfg.Action, nil, scope)
 		if err != nil {
 			return acted, err
 		}
@@ -135,9 +157,20 @@ func (w *Worker) InvalidateKeys(ctx context.Context, keys []string) (int, error)
 // when given, are used if neither an entry nor a flight knows them. present
 // says whether the key was cached or being computed.
 func (w *Worker) invalidate(key string, action Action, args Args) (f *flight, present bool, err error) {
-	w.stats.invalidations.Add(1)
+	return w.invalidateScope(key, action, args, ScopeAll)
+}
+
+func (w *Worker) invalidateScope(key string, action Action, args Args, scope Scope) (f *flight, present bool, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	e, cached := w.cache.store.GetIfPresent(key)
+	// A near-cache copy, or a fetch from the owner in flight: the owner
+	// rebuilds; this node forgets what it has.
+	near := cached && e.Owner != w.cache.cfg.Self || !w.ownsLocked(key)
+	if scope == ScopeOwned && near || scope == ScopeNear && !near {
+		return nil, false, nil
+	}
+	w.stats.invalidations.Add(1)
 	if g := w.gens[key]; g != nil {
 		g.gen++
 	}
@@ -148,10 +181,7 @@ func (w *Worker) invalidate(key string, action Action, args Args) (f *flight, pr
 			args = old.args
 		}
 	}
-	e, cached := w.cache.store.GetIfPresent(key)
-	if cached && e.Owner != w.cache.cfg.Self || !w.ownsLocked(key) {
-		// A near-cache copy, or a fetch from the owner in flight: the
-		// owner rebuilds; this node forgets what it has.
+	if near {
 		action = Drop
 	}
 	if cached {

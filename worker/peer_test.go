@@ -306,3 +306,103 @@ func TestPeekOwned(t *testing.T) {
 		t.Fatal("PeekOwned answered an expired entry")
 	}
 }
+
+// TestLeaderGivingUpDoesNotStrandWaiters: the caller that starts the fetch
+// of another node's key runs it in its own goroutine; when its context ends,
+// the callers waiting on the same flight must still get the value.
+func TestLeaderGivingUpDoesNotStrandWaiters(t *testing.T) {
+	release := make(chan struct{})
+	var p *fakePeer
+	p = &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+		if p.fetches.Load() == 1 { // the leader's: lasts until it gives up
+			<-ctx.Done()
+			return nil, 0, ctx.Err()
+		}
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		}
+		return &Entry{Label: req.Label, Key: req.Key, Args: req.Args, Value: []byte("remote"), Owner: "n2",
+			CreatedAt: epoch, AvailableTo: epoch.Add(time.Hour)}, Miss, nil
+	}}
+	// The manual clock never ends the waiters' budget: they wait for the
+	// flight as long as it takes.
+	c, _ := newTestCache(t, CacheConfig{Self: "n1", Peers: pickAll{p}})
+	w := register(t, c, Config{Label: "lead", Getter: GetterFunc(func(ctx context.Context, a Args) (Value, error) {
+		t.Error("the getter ran on a non-owner")
+		return Value{}, nil
+	})})
+	lctx, cancel := context.WithCancel(context.Background())
+	leader := make(chan error, 1)
+	go func() {
+		_, _, err := w.Get(lctx, Args{}, Settings{})
+		leader <- err
+	}()
+	waitFor(t, "the leader's fetch", func() bool { return p.fetches.Load() == 1 })
+	type result struct {
+		e   *Entry
+		err error
+	}
+	const waiters = 3
+	results := make(chan result, waiters)
+	for range waiters {
+		go func() {
+			e, _, err := w.Get(context.Background(), Args{}, Settings{})
+			results <- result{e, err}
+		}()
+	}
+	waitFor(t, "the waiters", func() bool { return w.Stats().Waits == waiters })
+	cancel()
+	if err := <-leader; !errors.Is(err, context.Canceled) {
+		t.Fatalf("leader: %v, want context.Canceled", err)
+	}
+	close(release)
+	for range waiters {
+		select {
+		case r := <-results:
+			if r.err != nil || string(r.e.Value) != "remote" {
+				t.Fatalf("waiter: %v %v", r.e, r.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a waiter was stranded by the leader giving up")
+		}
+	}
+	if key, _ := w.Key(Args{}); w.Busy(key) {
+		t.Fatal("the flight is still registered")
+	}
+	if _, st, err := w.Get(context.Background(), Args{}, Settings{}); err != nil || st != Hit {
+		t.Fatalf("after: %v %v, want the near copy", st, err)
+	}
+}
+
+// TestLeaderPanicReleasesWaiters: a fetch that panics in the leading
+// caller's goroutine panics there, and its waiters get an error.
+func TestLeaderPanicReleasesWaiters(t *testing.T) {
+	release := make(chan struct{})
+	p := &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+		<-release
+		panic("fetch")
+	}}
+	c, _ := newTestCache(t, CacheConfig{Self: "n1", Peers: pickAll{p}})
+	w := register(t, c, Config{Label: "panic", Getter: GetterFunc(nil)})
+	leader := make(chan any, 1)
+	go func() {
+		defer func() { leader <- recover() }()
+		w.Get(context.Background(), Args{}, Settings{})
+	}()
+	waitFor(t, "the leader's fetch", func() bool { return p.fetches.Load() == 1 })
+	waiter := make(chan error, 1)
+	go func() {
+		_, _, err := w.Get(context.Background(), Args{}, Settings{})
+		waiter <- err
+	}()
+	waitFor(t, "the waiter", func() bool { return w.Stats().Waits == 1 })
+	close(release)
+	if r := <-leader; r != "fetch" {
+		t.Fatalf("leader recovered %v, want the fetch's panic", r)
+	}
+	if err := <-waiter; !errors.Is(err, errFetchPanicked) {
+		t.Fatalf("waiter: %v, want errFetchPanicked", err)
+	}
+}

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"runtime/debug"
@@ -221,20 +222,109 @@ func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, ro
 		w.mu.Unlock()
 		return e, Hit, nil
 	}
+	if p := w.remoteOwner(key, route); p != nil {
+		// Another node owns the key: this caller fetches it in its own
+		// goroutine, a remote hit being too short for a goroutine and a
+		// handoff to pay off.
+		f, gen := w.registerFlightLocked(key, args, false)
+		w.mu.Unlock()
+		return w.leadFetch(ctx, p, key, args, pol, f, gen)
+	}
 	f, err := w.startFlightLocked(key, args, pol, route, false)
 	w.mu.Unlock()
 	if err != nil {
 		return nil, 0, err
 	}
-	// The caller that started the flight waits for it without a budget: it
-	// is the computation everyone else is waiting for. Its own context only
-	// ends its wait; the computation goes on for the others.
+	return w.awaitLed(ctx, f)
+}
+
+// awaitLed is the wait of the caller that started flight f: without a
+// budget, since it is the computation everyone else is waiting for. Its own
+// context only ends its wait; the computation goes on for the others.
+func (w *Worker) awaitLed(ctx context.Context, f *flight) (*Entry, Status, error) {
 	select {
 	case <-f.done:
 		return f.result()
 	case <-ctx.Done():
 		return nil, 0, ctx.Err()
 	}
+}
+
+// remoteOwner returns the peer that owns key when the call may be routed
+// and another node owns it, else nil.
+func (w *Worker) remoteOwner(key string, route bool) Peer {
+	if !route || w.cache.cfg.Peers == nil {
+		return nil
+	}
+	p, ok := w.cache.cfg.Peers.PickPeer(key)
+	if !ok {
+		return nil
+	}
+	return p
+}
+
+// errFetchPanicked is what the waiters of a flight get when the fetch of
+// the caller leading it panicked (the panic goes on in that caller).
+var errFetchPanicked = errors.New("worker: the fetch from the owner panicked")
+
+// leadFetch runs flight f, a fetch of key from its owner p, in the goroutine
+// of the caller that started it, with the wait budget as the fetch's
+// deadline. Other callers of the key wait on f as on any flight, so whatever
+// happens to this caller, f must end with a result for them: an answer or
+// the owner's getter error is the flight's result; when the owner cannot
+// answer, the fallback fill runs in a goroutine of the flight, as
+// startFlightLocked's would; when this caller's context ends first, the
+// flight is handed to such a goroutine, which starts the fetch over.
+func (w *Worker) leadFetch(ctx context.Context, p Peer, key string, args Args, pol Policy, f *flight, gen uint64) (*Entry, Status, error) {
+	settled := false
+	defer func() {
+		if !settled { // the fetch panicked
+			w.finish(key, gen, f, nil, 0, errFetchPanicked, pol, false)
+		}
+	}()
+	e, st, err := w.fetch(ctx, p, key, args, pol)
+	switch {
+	case err == nil:
+		settled = true
+		w.finish(key, gen, f, e, st, nil, pol, false)
+		return e, st, nil
+	case ctx.Err() != nil:
+		settled = true
+		w.handOff(key, gen, f, pol, func(cctx context.Context) (*Entry, Status, error) {
+			return w.compute(cctx, key, args, pol, true)
+		})
+		return nil, 0, ctx.Err()
+	case isFillError(err):
+		settled = true
+		w.stats.fillErrors.Add(1)
+		w.finish(key, gen, f, nil, 0, err, pol, false)
+		return nil, 0, err
+	}
+	settled = true
+	w.handOff(key, gen, f, pol, func(cctx context.Context) (*Entry, Status, error) {
+		return w.fallback(cctx, p, key, args, pol, err)
+	})
+	return w.awaitLed(ctx, f)
+}
+
+// handOff goes on with flight f, registered under generation gen, in a
+// goroutine bounded by the cache's lifetime, which ends it with the result
+// of run.
+func (w *Worker) handOff(key string, gen uint64, f *flight, pol Policy, run func(context.Context) (*Entry, Status, error)) {
+	c := w.cache
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		w.finish(key, gen, f, nil, 0, ErrClosed, pol, false)
+		return
+	}
+	c.wg.Add(1)
+	c.mu.RUnlock()
+	go func() {
+		defer c.wg.Done()
+		e, st, err := run(c.ctx)
+		w.finish(key, gen, f, e, st, err, pol, false)
+	}()
 }
 
 // refreshing returns the running rebuild of key that an invalidation
@@ -309,9 +399,7 @@ func (w *Worker) startFlightLocked(key string, args Args, pol Policy, route, ref
 	if c.closed {
 		return nil, ErrClosed
 	}
-	f := &flight{done: make(chan struct{}), args: args, refresh: refresh}
-	w.flights[key] = f
-	gen := w.beginLocked(key)
+	f, gen := w.registerFlightLocked(key, args, refresh)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -319,6 +407,15 @@ func (w *Worker) startFlightLocked(key string, args Args, pol Policy, route, ref
 		w.finish(key, gen, f, e, st, err, pol, refresh)
 	}()
 	return f, nil
+}
+
+// registerFlightLocked registers a computation of key that callers can
+// join and returns it with the generation it runs under. Whoever registers
+// it must end it with finish. w.mu must be held.
+func (w *Worker) registerFlightLocked(key string, args Args, refresh bool) (*flight, uint64) {
+	f := &flight{done: make(chan struct{}), args: args, refresh: refresh}
+	w.flights[key] = f
+	return f, w.beginLocked(key)
 }
 
 // computeDirect computes key in the caller's goroutine without letting
@@ -391,33 +488,42 @@ func (w *Worker) finish(key string, gen uint64, f *flight, e *Entry, st Status, 
 // owner's answer for a copy fetched from it, Fallback for a local fill after
 // the owner failed.
 func (w *Worker) compute(ctx context.Context, key string, args Args, pol Policy, route bool) (*Entry, Status, error) {
-	if route && w.cache.cfg.Peers != nil {
-		if p, ok := w.cache.cfg.Peers.PickPeer(key); ok {
-			w.stats.peerFetches.Add(1)
-			fctx, cancel := context.WithTimeout(ctx, pol.Budget())
-			e, st, err := p.Fetch(fctx, FetchRequest{Label: w.cfg.Label, Key: key, Args: args, Overrides: overridesOf(pol, w.base)})
-			cancel()
-			if err == nil {
-				return e, st, nil
-			}
-			if isFillError(err) || ctx.Err() != nil {
-				w.stats.fillErrors.Add(1)
-				return nil, 0, err
-			}
-			w.cache.cfg.Logger.Debug("owner unreachable, computing here", "label", w.cfg.Label, "key", key, "owner", p.Name(), "err", err)
-			w.stats.fallbacks.Add(1)
-			e, err = w.fill(ctx, key, args, pol)
-			if err != nil {
-				return nil, 0, err
-			}
-			return e, Fallback, nil
+	if p := w.remoteOwner(key, route); p != nil {
+		e, st, err := w.fetch(ctx, p, key, args, pol)
+		if err == nil {
+			return e, st, nil
 		}
+		if isFillError(err) || ctx.Err() != nil {
+			w.stats.fillErrors.Add(1)
+			return nil, 0, err
+		}
+		return w.fallback(ctx, p, key, args, pol, err)
 	}
 	e, err := w.fill(ctx, key, args, pol)
 	if err != nil {
 		return nil, 0, err
 	}
 	return e, Miss, nil
+}
+
+// fetch asks the owner p for key, waiting at most the wait budget.
+func (w *Worker) fetch(ctx context.Context, p Peer, key string, args Args, pol Policy) (*Entry, Status, error) {
+	w.stats.peerFetches.Add(1)
+	fctx, cancel := context.WithTimeout(ctx, pol.Budget())
+	defer cancel()
+	return p.Fetch(fctx, FetchRequest{Label: w.cfg.Label, Key: key, Args: args, Overrides: overridesOf(pol, w.base)})
+}
+
+// fallback computes key here after its owner p failed to answer with err,
+// and answers it as Fallback.
+func (w *Worker) fallback(ctx context.Context, p Peer, key string, args Args, pol Policy, err error) (*Entry, Status, error) {
+	w.cache.cfg.Logger.Debug("owner unreachable, computing here", "label", w.cfg.Label, "key", key, "owner", p.Name(), "err", err)
+	w.stats.fallbacks.Add(1)
+	e, err := w.fill(ctx, key, args, pol)
+	if err != nil {
+		return nil, 0, err
+	}
+	return e, Fallback, nil
 }
 
 func isFillError(err error) bool {

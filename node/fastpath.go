@@ -31,6 +31,9 @@ func (h peerHandler) HandlePeerFast(dst []byte, op byte, payload []byte) ([]byte
 	if !ok {
 		return dst, false
 	}
+	if h.n.noticePause() {
+		return dst, false
+	}
 	e, ok := w.PeekOwned(req.Args, req.Ov.settings())
 	if !ok {
 		return dst, false

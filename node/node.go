@@ -59,6 +59,7 @@ type Node struct {
 	// lastInvalidation: worker label → when this node last applied an
 	// invalidation of it; handed-off entries older than that are refused.
 	lastInvalidation sync.Map
+	pause            pauseWatcher
 
 	done chan struct{} // closed by Close: stops the background loops
 	wg   sync.WaitGroup
@@ -89,6 +90,7 @@ func New(cfg Config) (*Node, error) {
 		rules: invalidation.NewRules(), outboxWake: make(chan struct{}, 1)}
 	n.mu.members = make(map[string]*Member)
 	n.events.seen = make(map[string]chan struct{})
+	n.pause.epoch = time.Now()
 	n.bcast = &memberlist.TransmitLimitedQueue{RetransmitMult: 3, NumNodes: func() int {
 		if r := n.route.Load(); r != nil {
 			return r.ring.Len()
@@ -312,39 +314,6 @@ func (n *Node) reconnectLoop() {
 	}
 }
 
-// pauseWatch notices when this process was stopped (SIGSTOP, a VM pause, a
-// long GC stall): the others may have declared it dead and applied
-// invalidations without it meanwhile, so nothing it cached can be trusted.
-func (n *Node) pauseWatch() {
-	defer n.wg.Done()
-	const every = 100 * time.Millisecond
-	last := time.Now()
-	for {
-		t := time.NewTimer(every)
-		select {
-		case <-n.done:
-			t.Stop()
-			return
-		case now := <-t.C:
-			n.checkPause(now.Sub(last))
-			last = now
-		}
-	}
-}
-
-// checkPause drops every cached entry when a gap between two ticks was long
-// enough for the others to declare this node dead: twice the suspicion
-// timeout's floor (SuspicionMult × ProbeInterval).
-func (n *Node) checkPause(gap time.Duration) bool {
-	m := n.cfg.Membership
-	if gap < 2*time.Duration(m.SuspicionMult)*m.ProbeInterval {
-		return false
-	}
-	n.log.Warn("this process was paused: dropping every cached entry", "for", gap)
-	n.dropAll()
-	return true
-}
-
 // reconnectFor is how long a dead member is tried again.
 const reconnectFor = 24 * time.Hour
 
@@ -434,6 +403,7 @@ func (n *Node) Get(ctx context.Context, label string, args worker.Args, ov worke
 	if !ok {
 		return nil, 0, fmt.Errorf("%w: %q", worker.ErrUnknownLabel, label)
 	}
+	n.noticePause()
 	return w.Get(ctx, args, ov)
 }
 

@@ -76,6 +76,7 @@ func (n *Node) handleFetch(ctx context.Context, payload []byte) ([]byte, error) 
 	if !ok {
 		return nil, &peer.RemoteError{Code: codeUnknownWorker, Message: req.Label}
 	}
+	n.noticePause()
 	// Answer as the owner whatever our ring says: a forwarded request is
 	// never forwarded again.
 	e, st, err := w.GetOwned(ctx, req.Args, req.Ov.settings())

@@ -17,15 +17,6 @@ type knownIssue struct {
 }
 
 var knownIssues = []knownIssue{
-	{"K3", "node (node.go pauseWatch, invalidation catch-up)",
-		"a node resumed after SIGSTOP serves values invalidated while it was stalled: the pause watchdog (d400ff8) drops the cache only for gaps over 2 × SuspicionMult × ProbeInterval (1.2 s with the local preset) and only at its next 100 ms tick, while the others declare a node dead sooner (0.9-1.1 s stops are enough); until the push/pull catch-up reads return the old values",
-		"the stale node was stopped while the invalidation was applied, and the read came after its SIGCONT"},
-	{"K4", "node (invalidate.go mergeState/applyBackground) + worker (invalidate)",
-		"missed invalidation events are applied concurrently, one goroutine each, when a node comes back: each refreshes the same keys again and detaches the previous refresh, so one key version is filled several times at once",
-		"the fills over the limit are fills of the same key version by the same node within 100 ms of each other"},
-	{"K8", "node (invalidate.go broadcast) + worker",
-		"the rest of K1: the broadcast reaches a non-owner before the owner; the non-owner drops its near-cache copy, a read there fetches the key from the owner, which has not applied the event yet and answers the old value, and the non-owner keeps it after POST /v1/invalidate returned 200",
-		"the stale node read the old version from the owner while the invalidation was applied, before or while the owner's refresh filled the new one"},
 	{"K9", "node or worker (cause not identified)",
 		"a node fills a key that its own ring gives to another member, with no client read on it and no fallback, around an invalidation or a ring change, and keeps it as its own (its reads answer X-Cache-Owner: itself while its ring names another owner)",
 		"the fills over the limit are fills by a node that was not the owner in its own ring and answered no read of that version as a fallback"},
@@ -39,6 +30,9 @@ var fixedIssues = map[string]string{
 	"K5": "c91fdcf (node: fixes for chaos K5, K6, K7)",
 	"K6": "c91fdcf",
 	"K7": "c91fdcf",
+	"K3": "0ebb8f9 (node: a node back from a pause checks before answering a read; the pause limit is the floor of the suspicion timeout)",
+	"K4": "5df1b5d (node: events missed during a partition are applied together, each key rebuilt once)",
+	"K8": "5df1b5d (node: an invalidation is applied to the owners first, then near-cache copies are dropped)",
 }
 
 func issueOpen(id string) bool {

@@ -201,7 +201,13 @@ func (vs *violations) add(invariant, known string, count int, format string, arg
 	if count == 0 {
 		return
 	}
-	vs.list = append(vs.list, violation{Invariant: invariant, Known: known, Count: count, Text: fmt.Sprintf(format, args...)})
+	text := fmt.Sprintf(format, args...)
+	if known != "" && !issueOpen(known) {
+		// The evidence of an issue that was fixed: a regression.
+		text = fmt.Sprintf("%s [evidence of %s, fixed in %s: a regression]", text, known, fixedIssues[known])
+		known = ""
+	}
+	vs.list = append(vs.list, violation{Invariant: invariant, Known: known, Count: count, Text: text})
 }
 
 // evaluate checks the invariants on what the clients, the writer, the

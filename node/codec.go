@@ -1,9 +1,12 @@
 package node
 
 import (
+	"bytes"
 	"fmt"
+	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
 
 	"github.com/cachenode/cachenode/worker"
 )
@@ -120,14 +123,83 @@ func (r *fetchReq) DecodeMsgpack(dec *msgpack.Decoder) error {
 	return skipFields(dec, n-fetchReqFields)
 }
 
-// appendMsgpack appends the msgpack encoding of v to dst.
-func appendMsgpack(dst []byte, v any) ([]byte, error) {
-	enc := msgpack.GetEncoder()
-	aw := appendWriter{b: dst}
-	enc.Reset(&aw)
-	err := enc.Encode(v)
-	msgpack.PutEncoder(enc)
-	return aw.b, err
+// codecs are the msgpack encoders and decoders of the Get path, reused so
+// that a remote Get allocates only what it returns.
+var codecs = sync.Pool{New: func() any {
+	c := &codec{}
+	c.enc = msgpack.NewEncoder(&c.out)
+	c.dec = msgpack.NewDecoder(&c.in)
+	return c
+}}
+
+// codec is an encoder writing to out and a decoder reading from in.
+type codec struct {
+	enc *msgpack.Encoder
+	out appendWriter
+	dec *msgpack.Decoder
+	in  bytes.Reader
+}
+
+func getCodec() *codec { return codecs.Get().(*codec) }
+
+func (c *codec) put() {
+	c.out.b = nil
+	c.in.Reset(nil)
+	codecs.Put(c)
+}
+
+// appendEncoded appends the encoding of v to dst.
+func appendEncoded(dst []byte, v msgpack.CustomEncoder) ([]byte, error) {
+	c := getCodec()
+	defer c.put()
+	c.out.b = dst
+	err := v.EncodeMsgpack(c.enc)
+	return c.out.b, err
+}
+
+// decodeChecked decodes b, a message from another node, into v, after the
+// checks of unmarshal.
+func decodeChecked(b []byte, v msgpack.CustomDecoder) error {
+	if err := checkMsgpack(b); err != nil {
+		return fmt.Errorf("node: malformed message: %w", err)
+	}
+	c := getCodec()
+	defer c.put()
+	c.in.Reset(b)
+	if err := v.DecodeMsgpack(c.dec); err != nil {
+		return err
+	}
+	if c.in.Len() != 0 {
+		return fmt.Errorf("node: malformed message: %d bytes after the value", c.in.Len())
+	}
+	return nil
+}
+
+// fetchKey reads the label and key of an encoded fetchReq that carries no
+// overrides, without decoding its arguments; ok is false for any other
+// message. The message must have passed checkMsgpack.
+func fetchKey(b []byte) (label, key string, ok bool) {
+	c := getCodec()
+	defer c.put()
+	c.in.Reset(b)
+	n, err := c.dec.DecodeArrayLen()
+	if err != nil || n < fetchReqFields {
+		return "", "", false
+	}
+	if label, err = c.dec.DecodeString(); err != nil {
+		return "", "", false
+	}
+	if key, err = c.dec.DecodeString(); err != nil {
+		return "", "", false
+	}
+	if err = c.dec.Skip(); err != nil {
+		return "", "", false
+	}
+	code, err := c.dec.PeekCode()
+	if err != nil || code != msgpcode.Nil {
+		return "", "", false
+	}
+	return label, key, true
 }
 
 // appendWriter is an io.Writer (and io.ByteWriter, which msgpack uses
@@ -199,7 +271,8 @@ func unmarshal(b []byte, v any) error {
 // checkMsgpack verifies that b is one well-formed msgpack value whose
 // declared lengths fit in b and whose nesting is at most maxNesting.
 func checkMsgpack(b []byte) error {
-	pending := []int{1} // values still to read at each open level
+	var stack [16]int
+	pending := append(stack[:0], 1) // values still to read at each open level
 	i := 0
 	need := func(n int) error {
 		if n < 0 || n > len(b)-i {

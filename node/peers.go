@@ -24,31 +24,6 @@ var _ worker.Peer = (*remote)(nil)
 
 func (p *remote) Name() string { return p.name }
 
-// Fetch asks the owner for a key. The owner's getter errors come back
-// wrapping worker.ErrFill, so that the caller does not run the getter a
-// second time; every other failure lets the caller fall back.
-func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.Entry, worker.Status, error) {
-	body, err := msgpack.Marshal(&fetchReq{Label: req.Label, Key: req.Key, Args: req.Args, Ov: toWireSettings(req.Overrides)})
-	if err != nil {
-		return nil, 0, fmt.Errorf("node: encode fetch: %w", err)
-	}
-	resp, err := p.n.call(ctx, p, opFetch, body)
-	if err != nil {
-		var re *peer.RemoteError
-		if errors.As(err, &re) && re.Code == codeFill {
-			return nil, 0, fmt.Errorf("%w: owner %s: %s", worker.ErrFill, p.name, re.Message)
-		}
-		return nil, 0, fmt.Errorf("node: fetch from %s: %w", p.name, err)
-	}
-	var we wireEntry
-	if err := unmarshal(resp, &we); err != nil {
-		return nil, 0, fmt.Errorf("node: fetch from %s: bad answer: %w", p.name, err)
-	}
-	e := we.entry()
-	e.Args = req.Args // not sent back: the caller has them
-	return e, worker.Status(we.Status), nil
-}
-
 // handlePeer answers the peer transport's requests.
 func (n *Node) handlePeer(ctx context.Context, op byte, payload []byte) ([]byte, error) {
 	switch op {

@@ -259,7 +259,8 @@ func TestPeekOwned(t *testing.T) {
 		Expires: time.Hour, RelevanceInvalidation: Bool(true), RelevanceExpires: time.Minute,
 	}})
 	ctx := context.Background()
-	if _, ok := w.PeekOwned(Args{}, Settings{}); ok {
+	key := mustKey(t, w, Args{})
+	if _, ok := w.PeekOwned(key, Settings{}); ok {
 		t.Fatal("PeekOwned answered a missing key")
 	}
 	go func() { g.release <- "v1" }()
@@ -268,17 +269,17 @@ func TestPeekOwned(t *testing.T) {
 		t.Fatal(err)
 	}
 	hits := w.Stats().Hits
-	if p, ok := w.PeekOwned(Args{}, Settings{}); !ok || p != e {
+	if p, ok := w.PeekOwned(key, Settings{}); !ok || p != e {
 		t.Fatalf("PeekOwned of a fresh entry: %v %v", p, ok)
 	}
 	if w.Stats().Hits != hits+1 {
 		t.Fatal("PeekOwned did not count a hit")
 	}
 	clock.Advance(30 * time.Second)
-	if _, ok := w.PeekOwned(Args{}, Settings{RelevanceExpires: 10 * time.Second}); ok {
+	if _, ok := w.PeekOwned(key, Settings{RelevanceExpires: 10 * time.Second}); ok {
 		t.Fatal("PeekOwned answered an entry past the soft TTL of the call's overrides")
 	}
-	if _, ok := w.PeekOwned(Args{}, Settings{TickAmount: Int(-1)}); ok {
+	if _, ok := w.PeekOwned(key, Settings{TickAmount: Int(-1)}); ok {
 		t.Fatal("PeekOwned answered a call with bad overrides")
 	}
 
@@ -286,23 +287,23 @@ func TestPeekOwned(t *testing.T) {
 	inv := make(chan error, 1)
 	go func() { inv <- w.Invalidate(ctx, e.Key) }()
 	waitFor(t, "the rebuild", func() bool { return g.calls.Load() == 2 })
-	if _, ok := w.PeekOwned(Args{}, Settings{}); ok {
+	if _, ok := w.PeekOwned(key, Settings{}); ok {
 		t.Fatal("PeekOwned answered the invalidated value during the rebuild")
 	}
 	g.release <- "v2"
 	if err := <-inv; err != nil {
 		t.Fatal(err)
 	}
-	if p, ok := w.PeekOwned(Args{}, Settings{}); !ok || string(p.Value) != "v2" {
+	if p, ok := w.PeekOwned(key, Settings{}); !ok || string(p.Value) != "v2" {
 		t.Fatalf("after the rebuild: %v %v", p, ok)
 	}
 
 	clock.Advance(2 * time.Minute)
-	if _, ok := w.PeekOwned(Args{}, Settings{}); ok {
+	if _, ok := w.PeekOwned(key, Settings{}); ok {
 		t.Fatal("PeekOwned answered a stale entry")
 	}
 	clock.Advance(2 * time.Hour)
-	if _, ok := w.PeekOwned(Args{}, Settings{}); ok {
+	if _, ok := w.PeekOwned(key, Settings{}); ok {
 		t.Fatal("PeekOwned answered an expired entry")
 	}
 }

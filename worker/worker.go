@@ -107,18 +107,14 @@ func (w *Worker) GetOwned(ctx context.Context, args Args, ov Settings) (*Entry, 
 	return w.get(ctx, args, ov, false)
 }
 
-// PeekOwned returns the entry that GetOwned would answer at once as a
-// [Hit]: present, unexpired, within its soft TTL, and with no computation of
-// its key running (a peer asking while an invalidation's rebuild runs must
+// PeekOwned returns the entry of key that GetOwned would answer at once as
+// a [Hit]: present, unexpired, within its soft TTL, and with no computation
+// of key running (a peer asking while an invalidation's rebuild runs must
 // wait for the rebuilt value). It never blocks and never starts a
 // computation, except the early refresh a hit may start in the background;
 // when it reports false, call GetOwned. An entry it returns counts as a hit.
-func (w *Worker) PeekOwned(args Args, ov Settings) (*Entry, bool) {
+func (w *Worker) PeekOwned(key string, ov Settings) (*Entry, bool) {
 	pol, err := w.PolicyFor(ov)
-	if err != nil {
-		return nil, false
-	}
-	key, err := w.Key(args)
 	if err != nil {
 		return nil, false
 	}

@@ -92,11 +92,52 @@ func budgetFor(deadline time.Time, ok bool) (uint32, bool) {
 // r's. The payload is freshly allocated (nil when empty) and belongs to the
 // caller.
 func readFrame(r io.Reader, hdr *[headerSize]byte, limit int) (frame, error) {
+	f, n, err := readHeader(r, hdr, limit)
+	if err != nil || n == 0 {
+		return f, err
+	}
+	p, err := readPayload(r, n)
+	if err != nil {
+		return frame{}, payloadError(err)
+	}
+	f.payload = p
+	return f, nil
+}
+
+// peekFrame is readFrame from a bufio.Reader without copying a payload
+// that fits in br's buffer: f.payload is then br's own memory, valid until
+// the next read from br, and peeked is its length, which the caller must
+// Discard before that read. A larger payload is read as readFrame does
+// (peeked is 0).
+func peekFrame(br *bufio.Reader, hdr *[headerSize]byte, limit int) (f frame, peeked int, err error) {
+	f, n, err := readHeader(br, hdr, limit)
+	if err != nil || n == 0 {
+		return f, 0, err
+	}
+	if n > br.Size() {
+		p, err := readPayload(br, n)
+		if err != nil {
+			return frame{}, 0, payloadError(err)
+		}
+		f.payload = p
+		return f, 0, nil
+	}
+	p, err := br.Peek(n)
+	if err != nil {
+		return frame{}, 0, payloadError(err)
+	}
+	f.payload = p
+	return f, n, nil
+}
+
+// readHeader reads and checks a frame header (see readFrame) and returns
+// the frame without its payload, and the payload's length.
+func readHeader(r io.Reader, hdr *[headerSize]byte, limit int) (frame, int, error) {
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
-			return frame{}, fmt.Errorf("%w: truncated frame header: %w", ErrProtocol, err)
+			return frame{}, 0, fmt.Errorf("%w: truncated frame header: %w", ErrProtocol, err)
 		}
-		return frame{}, err
+		return frame{}, 0, err
 	}
 	n := binary.BigEndian.Uint32(hdr[0:4])
 	f := frame{
@@ -107,30 +148,27 @@ func readFrame(r io.Reader, hdr *[headerSize]byte, limit int) (frame, error) {
 	}
 	switch {
 	case uint64(n) > uint64(limit):
-		return frame{}, fmt.Errorf("%w: %w: announced %d bytes, limit %d", ErrProtocol, ErrFrameTooLarge, n, limit)
+		return frame{}, 0, fmt.Errorf("%w: %w: announced %d bytes, limit %d", ErrProtocol, ErrFrameTooLarge, n, limit)
 	case f.kind < kindRequest || f.kind > kindCancel:
-		return frame{}, fmt.Errorf("%w: unknown frame kind %d", ErrProtocol, f.kind)
+		return frame{}, 0, fmt.Errorf("%w: unknown frame kind %d", ErrProtocol, f.kind)
 	case hdr[6] != 0 || hdr[7] != 0:
-		return frame{}, fmt.Errorf("%w: reserved header bytes are not zero", ErrProtocol)
+		return frame{}, 0, fmt.Errorf("%w: reserved header bytes are not zero", ErrProtocol)
 	case f.id == 0:
-		return frame{}, fmt.Errorf("%w: request id 0", ErrProtocol)
+		return frame{}, 0, fmt.Errorf("%w: request id 0", ErrProtocol)
 	case f.kind != kindRequest && f.budget != 0:
-		return frame{}, fmt.Errorf("%w: budget on a frame of kind %d", ErrProtocol, f.kind)
+		return frame{}, 0, fmt.Errorf("%w: budget on a frame of kind %d", ErrProtocol, f.kind)
 	case f.kind == kindCancel && n != 0:
-		return frame{}, fmt.Errorf("%w: cancel frame with a payload", ErrProtocol)
+		return frame{}, 0, fmt.Errorf("%w: cancel frame with a payload", ErrProtocol)
 	}
-	if n == 0 {
-		return f, nil
+	return f, int(n), nil
+}
+
+// payloadError is the error of a payload that could not be read whole.
+func payloadError(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: truncated frame: %w", ErrProtocol, io.ErrUnexpectedEOF)
 	}
-	p, err := readPayload(r, int(n))
-	if err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return frame{}, fmt.Errorf("%w: truncated frame: %w", ErrProtocol, io.ErrUnexpectedEOF)
-		}
-		return frame{}, err
-	}
-	f.payload = p
-	return f, nil
+	return err
 }
 
 // readPayload reads exactly n bytes, allocating in proportion to what

@@ -2,6 +2,7 @@ package peer
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -351,7 +352,7 @@ func (sc *serverConn) readLoop() error {
 				return err
 			}
 		}
-		f, err := readFrame(br, &hdr, s.cfg.MaxFrameSize)
+		f, peeked, err := peekFrame(br, &hdr, s.cfg.MaxFrameSize)
 		if err != nil {
 			return err
 		}
@@ -360,9 +361,16 @@ func (sc *serverConn) readLoop() error {
 			s.stats.requests.Add(1)
 			if fast != nil {
 				var ok bool
-				if out, ok = sc.answerFast(fast, out, f); ok {
+				out, ok = sc.answerFast(fast, out, f)
+				if ok {
+					_, _ = br.Discard(peeked)
 					continue
 				}
+			}
+			if peeked > 0 {
+				// The handler's goroutine outlives br's buffer.
+				f.payload = bytes.Clone(f.payload)
+				_, _ = br.Discard(peeked)
 			}
 			// Back-pressure: with MaxConcurrentPerConn handlers running,
 			// stop reading this connection until one returns (after

@@ -302,13 +302,18 @@ func (n *Node) claimEvent(ev *invalidation.Event, payload []byte, owners bool) (
 	}
 	if !ownersSeen {
 		// The first delivery of this event here.
-		s.log = append(s.log, loggedEvent{At: time.Now().UnixNano(), Payload: payload, id: ev.ID})
-		if len(s.log) > eventLogCap {
-			s.log = s.log[1:]
-		}
 		now := time.Now()
 		for _, t := range ev.Targets {
 			n.lastInvalidation.Store(t.Label, now)
+		}
+	}
+	if !owners {
+		// Offered to the members on push/pull only now: an event still in
+		// its owners' round would make them drop their near-cache copies
+		// before every owner rebuilt its keys.
+		s.log = append(s.log, loggedEvent{At: time.Now().UnixNano(), Payload: payload, id: ev.ID})
+		if len(s.log) > eventLogCap {
+			s.log = s.log[1:]
 		}
 	}
 	return scope, done, wait

@@ -416,3 +416,35 @@ func TestEventsOfOnePushPullRebuildAKeyOnce(t *testing.T) {
 		t.Errorf("%v was rebuilt %d times for %d events received together; want once", v, got, events)
 	}
 }
+
+// TestEventOfferedOnPushPullOnlyAfterTheOwnersRound: an event is offered to
+// other members on push/pull only once its owners' round is over here
+// (the second round reached this node): a member that merged it earlier
+// would drop its near-cache copies while an owner may still serve the old
+// value, the race the two rounds close (chaos K8).
+func TestEventOfferedOnPushPullOnlyAfterTheOwnersRound(t *testing.T) {
+	db := newFooDB()
+	c := newCluster(t, 1, db.register)
+	n := c.nodes[0]
+	ev := invalidation.Event{ID: invalidation.NewID(), Origin: "elsewhere", Targets: []invalidation.Target{
+		{Label: "filtered_foos", Kind: invalidation.KindKey, Args: worker.Args{"attr1": 1, "attr2": "a"}},
+	}}
+	payload, err := msgpack.Marshal(&ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := n.applyEvent(ctx, &ev, payload, true); err != nil {
+		t.Fatal(err)
+	}
+	if st := n.localState(); st != nil {
+		t.Fatalf("the event is offered on push/pull during its owners' round (%d bytes of state)", len(st))
+	}
+	if _, err := n.applyEvent(ctx, &ev, payload, false); err != nil {
+		t.Fatal(err)
+	}
+	var offered []loggedEvent
+	if err := unmarshal(n.localState(), &offered); err != nil || len(offered) != 1 {
+		t.Fatalf("after the second round: %d events offered (%v); want 1", len(offered), err)
+	}
+}

@@ -250,7 +250,10 @@ type fillCheck struct {
 	Sends    int    `json:"invalidations"`
 	Burst    int    `json:"burst"`     // fills by a node within 100 ms of its previous fill of this version
 	NotOwner int    `json:"not_owner"` // fills by a node that was not the owner in its own ring, without a fallback answer
-	By       string `json:"by"`        // nodes that filled, in order
+	// ReadFirst: the first fill was for a read, before the sync
+	// invalidation of this version returned (which rebuilds it again).
+	ReadFirst bool   `json:"read_first,omitempty"`
+	By        string `json:"by"` // nodes that filled, in order
 	// Detail explains each fill and each ring change counted, for the
 	// key versions over the limit.
 	Detail []string `json:"detail,omitempty"`
@@ -279,13 +282,24 @@ func checkFills(fills []fill, spans map[string][]verSpan, ops []*writeOp, reads 
 		ver int
 	}
 	sends, delayed := map[kv]int{}, map[kv]int{}
+	syncAck := map[kv]time.Time{} // when the sync invalidation that made a version returned
 	for _, op := range ops {
 		for k, v := range op.Versions {
 			if op.Delayed {
 				delayed[kv{k, v}] += op.Attempts
 			} else {
 				sends[kv{k, v}] += op.Attempts
+				if op.Acked {
+					syncAck[kv{k, v}] = op.AckAt
+				}
 			}
+		}
+	}
+	// Reads answered by a fill for them (X-Cache: miss), per version.
+	missReads := map[kv][]obs{}
+	for _, r := range reads {
+		if r.Cache == "miss" && r.ok() {
+			missReads[kv{r.Key.String(), r.Version}] = append(missReads[kv{r.Key.String(), r.Version}], r)
 		}
 	}
 	// Fallback answers per node and key.
@@ -378,6 +392,15 @@ func checkFills(fills []fill, spans map[string][]verSpan, ops []*writeOp, reads 
 		// a read may fill the new version in between, and the refresh at
 		// the due time fills it once more.
 		fc.Allowed = max(1, sends[g]) + delayed[g] + fc.Moves
+		// The same holds for a sync invalidation, for a shorter time: a
+		// read between the change and the invalidation reaching the owner
+		// fills the new version, and the invalidation rebuilds it. It
+		// counts when the first fill of the version was for a read
+		// (a miss) and came before the invalidation returned.
+		if ack, ok := syncAck[g]; ok && readFilledFirst(fs, missReads[g], ack) {
+			fc.Allowed++
+			fc.ReadFirst = true
+		}
 		if fc.Fills-fc.Fallback > fc.Allowed {
 			for _, m := range moved {
 				detail = append(detail, "counted "+m)
@@ -515,4 +538,27 @@ func checkStale(reads []obs, ops []*writeOp, cuts []cutWindow, start time.Time, 
 		out = append(out, s)
 	}
 	return out
+}
+
+// readFilledFirst reports whether the first of fs (in time) was made for one
+// of the miss reads and came before ack.
+func readFilledFirst(fs []fill, misses []obs, ack time.Time) bool {
+	if len(fs) == 0 {
+		return false
+	}
+	first := fs[0]
+	for _, f := range fs[1:] {
+		if f.At.Before(first.At) {
+			first = f
+		}
+	}
+	if !first.At.Before(ack) {
+		return false
+	}
+	for _, r := range misses {
+		if !first.At.Before(r.Start) && !first.At.After(r.End) {
+			return true
+		}
+	}
+	return false
 }

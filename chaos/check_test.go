@@ -184,6 +184,43 @@ func TestCheckFillsAllowance(t *testing.T) {
 	}
 }
 
+// A read between a change and its sync invalidation fills the new version,
+// and the invalidation rebuilds it: two fills, both allowed. Two fills for
+// no read before the invalidation returned are one too many.
+func TestCheckFillsReadBeforeSyncInvalidation(t *testing.T) {
+	own := newOwners()
+	k := keyRef{"item", 3}
+	owner := own.owner("n1,n2", k)
+	ls := &logScan{timeline: map[string][]ringPoint{
+		"n1": {{At: at(0), Set: "n1,n2"}},
+		"n2": {{At: at(0), Set: "n1,n2"}},
+	}}
+	spans := map[string][]verSpan{"item/3": {{Version: 1, Upto: at(1000)}, {Version: 2, From: at(1000)}}}
+	ops := []*writeOp{{Kind: "key", Versions: map[string]int{"item/3": 2}, Bumped: at(1000), Attempts: 1, Acked: true, AckAt: at(1500)}}
+	fills := []fill{
+		{At: at(1030), Key: "item/3", Version: 2, Node: owner}, // for the read
+		{At: at(1400), Key: "item/3", Version: 2, Node: owner}, // the refresh
+	}
+	for _, c := range []struct {
+		name    string
+		reads   []obs
+		allowed int
+	}{
+		{"a miss read during the first fill", []obs{{Start: at(1020), End: at(1040), Node: "n1", Key: k, Code: 200, Cache: "miss", Version: 2}}, 2},
+		{"a hit read only", []obs{{Start: at(1020), End: at(1040), Node: "n1", Key: k, Code: 200, Cache: "hit", Version: 2}}, 1},
+		{"the miss read after the invalidation returned", []obs{{Start: at(1020), End: at(1040), Node: "n1", Key: k, Code: 200, Cache: "miss", Version: 2}}, 1},
+	} {
+		o := ops
+		if c.allowed == 1 && c.reads[0].Cache == "miss" {
+			o = []*writeOp{{Kind: "key", Versions: map[string]int{"item/3": 2}, Bumped: at(1000), Attempts: 1, Acked: true, AckAt: at(1020)}}
+		}
+		checks, _, _, _, _ := checkFills(fills, spans, o, c.reads, ls, own, nil, nil, t0, at(2000))
+		if len(checks) != 1 || checks[0].Allowed != c.allowed {
+			t.Errorf("%s: %+v, want %d allowed", c.name, checks, c.allowed)
+		}
+	}
+}
+
 func TestKnownEvidence(t *testing.T) {
 	k := "item/1"
 	sync := &writeOp{Kind: "key", Versions: map[string]int{k: 2}, Bumped: at(100), Acked: true, AckAt: at(200), Via: []string{"n1"}}

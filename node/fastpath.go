@@ -27,7 +27,7 @@ func (h peerHandler) HandlePeer(ctx context.Context, op byte, payload []byte) ([
 // arguments need not be decoded; a fetch with per-call overrides takes the
 // usual path.
 func (h peerHandler) HandlePeerFast(dst []byte, op byte, payload []byte) ([]byte, bool) {
-	if op != opFetch || checkMsgpack(payload) != nil {
+	if op != opFetch && op != opFetchFinal || checkMsgpack(payload) != nil {
 		return dst, false
 	}
 	label, key, ok := fetchKey(payload)

@@ -27,8 +27,8 @@ func (p *remote) Name() string { return p.name }
 // handlePeer answers the peer transport's requests.
 func (n *Node) handlePeer(ctx context.Context, op byte, payload []byte) ([]byte, error) {
 	switch op {
-	case opFetch:
-		return n.handleFetch(ctx, payload)
+	case opFetch, opFetchFinal:
+		return n.handleFetch(ctx, payload, op == opFetchFinal)
 	case opHandoff:
 		return n.handleHandoff(payload)
 	case opInvalidate, opInvalidateOwners:
@@ -42,7 +42,13 @@ func (n *Node) handlePeer(ctx context.Context, op byte, payload []byte) ([]byte,
 	return nil, &peer.RemoteError{Code: codeBadRequest, Message: fmt.Sprintf("unknown op %d", op)}
 }
 
-func (n *Node) handleFetch(ctx context.Context, payload []byte) ([]byte, error) {
+// handleFetch answers a member that asks this node, as the owner of a key,
+// for its entry. When this node's ring gives the key to another member (the
+// rings disagree for a moment around a membership change), the request is
+// forwarded to that member once, as final, rather than filled here: a fill
+// here would be a second fill of the key for the cluster, kept by a node
+// that does not own it.
+func (n *Node) handleFetch(ctx context.Context, payload []byte, final bool) ([]byte, error) {
 	var req fetchReq
 	if err := unmarshal(payload, &req); err != nil {
 		return nil, &peer.RemoteError{Code: codeBadRequest, Message: err.Error()}
@@ -52,6 +58,11 @@ func (n *Node) handleFetch(ctx context.Context, payload []byte) ([]byte, error) 
 		return nil, &peer.RemoteError{Code: codeUnknownWorker, Message: req.Label}
 	}
 	n.noticePause()
+	if !final {
+		if resp, done, err := n.forwardFetch(ctx, req.Key, payload); done {
+			return resp, err
+		}
+	}
 	// Answer as the owner whatever our ring says: a forwarded request is
 	// never forwarded again.
 	e, st, err := w.GetOwned(ctx, req.Args, req.Ov.settings())
@@ -67,6 +78,30 @@ func (n *Node) handleFetch(ctx context.Context, payload []byte) ([]byte, error) 
 	we := toWire(e, st)
 	we.Args = nil // the caller has them
 	return msgpack.Marshal(&we)
+}
+
+// forwardFetch passes a fetch of key to the member that owns it in this
+// node's ring, if that is not this node, and returns its answer; done is
+// false when this node should answer itself: it owns the key, or the owner
+// lacks the worker. An owner that cannot be reached is an error: the
+// asker falls back to computing the value without keeping it.
+func (n *Node) forwardFetch(ctx context.Context, key string, payload []byte) (resp []byte, done bool, err error) {
+	p, elsewhere := n.PickPeer(key)
+	if !elsewhere {
+		return nil, false, nil
+	}
+	owner := p.(*remote)
+	resp, err = n.call(ctx, owner, opFetchFinal, payload)
+	var re *peer.RemoteError
+	switch {
+	case err == nil:
+		return resp, true, nil
+	case errors.As(err, &re) && re.Code == codeUnknownWorker:
+		return nil, false, nil
+	case errors.As(err, &re):
+		return nil, true, re
+	}
+	return nil, true, fmt.Errorf("node: forwarding to the owner %s: %w", owner.name, err)
 }
 
 func (n *Node) handleHandoff(payload []byte) ([]byte, error) {
@@ -167,7 +202,7 @@ func sendHandoff(ctx context.Context, n *Node, p *remote, entries []wireEntry) {
 	}
 }
 
-var opNames = map[byte]string{opFetch: "fetch", opHandoff: "handoff", opInvalidate: "invalidate", opLeaving: "leaving", opEnqueue: "enqueue", opInvalidateOwners: "invalidate-owners"}
+var opNames = map[byte]string{opFetch: "fetch", opHandoff: "handoff", opInvalidate: "invalidate", opLeaving: "leaving", opEnqueue: "enqueue", opInvalidateOwners: "invalidate-owners", opFetchFinal: "fetch-final"}
 
 // markLeaving records that a member announced a graceful leave, so that its
 // departure is recorded as "left", not "dead".

@@ -21,6 +21,10 @@ const (
 	// event → applied count, for the keys the receiver owns only. The
 	// second round, opInvalidate, applies the rest (near-cache copies).
 	opInvalidateOwners byte = 6
+	// opFetchFinal is opFetch forwarded once by a member whose ring gives
+	// the key to another: the receiver answers as the owner whatever its
+	// own ring says (no second forward, so no loops).
+	opFetchFinal byte = 7
 )
 
 // Error codes carried in peer.RemoteError.

@@ -23,6 +23,10 @@ type cutter struct {
 	// slow, when set, delays every write of this node's peer connections
 	// to one address: a link that delivers late, as TCP does on a lossy one.
 	slow atomic.Pointer[slowLink]
+	// hang, when set, makes this node's dials to that address hang until
+	// their deadline, as a SYN dropped by a firewall does.
+	hang atomic.Pointer[string]
+	hung atomic.Int32 // dials that hung
 }
 
 type slowLink struct {
@@ -87,6 +91,11 @@ func (c *cutter) listener(ln net.Listener) net.Listener { return cutListener{ln,
 func (c *cutter) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	if c.cut.Load() {
 		return nil, errCut
+	}
+	if h := c.hang.Load(); h != nil && *h == addr {
+		c.hung.Add(1)
+		<-ctx.Done()
+		return nil, ctx.Err()
 	}
 	conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
 	if err != nil {

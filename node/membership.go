@@ -171,6 +171,13 @@ func (n *Node) memberUp(m *memberlist.Node) {
 		// exchanged with it (see maintain).
 		n.mu.heal = true
 		n.mu.healed = append(n.mu.healed, gossip)
+		// A call made with a routing snapshot from before it was declared
+		// dead may have left a dial to it hanging in TCP's SYN
+		// retransmission (its packets were dropped): calls now must not
+		// wait for that one.
+		if n.client != nil {
+			n.client.CloseAddr(md.Peer)
+		}
 	}
 	if !known || old.State != StateAlive {
 		n.log.Info("member alive", "member", m.Name, "gossip", gossip, "peer", md.Peer)

@@ -244,3 +244,43 @@ func TestMissedEventsRebuildAKeyOnce(t *testing.T) {
 		t.Errorf("n1 serves %v as %q after catching up, without foo %d", v, got, 600+events-1)
 	}
 }
+
+// TestNoWaitForADialFromBeforeTheHeal: a call made with a routing snapshot
+// from before a member was declared dead can leave a dial to it hanging
+// (its SYN dropped by the partition, retransmitted a second later). Once
+// the member is back, reads must not wait for that dial and fall back
+// (found by chaos: fallbacks half a second after a heal).
+func TestNoWaitForADialFromBeforeTheHeal(t *testing.T) {
+	g := newCounting(0)
+	c := startCluster(&cluster{t: t, setup: withWorker(g, worker.Settings{}), membership: LocalMembership(), hooks: map[string]*cutter{}}, 3)
+	n1, n3 := c.nodes[0], c.nodes[2]
+	w1, _ := n1.Worker("w")
+	var args worker.Args
+	for i := range 1000 {
+		a := worker.Args{"id": i}
+		if k, _ := w1.Key(a); n1.Owner(k) == "n3" {
+			args = a
+			break
+		}
+	}
+	if args == nil {
+		t.Fatal("no key owned by n3")
+	}
+	c.hooks["n3"].set(true)
+	waitFor(t, 10*time.Second, "n1 to declare n3 dead", func() bool { return n1.Ring().Len() == 2 })
+	// A late call from n1 to n3: its dial hangs.
+	addr := n3.PeerAddr()
+	c.hooks["n1"].hang.Store(&addr)
+	go n1.client.Call(context.Background(), addr, opLeaving, []byte("n1"))
+	waitFor(t, 5*time.Second, "the dial to hang", func() bool { return c.hooks["n1"].hung.Load() > 0 })
+	c.hooks["n1"].hang.Store(nil)
+	c.hooks["n3"].set(false)
+	waitFor(t, 15*time.Second, "n1 to see n3 again", func() bool { return n1.Ring().Len() == 3 })
+	_, st, err := n1.Get(context.Background(), "w", args, worker.Settings{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st == worker.Fallback {
+		t.Errorf("the first read of n3's key after the heal fell back: it waited for a dial from before the heal")
+	}
+}

@@ -88,7 +88,8 @@ func (w *wireEntry) DecodeMsgpack(dec *msgpack.Decoder) error {
 func (r *fetchReq) EncodeMsgpack(enc *msgpack.Encoder) error {
 	var ov any
 	if r.Ov != (wireSettings{}) {
-		ov = &r.Ov
+		o := r.Ov // a copy: r itself does not escape
+		ov = &o
 	}
 	return firstErr(
 		enc.EncodeArrayLen(fetchReqFields),
@@ -148,31 +149,35 @@ func (c *codec) put() {
 	codecs.Put(c)
 }
 
-// appendEncoded appends the encoding of v to dst.
-func appendEncoded(dst []byte, v msgpack.CustomEncoder) ([]byte, error) {
+// appendEntry and appendFetchReq append an encoded message to dst. They
+// take the concrete types, not a msgpack.CustomEncoder, so that the message
+// can stay on the caller's stack.
+func appendEntry(dst []byte, we *wireEntry) ([]byte, error) {
 	c := getCodec()
 	defer c.put()
 	c.out.b = dst
-	err := v.EncodeMsgpack(c.enc)
+	err := we.EncodeMsgpack(c.enc)
 	return c.out.b, err
 }
 
-// decodeChecked decodes b, a message from another node, into v, after the
+func appendFetchReq(dst []byte, r *fetchReq) ([]byte, error) {
+	c := getCodec()
+	defer c.put()
+	c.out.b = dst
+	err := r.EncodeMsgpack(c.enc)
+	return c.out.b, err
+}
+
+// decodeEntry decodes b, an entry from another node, into we, after the
 // checks of unmarshal.
-func decodeChecked(b []byte, v msgpack.CustomDecoder) error {
+func decodeEntry(b []byte, we *wireEntry) error {
 	if err := checkMsgpack(b); err != nil {
 		return fmt.Errorf("node: malformed message: %w", err)
 	}
 	c := getCodec()
 	defer c.put()
 	c.in.Reset(b)
-	if err := v.DecodeMsgpack(c.dec); err != nil {
-		return err
-	}
-	if c.in.Len() != 0 {
-		return fmt.Errorf("node: malformed message: %d bytes after the value", c.in.Len())
-	}
-	return nil
+	return we.DecodeMsgpack(c.dec)
 }
 
 // fetchKey reads the label and key of an encoded fetchReq that carries no

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 
 	"github.com/cachenode/cachenode/node/peer"
@@ -31,7 +30,8 @@ func (h peerHandler) HandlePeerFast(dst []byte, op byte, payload []byte) ([]byte
 		return dst, false
 	}
 	label, key, ok := fetchKey(payload)
-	if !ok || !strings.HasPrefix(key, label+"@") {
+	// The key must be one of label's: "label@...".
+	if !ok || len(key) <= len(label) || key[len(label)] != '@' || key[:len(label)] != label {
 		return dst, false
 	}
 	w, ok := h.n.cache.Worker(label)
@@ -47,7 +47,7 @@ func (h peerHandler) HandlePeerFast(dst []byte, op byte, payload []byte) ([]byte
 	}
 	we := toWire(e, worker.Hit)
 	we.Args = nil // the caller has them
-	dst, err := appendEncoded(dst, &we)
+	dst, err := appendEntry(dst, &we)
 	return dst, err == nil
 }
 
@@ -61,7 +61,7 @@ var reqBufs = sync.Pool{New: func() any { return new([]byte) }}
 func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.Entry, worker.Status, error) {
 	buf := reqBufs.Get().(*[]byte)
 	defer reqBufs.Put(buf)
-	body, err := appendEncoded((*buf)[:0], &fetchReq{Label: req.Label, Key: req.Key, Args: req.Args, Ov: toWireSettings(req.Overrides)})
+	body, err := appendFetchReq((*buf)[:0], &fetchReq{Label: req.Label, Key: req.Key, Args: req.Args, Ov: toWireSettings(req.Overrides)})
 	*buf = body[:0]
 	if err != nil {
 		return nil, 0, fmt.Errorf("node: encode fetch: %w", err)
@@ -75,7 +75,7 @@ func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.En
 		return nil, 0, fmt.Errorf("node: fetch from %s: %w", p.name, err)
 	}
 	var we wireEntry
-	if err := decodeChecked(resp, &we); err != nil {
+	if err := decodeEntry(resp, &we); err != nil {
 		return nil, 0, fmt.Errorf("node: fetch from %s: bad answer: %w", p.name, err)
 	}
 	e := we.entry()

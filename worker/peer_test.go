@@ -308,6 +308,12 @@ func TestPeekOwned(t *testing.T) {
 	}
 }
 
+// remoteEntry is the owner n2's answer "remote" to req.
+func remoteEntry(req FetchRequest) *Entry {
+	return &Entry{Label: req.Label, Key: req.Key, Args: req.Args, Value: []byte("remote"), Owner: "n2",
+		CreatedAt: epoch, AvailableTo: epoch.Add(time.Hour)}
+}
+
 // TestLeaderGivingUpDoesNotStrandWaiters: the caller that starts the fetch
 // of another node's key runs it in its own goroutine; when its context ends,
 // the callers waiting on the same flight must still get the value.
@@ -324,8 +330,7 @@ func TestLeaderGivingUpDoesNotStrandWaiters(t *testing.T) {
 		case <-ctx.Done():
 			return nil, 0, ctx.Err()
 		}
-		return &Entry{Label: req.Label, Key: req.Key, Args: req.Args, Value: []byte("remote"), Owner: "n2",
-			CreatedAt: epoch, AvailableTo: epoch.Add(time.Hour)}, Miss, nil
+		return remoteEntry(req), Miss, nil
 	}}
 	// The manual clock never ends the waiters' budget: they wait for the
 	// flight as long as it takes.
@@ -405,5 +410,41 @@ func TestLeaderPanicReleasesWaiters(t *testing.T) {
 	}
 	if err := <-waiter; !errors.Is(err, errFetchPanicked) {
 		t.Fatalf("waiter: %v, want errFetchPanicked", err)
+	}
+}
+
+// TestLeaderDeadlineIsNotAnOwnerFailure: when the fetch of the leading
+// caller fails because that caller's own deadline passed, the owner did not
+// fail: no fallback runs, and the flight goes on for the others.
+func TestLeaderDeadlineIsNotAnOwnerFailure(t *testing.T) {
+	var p *fakePeer
+	p = &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+		if p.fetches.Load() == 1 {
+			// As the transport does: it reads the clock, so it may see
+			// the deadline pass before the context's timer has fired.
+			dl, _ := ctx.Deadline()
+			time.Sleep(time.Until(dl))
+			return nil, 0, fmt.Errorf("peer: %w", context.DeadlineExceeded)
+		}
+		return remoteEntry(req), Hit, nil
+	}}
+	c, _ := newTestCache(t, CacheConfig{Self: "n1", Peers: pickAll{p}})
+	var fills atomic.Int64
+	w := register(t, c, Config{Label: "dl", Getter: GetterFunc(func(ctx context.Context, a Args) (Value, error) {
+		fills.Add(1)
+		return Value{Data: []byte("local")}, nil
+	})})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, _, err := w.Get(ctx, Args{}, Settings{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("leader: %v, want its deadline", err)
+	}
+	key := mustKey(t, w, Args{})
+	waitFor(t, "the handed-off flight", func() bool { return !w.Busy(key) })
+	if fills.Load() != 0 || w.Stats().Fallbacks != 0 {
+		t.Fatalf("%d fills, %d fallbacks after the leader's deadline", fills.Load(), w.Stats().Fallbacks)
+	}
+	if e, st, err := w.Get(context.Background(), Args{}, Settings{}); err != nil || st != Hit || string(e.Value) != "remote" {
+		t.Fatalf("after: %v %v %v, want the near copy kept by the flight", e, st, err)
 	}
 }

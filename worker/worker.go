@@ -284,11 +284,12 @@ func (w *Worker) leadFetch(ctx context.Context, p Peer, key string, args Args, p
 		settled = true
 		w.finish(key, gen, f, e, st, nil, pol, false)
 		return e, st, nil
-	case ctx.Err() != nil:
+	case !isFillError(err) && callerEnded(ctx):
 		settled = true
 		w.handOff(key, gen, f, pol, func(cctx context.Context) (*Entry, Status, error) {
 			return w.compute(cctx, key, args, pol, true)
 		})
+		<-ctx.Done() // at once, or as soon as its timer fires
 		return nil, 0, ctx.Err()
 	case isFillError(err):
 		settled = true
@@ -301,6 +302,17 @@ func (w *Worker) leadFetch(ctx context.Context, p Peer, key string, args Args, p
 		return w.fallback(cctx, p, key, args, pol, err)
 	})
 	return w.awaitLed(ctx, f)
+}
+
+// callerEnded reports whether ctx has ended or its deadline has passed: a
+// context's Err turns non-nil only once its timer has fired, a little after
+// the deadline that a fetch bounded by it has already seen pass.
+func callerEnded(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
 }
 
 // handOff goes on with flight f, registered under generation gen, in a

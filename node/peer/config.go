@@ -17,7 +17,7 @@ const (
 	DefaultMaxConcurrentPerConn = 256
 	DefaultHandshakeTimeout     = 5 * time.Second
 	DefaultWriteTimeout         = 10 * time.Second
-	DefaultConnsPerAddr         = 2
+	DefaultConnsPerAddr         = 1
 	DefaultDialTimeout          = 3 * time.Second
 )
 
@@ -74,7 +74,9 @@ type ClientConfig struct {
 
 	// ConnsPerAddr is the number of connections kept to each peer address,
 	// dialed lazily as calls need them; calls are spread over them round
-	// robin. Default 2; at most 64.
+	// robin. One connection carries the most frames per syscall, which is
+	// what the remote hit pays for (docs/BENCHMARKS.md). Default 1; at most
+	// 64.
 	ConnsPerAddr int
 
 	// DialTimeout bounds the establishment of one connection: TCP dial, TLS

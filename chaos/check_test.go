@@ -161,7 +161,7 @@ func TestCheckFillsAllowance(t *testing.T) {
 	}
 	reads := []obs{{Start: at(1590), End: at(1610), Node: other, Key: k, Code: 200, Cache: "fallback", Version: 2}}
 	ws := []window{{at(1550), at(1700)}}
-	checks, total, fallbacks, _, outside := checkFills(fills, spans, ops, reads, ls, own, ws, nil, t0, at(2000))
+	checks, total, fallbacks, _, outside := checkFills(fills, spans, ops, reads, ls, own, ws, nil, t0, time.Time{}, at(2000))
 	if total != 4 || fallbacks != 1 || len(outside) != 0 {
 		t.Fatalf("total %d fallbacks %d outside %v", total, fallbacks, outside)
 	}
@@ -178,9 +178,14 @@ func TestCheckFillsAllowance(t *testing.T) {
 		}
 	}
 	// Outside every window, the same fallback is reported.
-	_, _, _, _, outside = checkFills(fills, spans, ops, reads, ls, own, nil, nil, t0, at(2000))
+	_, _, _, _, outside = checkFills(fills, spans, ops, reads, ls, own, nil, nil, t0, time.Time{}, at(2000))
 	if len(outside) != 1 {
 		t.Errorf("fallback outside the windows not reported: %v", outside)
+	}
+	// In the final sweep (reads from every node at once), it is not.
+	_, _, _, _, outside = checkFills(fills, spans, ops, reads, ls, own, nil, nil, t0, at(1580), at(2000))
+	if len(outside) != 0 {
+		t.Errorf("fallback in the final sweep reported: %v", outside)
 	}
 }
 
@@ -214,7 +219,7 @@ func TestCheckFillsReadBeforeSyncInvalidation(t *testing.T) {
 		if c.allowed == 1 && c.reads[0].Cache == "miss" {
 			o = []*writeOp{{Kind: "key", Versions: map[string]int{"item/3": 2}, Bumped: at(1000), Attempts: 1, Acked: true, AckAt: at(1020)}}
 		}
-		checks, _, _, _, _ := checkFills(fills, spans, o, c.reads, ls, own, nil, nil, t0, at(2000))
+		checks, _, _, _, _ := checkFills(fills, spans, o, c.reads, ls, own, nil, nil, t0, time.Time{}, at(2000))
 		if len(checks) != 1 || checks[0].Allowed != c.allowed {
 			t.Errorf("%s: %+v, want %d allowed", c.name, checks, c.allowed)
 		}

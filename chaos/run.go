@@ -317,7 +317,7 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 		res.Harness = append(res.Harness, `no "member alive" lines in the node logs: the log format changed, ring changes cannot be followed`)
 	}
 	own := newOwners()
-	checks, total, fallbacks, allowed, fbOutside := checkFills(fills, spans, w.ops, reads, ls, own, ws, s.cuts, start, time.Now())
+	checks, total, fallbacks, allowed, fbOutside := checkFills(fills, spans, w.ops, reads, ls, own, ws, s.cuts, start, end, time.Now())
 	res.Fills, res.FallbackFills, res.AllowedFills, res.FallbackOutside = total, fallbacks, allowed, len(fbOutside)
 	overLimit := map[string][]fillCheck{}
 	for _, fc := range checks {

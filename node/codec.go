@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -168,16 +169,69 @@ func appendFetchReq(dst []byte, r *fetchReq) ([]byte, error) {
 	return c.out.b, err
 }
 
-// decodeEntry decodes b, an entry from another node, into we, after the
-// checks of unmarshal.
-func decodeEntry(b []byte, we *wireEntry) error {
+// decodeAnswer decodes b, the owner's answer to a fetch of label's key,
+// into we, after the checks of unmarshal. It allocates only what differs
+// from the request: the answer's label and key are the request's (not
+// read), its value is a slice of b (which belongs to the caller), and an
+// owner named owner is that string.
+func decodeAnswer(b []byte, label, key, owner string, we *wireEntry) error {
 	if err := checkMsgpack(b); err != nil {
 		return fmt.Errorf("node: malformed message: %w", err)
 	}
 	c := getCodec()
 	defer c.put()
 	c.in.Reset(b)
-	return we.DecodeMsgpack(c.dec)
+	dec := c.dec
+	// raw returns the bytes of the string or binary value that follows, in
+	// b; nil for nil.
+	raw := func() ([]byte, error) {
+		n, err := dec.DecodeBytesLen()
+		if err != nil || n < 0 {
+			return nil, err
+		}
+		at := len(b) - c.in.Len()
+		if n > c.in.Len() {
+			return nil, fmt.Errorf("node: %d bytes announced, %d left", n, c.in.Len())
+		}
+		_, err = c.in.Seek(int64(n), io.SeekCurrent)
+		return b[at : at+n : at+n], err
+	}
+	n, err := dec.DecodeArrayLen()
+	if err != nil {
+		return err
+	}
+	if n < wireEntryFields {
+		return fmt.Errorf("node: entry of %d fields, want %d", n, wireEntryFields)
+	}
+	if err := firstErr(dec.Skip(), dec.Skip()); err != nil {
+		return err
+	}
+	we.Label, we.Key = label, key
+	if we.Args, err = decodeArgs(dec); err != nil {
+		return err
+	}
+	if we.Value, err = raw(); err != nil {
+		return err
+	}
+	if we.ContentType, err = dec.DecodeString(); err != nil {
+		return err
+	}
+	o, err := raw()
+	if err != nil {
+		return err
+	}
+	if we.Owner = owner; string(o) != owner {
+		we.Owner = string(o)
+	}
+	for _, p := range []*int64{&we.Created, &we.Relevance, &we.Available, &we.FillNanos} {
+		if *p, err = dec.DecodeInt64(); err != nil {
+			return err
+		}
+	}
+	if we.Status, err = dec.DecodeUint8(); err != nil {
+		return err
+	}
+	return skipFields(dec, n-wireEntryFields)
 }
 
 // fetchKey reads the label and key of an encoded fetchReq that carries no

@@ -49,7 +49,47 @@ func FuzzWireDecode(f *testing.F) {
 		_ = unmarshal(data, &we)
 		var fr fetchReq
 		_ = unmarshal(data, &fr)
+		_ = decodeAnswer(data, "w", "k", "n1", &we)
+		_, _, _ = fetchKey(data)
 	})
+}
+
+// TestFastPathCodecs checks the pooled codecs of the remote hit against the
+// reflection-free encoders: the answer decoded in place, the key read
+// without the arguments.
+func TestFastPathCodecs(t *testing.T) {
+	e := wireEntry{Label: "w", Key: "w@a=i1", Value: []byte("value"), ContentType: "text/plain", Owner: "n1",
+		Created: 1, Relevance: 2, Available: 3, FillNanos: 4, Status: uint8(worker.Hit)}
+	b, err := appendEntry([]byte("prefix"), &e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = b[len("prefix"):]
+	for _, owner := range []string{"n1", "n2"} {
+		var got wireEntry
+		if err := decodeAnswer(b, "w", "w@a=i1", owner, &got); err != nil || !reflect.DeepEqual(got, e) {
+			t.Fatalf("asking as if the owner were %s: %+v %v", owner, got, err)
+		}
+	}
+	for i := range len(b) {
+		var got wireEntry
+		if err := decodeAnswer(b[:i], "w", "k", "n1", &got); err == nil {
+			t.Fatalf("an answer cut at %d bytes decoded", i)
+		}
+	}
+
+	r, err := appendFetchReq(nil, &fetchReq{Label: "w", Key: "w@a=i1", Args: worker.Args{"a": 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, k, ok := fetchKey(r); !ok || l != "w" || k != "w@a=i1" {
+		t.Fatalf("fetchKey: %q %q %v", l, k, ok)
+	}
+	ta := 2
+	r, _ = appendFetchReq(nil, &fetchReq{Label: "w", Key: "w@", Ov: wireSettings{TickAmount: &ta}})
+	if _, _, ok := fetchKey(r); ok {
+		t.Fatal("fetchKey accepted a fetch with overrides")
+	}
 }
 
 func TestCheckMsgpackRefusesLiesAndDepth(t *testing.T) {

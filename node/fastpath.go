@@ -75,7 +75,7 @@ func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.En
 		return nil, 0, fmt.Errorf("node: fetch from %s: %w", p.name, err)
 	}
 	var we wireEntry
-	if err := decodeEntry(resp, &we); err != nil {
+	if err := decodeAnswer(resp, req.Label, req.Key, p.name, &we); err != nil {
 		return nil, 0, fmt.Errorf("node: fetch from %s: bad answer: %w", p.name, err)
 	}
 	e := we.entry()

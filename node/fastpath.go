@@ -66,7 +66,7 @@ func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.En
 	if err != nil {
 		return nil, 0, fmt.Errorf("node: encode fetch: %w", err)
 	}
-	resp, err := p.n.call(ctx, p, opFetch, body)
+	resp, err := p.n.callBefore(ctx, req.Deadline, p, opFetch, body)
 	if err != nil {
 		var re *peer.RemoteError
 		if errors.As(err, &re) && re.Code == codeFill {

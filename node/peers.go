@@ -237,11 +237,16 @@ func (n *Node) announceLeave() {
 
 // call makes a peer call and reports it to Config.OnPeerCall.
 func (n *Node) call(ctx context.Context, p *remote, op byte, body []byte) ([]byte, error) {
+	return n.callBefore(ctx, time.Time{}, p, op, body)
+}
+
+// callBefore is call with a deadline besides ctx's (none when zero).
+func (n *Node) callBefore(ctx context.Context, deadline time.Time, p *remote, op byte, body []byte) ([]byte, error) {
 	if n.cfg.OnPeerCall == nil {
-		return n.client.Call(ctx, p.addr, op, body)
+		return n.client.CallBefore(ctx, deadline, p.addr, op, body)
 	}
 	start := time.Now()
-	resp, err := n.client.Call(ctx, p.addr, op, body)
+	resp, err := n.client.CallBefore(ctx, deadline, p.addr, op, body)
 	n.cfg.OnPeerCall(opNames[op], p.name, time.Since(start), err)
 	return resp, err
 }

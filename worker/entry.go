@@ -107,7 +107,8 @@ type Peer interface {
 	// the whole cluster. An error that wraps [ErrFill] means the owner's
 	// getter failed: the caller does not retry it locally. Any other error
 	// (unreachable, timeout, protocol) makes the caller compute the value
-	// itself and answer [Fallback].
+	// itself and answer [Fallback]. Fetch must give up at req.Deadline,
+	// which ctx does not carry.
 	Fetch(ctx context.Context, req FetchRequest) (*Entry, Status, error)
 }
 
@@ -117,4 +118,8 @@ type FetchRequest struct {
 	Key       string
 	Args      Args
 	Overrides Settings
+	// Deadline is when the caller stops waiting for the owner: the end of
+	// the call's wait budget. It is not put in the context: a context's
+	// timer and channel were a third of a remote hit's allocations.
+	Deadline time.Time
 }

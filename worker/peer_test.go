@@ -19,6 +19,12 @@ type fakePeer struct {
 func (p *fakePeer) Name() string { return p.name }
 func (p *fakePeer) Fetch(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
 	p.fetches.Add(1)
+	if req.Deadline.IsZero() {
+		panic("a fetch without a deadline")
+	}
+	// The behaviours see the deadline in ctx, as a transport would use it.
+	ctx, cancel := context.WithDeadline(ctx, req.Deadline)
+	defer cancel()
 	return p.fetch(ctx, req)
 }
 

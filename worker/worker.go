@@ -517,9 +517,8 @@ func (w *Worker) compute(ctx context.Context, key string, args Args, pol Policy,
 // fetch asks the owner p for key, waiting at most the wait budget.
 func (w *Worker) fetch(ctx context.Context, p Peer, key string, args Args, pol Policy) (*Entry, Status, error) {
 	w.stats.peerFetches.Add(1)
-	fctx, cancel := context.WithTimeout(ctx, pol.Budget())
-	defer cancel()
-	return p.Fetch(fctx, FetchRequest{Label: w.cfg.Label, Key: key, Args: args, Overrides: overridesOf(pol, w.base)})
+	return p.Fetch(ctx, FetchRequest{Label: w.cfg.Label, Key: key, Args: args, Overrides: overridesOf(pol, w.base),
+		Deadline: time.Now().Add(pol.Budget())})
 }
 
 // fallback computes key here after its owner p failed to answer with err,

@@ -52,6 +52,7 @@ type Client struct {
 	wg      sync.WaitGroup
 	once    sync.Once
 	waiters sync.Pool // of *waiter
+	timers  sync.Pool // of stopped *time.Timer, for CallBefore's deadlines
 	stats   clientCounters
 
 	mu struct {
@@ -72,6 +73,11 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.mu.pools = make(map[string]*pool)
 	c.waiters.New = func() any { return &waiter{ch: make(chan struct{}, 1)} }
+	c.timers.New = func() any {
+		t := time.NewTimer(time.Hour)
+		t.Stop()
+		return t
+	}
 	return c, nil
 }
 
@@ -88,6 +94,18 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 // sent); ErrConnLost when the connection broke during the call; ErrAuth when
 // the key handshake failed; ErrClosed after Close; dial errors.
 func (c *Client) Call(ctx context.Context, addr string, op byte, payload []byte) ([]byte, error) {
+	return c.CallBefore(ctx, time.Time{}, addr, op, payload)
+}
+
+// CallBefore is Call with a deadline of its own besides ctx's (none when
+// zero): the call ends at the earlier of the two, as if ctx had that
+// deadline, and fails with context.DeadlineExceeded (wrapped). It spares
+// the caller a context.WithDeadline, whose timer and channel cost as much
+// as the rest of a call's allocations.
+func (c *Client) CallBefore(ctx context.Context, deadline time.Time, addr string, op byte, payload []byte) ([]byte, error) {
+	if d, ok := ctx.Deadline(); ok && !deadline.IsZero() && d.Before(deadline) {
+		deadline = time.Time{} // ctx's own deadline comes first: it rules
+	}
 	c.stats.calls.Add(1)
 	if len(payload) > c.cfg.MaxFrameSize {
 		return nil, fmt.Errorf("peer: call %s op %d: %w: request of %d bytes, limit %d",
@@ -97,19 +115,29 @@ func (c *Client) Call(ctx context.Context, addr string, op byte, payload []byte)
 		c.stats.canceled.Add(1)
 		return nil, fmt.Errorf("peer: call %s op %d: %w", addr, op, err)
 	}
+	// ended is the error of a call whose ctx ended or whose deadline passed.
+	ended := func() error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !deadline.IsZero() && !time.Now().Before(deadline) {
+			return context.DeadlineExceeded
+		}
+		return nil
+	}
 	// A connection can be dropped between the moment it is picked and the
 	// moment the request is queued (the server went away, CloseAddr);
 	// nothing was sent then, so it is safe to pick again, a few times.
 	for attempt := 0; ; attempt++ {
-		cc, err := c.conn(ctx, addr)
+		cc, err := c.conn(ctx, deadline, addr)
 		if err != nil {
-			if ctx.Err() != nil {
+			if e := ended(); e != nil {
 				c.stats.canceled.Add(1)
-				err = ctx.Err()
+				err = e
 			}
 			return nil, fmt.Errorf("peer: call %s op %d: %w", addr, op, err)
 		}
-		resp, err := cc.call(ctx, op, payload)
+		resp, err := cc.call(ctx, deadline, op, payload)
 		if ns, ok := err.(notSentError); ok {
 			if attempt < 3 {
 				continue
@@ -135,8 +163,9 @@ type notSentError struct{ err error }
 func (e notSentError) Error() string { return e.err.Error() }
 func (e notSentError) Unwrap() error { return e.err }
 
-// conn returns a connection to addr, dialing one if needed.
-func (c *Client) conn(ctx context.Context, addr string) (*clientConn, error) {
+// conn returns a connection to addr, dialing one if needed; the wait for a
+// dial ends with ctx or at deadline (none when zero).
+func (c *Client) conn(ctx context.Context, deadline time.Time, addr string) (*clientConn, error) {
 	for {
 		c.mu.RLock()
 		closed := c.mu.closed
@@ -158,7 +187,7 @@ func (c *Client) conn(ctx context.Context, addr string) (*clientConn, error) {
 			}
 			c.mu.Unlock()
 		}
-		cc, err := p.get(ctx)
+		cc, err := p.get(ctx, deadline)
 		if errors.Is(err, errPoolClosed) {
 			continue // CloseAddr raced with us: start a fresh pool
 		}
@@ -251,8 +280,9 @@ type dialing struct {
 // get returns a connection for one call. It takes the next slot round
 // robin; if that slot has no connection it starts dialing one there, and
 // meanwhile uses any other connected slot, or waits for the dial. So the
-// pool fills up as calls come, at most one dial per slot at a time.
-func (p *pool) get(ctx context.Context) (*clientConn, error) {
+// pool fills up as calls come, at most one dial per slot at a time. The
+// wait for a dial ends with ctx or at deadline (none when zero).
+func (p *pool) get(ctx context.Context, deadline time.Time) (*clientConn, error) {
 	i := int(p.next.Add(1) % uint32(p.c.cfg.ConnsPerAddr))
 	p.mu.Lock()
 	if p.mu.closed {
@@ -281,11 +311,19 @@ func (p *pool) get(ctx context.Context) (*clientConn, error) {
 		}
 	}
 	p.mu.Unlock()
+	var expired <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		expired = t.C
+	}
 	select {
 	case <-d.done:
 		return d.conn, d.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-expired:
+		return nil, context.DeadlineExceeded
 	}
 }
 
@@ -497,15 +535,30 @@ func (cc *clientConn) close(cause error) {
 	}
 }
 
-// call sends one request and waits for its response.
-func (cc *clientConn) call(ctx context.Context, op byte, payload []byte) ([]byte, error) {
+// call sends one request and waits for its response, until ctx ends or
+// deadline (none when zero) passes.
+func (cc *clientConn) call(ctx context.Context, deadline time.Time, op byte, payload []byte) ([]byte, error) {
 	if len(payload) > cc.peerMax {
 		return nil, fmt.Errorf("%w: request of %d bytes, the server accepts %d", ErrFrameTooLarge, len(payload), cc.peerMax)
 	}
-	budget, ok := budgetFor(ctx.Deadline())
+	if deadline.IsZero() {
+		deadline, _ = ctx.Deadline()
+	}
+	budget, ok := budgetFor(deadline, !deadline.IsZero())
 	if !ok {
 		cc.c.stats.canceled.Add(1)
 		return nil, context.DeadlineExceeded
+	}
+	// A deadline that is not ctx's own is watched by a pooled timer.
+	var expired <-chan time.Time
+	if d, ok := ctx.Deadline(); !deadline.IsZero() && (!ok || !d.Equal(deadline)) {
+		t := cc.c.timers.Get().(*time.Timer)
+		t.Reset(time.Until(deadline))
+		defer func() {
+			t.Stop()
+			cc.c.timers.Put(t)
+		}()
+		expired = t.C
 	}
 	w := cc.c.waiters.Get().(*waiter)
 	id := cc.nextID.Add(1)
@@ -518,32 +571,41 @@ func (cc *clientConn) call(ctx context.Context, op byte, payload []byte) ([]byte
 	cc.mu.pending[id] = w
 	cc.mu.Unlock()
 
-	if err := cc.w.write(ctx, kindRequest, op, id, budget, payload, false); err != nil {
+	if err := cc.w.write(ctx, expired, kindRequest, op, id, budget, payload, false); err != nil {
 		if !cc.forget(id) {
 			<-w.ch // the teardown is failing it: wait for its signal
 		}
 		w.resp, w.err = nil, nil
 		cc.c.waiters.Put(w)
-		if ctx.Err() != nil {
+		if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
 			cc.c.stats.canceled.Add(1)
-			return nil, ctx.Err()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, err
 		}
 		return nil, notSentError{err}
 	}
 
+	var ended error
 	select {
 	case <-w.ch:
 	case <-ctx.Done():
+		ended = ctx.Err()
+	case <-expired:
+		ended = context.DeadlineExceeded
+	}
+	if ended != nil {
 		if cc.forget(id) {
 			// Tell the server to stop; the response, if it comes, is
 			// dropped. A deadline needs no cancel: the server's copy of it
 			// expires at the same time.
-			if ctx.Err() == context.Canceled {
-				_ = cc.w.write(ctx, kindCancel, op, id, 0, nil, true)
+			if ended == context.Canceled {
+				_ = cc.w.write(ctx, nil, kindCancel, op, id, 0, nil, true)
 			}
 			cc.c.waiters.Put(w)
 			cc.c.stats.canceled.Add(1)
-			return nil, ctx.Err()
+			return nil, ended
 		}
 		// The response (or the connection's failure) is being delivered
 		// right now: take it.

@@ -88,33 +88,48 @@ func TestDeadline(t *testing.T) {
 		}
 		return []byte("too late"), nil
 	}))
-	c := newClient(t, ClientConfig{})
-	// Dial first so that the deadline measures the call alone.
-	if _, err := c.Call(ctxTimeout(t, 5*time.Second), ts.addr, 0, nil); err != nil {
-		t.Fatalf("warm-up call: %v", err)
-	}
-
 	const budget = 50 * time.Millisecond
-	ctx := ctxTimeout(t, budget)
-	start := time.Now()
-	_, err := c.Call(ctx, ts.addr, 1, []byte("slow"))
-	took := time.Since(start)
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Call error = %v, want context.DeadlineExceeded", err)
+	// The deadline comes from ctx, from CallBefore, or from ctx when it is
+	// the earlier of the two.
+	variants := map[string]func(c *Client) ([]byte, error){
+		"ctx": func(c *Client) ([]byte, error) {
+			return c.Call(ctxTimeout(t, budget), ts.addr, 1, []byte("slow"))
+		},
+		"CallBefore": func(c *Client) ([]byte, error) {
+			return c.CallBefore(context.Background(), time.Now().Add(budget), ts.addr, 1, []byte("slow"))
+		},
+		"ctx before CallBefore's": func(c *Client) ([]byte, error) {
+			return c.CallBefore(ctxTimeout(t, budget), time.Now().Add(time.Hour), ts.addr, 1, []byte("slow"))
+		},
 	}
-	if took > budget+500*time.Millisecond {
-		t.Errorf("Call returned after %v, want about %v", took, budget)
-	}
-	select {
-	case err := <-handlerErr:
-		if !errors.Is(err, context.DeadlineExceeded) {
-			t.Errorf("handler ctx ended with %v, want DeadlineExceeded", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the handler's context did not expire")
-	}
-	if st := c.Stats(); st.Canceled != 1 {
-		t.Errorf("client Canceled = %d, want 1", st.Canceled)
+	for name, call := range variants {
+		t.Run(name, func(t *testing.T) {
+			c := newClient(t, ClientConfig{})
+			// Dial first so that the deadline measures the call alone.
+			if _, err := c.Call(ctxTimeout(t, 5*time.Second), ts.addr, 0, nil); err != nil {
+				t.Fatalf("warm-up call: %v", err)
+			}
+			start := time.Now()
+			_, err := call(c)
+			took := time.Since(start)
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Call error = %v, want context.DeadlineExceeded", err)
+			}
+			if took > budget+500*time.Millisecond {
+				t.Errorf("Call returned after %v, want about %v", took, budget)
+			}
+			select {
+			case err := <-handlerErr:
+				if !errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("handler ctx ended with %v, want DeadlineExceeded", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the handler's context did not expire")
+			}
+			if st := c.Stats(); st.Canceled != 1 {
+				t.Errorf("client Canceled = %d, want 1", st.Canceled)
+			}
+		})
 	}
 }
 

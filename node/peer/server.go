@@ -457,7 +457,7 @@ func (sc *serverConn) handle(ctx *reqCtx, f frame) {
 	}
 	// A failure here means the connection is broken; serve's read loop sees
 	// it too and tears the connection down.
-	_ = sc.w.write(sc.ctx, kind, f.op, f.id, 0, resp, false)
+	_ = sc.w.write(sc.ctx, nil, kind, f.op, f.id, 0, resp, false)
 }
 
 // answerFast offers request f to h and, if h answers it, appends the

@@ -67,11 +67,12 @@ func newFrameWriter(nc net.Conn, timeout time.Duration, fail func(error)) *frame
 	return w
 }
 
-// write queues one frame. Unless force is set, it waits (bounded by ctx)
-// while more than writeHighWater bytes are queued; force is for tiny control
-// frames that must not block. It fails with the writer's sticky error once
-// the connection is broken or closed.
-func (w *frameWriter) write(ctx context.Context, kind, op byte, id uint64, budget uint32, payload []byte, force bool) error {
+// write queues one frame. Unless force is set, it waits (bounded by ctx,
+// and by expired when not nil, which fails it with
+// context.DeadlineExceeded) while more than writeHighWater bytes are queued;
+// force is for tiny control frames that must not block. It fails with the
+// writer's sticky error once the connection is broken or closed.
+func (w *frameWriter) write(ctx context.Context, expired <-chan time.Time, kind, op byte, id uint64, budget uint32, payload []byte, force bool) error {
 	w.mu.Lock()
 	for {
 		if w.mu.err != nil {
@@ -92,6 +93,8 @@ func (w *frameWriter) write(ctx context.Context, kind, op byte, id uint64, budge
 		case <-w.done:
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-expired:
+			return context.DeadlineExceeded
 		}
 		w.mu.Lock()
 	}

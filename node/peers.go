@@ -149,6 +149,11 @@ func (n *Node) handoff() {
 	batches := make(map[string][]wireEntry)
 	count, bytes := 0, int64(0)
 	now := n.cache.Clock().Now()
+	// The store's iteration in eviction order holds the store's policy
+	// lock, which a worker holding its own lock may be waiting for (an
+	// invalidation removing an entry): take the candidates first, and ask
+	// the workers about them after.
+	var hot []*worker.Entry
 	for e := range n.cache.Hottest() {
 		if count >= n.cfg.HandoffEntries || bytes >= n.cfg.HandoffBytes {
 			break
@@ -156,6 +161,11 @@ func (n *Node) handoff() {
 		if e.Owner != n.cfg.Name || e.Expired(now) {
 			continue
 		}
+		hot = append(hot, e)
+		count++
+		bytes += int64(len(e.Value))
+	}
+	for _, e := range hot {
 		if w, ok := n.cache.Worker(e.Label); !ok || w.Busy(e.Key) {
 			// Being filled or rebuilt after an invalidation: the entry in
 			// place may be the invalidated value. Its new owner fills it.
@@ -166,8 +176,6 @@ func (n *Node) handoff() {
 			continue
 		}
 		batches[owner] = append(batches[owner], toWire(e, worker.Hit))
-		count++
-		bytes += int64(len(e.Value))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -454,3 +454,53 @@ func TestLeaderDeadlineIsNotAnOwnerFailure(t *testing.T) {
 		t.Fatalf("after: %v %v %v, want the near copy kept by the flight", e, st, err)
 	}
 }
+
+// pastDeadline is a context whose deadline has passed but whose timer has
+// not fired yet: Err is still nil, as it is for a moment after a transport
+// saw the deadline pass.
+type pastDeadline struct {
+	context.Context
+	dl time.Time
+}
+
+func (p pastDeadline) Deadline() (time.Time, bool) { return p.dl, true }
+
+// TestDirectCallerDeadlineIsNotAnOwnerFailure: a caller that computes
+// directly (it does not wait for the running flight) and whose fetch fails
+// on its own deadline must not fill locally as if the owner had failed.
+func TestDirectCallerDeadlineIsNotAnOwnerFailure(t *testing.T) {
+	release := make(chan struct{})
+	var p *fakePeer
+	p = &fakePeer{name: "n2", fetch: func(ctx context.Context, req FetchRequest) (*Entry, Status, error) {
+		if p.fetches.Load() == 1 {
+			<-release // the leader's fetch, still running
+			return remoteEntry(req), Hit, nil
+		}
+		return nil, 0, fmt.Errorf("peer: %w", context.DeadlineExceeded)
+	}}
+	c, _ := newTestCache(t, CacheConfig{Self: "n1", Peers: pickAll{p}})
+	var fills atomic.Int64
+	w := register(t, c, Config{Label: "dd", Getter: GetterFunc(func(ctx context.Context, a Args) (Value, error) {
+		fills.Add(1)
+		return Value{Data: []byte("local")}, nil
+	})})
+	key := mustKey(t, w, Args{})
+	leader := make(chan error, 1)
+	go func() {
+		_, _, err := w.Get(context.Background(), Args{}, Settings{})
+		leader <- err
+	}()
+	waitFor(t, "the leader's fetch", func() bool { return w.Busy(key) && p.fetches.Load() == 1 })
+	no := false
+	ctx := pastDeadline{Context: context.Background(), dl: time.Now().Add(-time.Millisecond)}
+	if _, _, err := w.Get(ctx, Args{}, Settings{IsConcurrent: &no}); err == nil {
+		t.Fatal("the direct caller got a value after its deadline")
+	}
+	if fills.Load() != 0 || w.Stats().Fallbacks != 0 {
+		t.Errorf("%d fills, %d fallbacks: the caller's own deadline was taken for the owner failing", fills.Load(), w.Stats().Fallbacks)
+	}
+	close(release)
+	if err := <-leader; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -501,7 +501,9 @@ func (w *Worker) compute(ctx context.Context, key string, args Args, pol Policy,
 		if err == nil {
 			return e, st, nil
 		}
-		if isFillError(err) || ctx.Err() != nil {
+		if isFillError(err) || callerEnded(ctx) {
+			// The caller's own deadline, seen by the transport before
+			// ctx reports it, is not the owner failing: no fallback fill.
 			w.stats.fillErrors.Add(1)
 			return nil, 0, err
 		}

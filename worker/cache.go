@@ -220,7 +220,10 @@ func (c *Cache) Lookup(key string) (*Entry, bool) {
 func (c *Cache) Entries() iter.Seq[*Entry] { return c.store.Values() }
 
 // Hottest iterates over the entries from the most to the least valuable to
-// keep, as the eviction policy sees them.
+// keep, as the eviction policy sees them. The store holds its eviction lock
+// for the whole iteration: the loop body must not call into a worker (whose
+// lock is held while entries are removed, which takes the eviction lock);
+// collect the entries first (see node's handoff).
 func (c *Cache) Hottest() iter.Seq[*Entry] {
 	return func(yield func(*Entry) bool) {
 		for oe := range c.store.Hottest() {

@@ -247,6 +247,9 @@ func (n *Node) fanout(ctx context.Context, r *routing, ev *invalidation.Event, p
 // finish and acts on nothing; a whole delivery after the owners' round
 // applies the rest.
 func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload []byte, owners bool) (int, error) {
+	// Back from a pause, the cache goes before anything is rebuilt in it:
+	// rebuilding entries that the drop then throws away fills them twice.
+	n.noticePause()
 	scope, done, wait := n.claimEvent(ev, payload, owners)
 	if done == nil {
 		select {
@@ -476,6 +479,7 @@ func (n *Node) backgroundApplier() {
 		if len(batch) == 0 {
 			return
 		}
+		n.noticePause() // as in applyEvent
 		var all, near invalidation.Event
 		var dones, waits []chan struct{}
 		for _, q := range batch {

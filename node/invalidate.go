@@ -153,7 +153,8 @@ func (n *Node) broadcast(ctx context.Context, ev *invalidation.Event) (invalidat
 	r := n.route.Load()
 	var res invalidation.Result
 	failed := make(map[string]bool)
-	owners := n.fanout(ctx, r, ev, payload, true)
+	dead := n.recentlyDead()
+	owners := n.fanout(ctx, r, dead, ev, payload, true)
 	for _, a := range owners {
 		res.Keys += a.keys
 		if a.err != nil && a.name != n.cfg.Name {
@@ -163,7 +164,7 @@ func (n *Node) broadcast(ctx context.Context, ev *invalidation.Event) (invalidat
 	}
 	var missed []*remote
 	var localErr error
-	for _, a := range n.fanout(ctx, r, ev, payload, false) {
+	for _, a := range n.fanout(ctx, r, dead, ev, payload, false) {
 		switch {
 		case a.name == n.cfg.Name:
 			localErr = errors.Join(owners[0].err, a.err)
@@ -207,6 +208,24 @@ func (n *Node) broadcast(ctx context.Context, ev *invalidation.Event) (invalidat
 	return res, nil
 }
 
+// recentDeadFor is how long after a member was declared dead broadcasts
+// still try it (see fanout).
+const recentDeadFor = 10 * time.Second
+
+// recentlyDead returns the members declared dead (not left) within
+// recentDeadFor.
+func (n *Node) recentlyDead() []*remote {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []*remote
+	for name, m := range n.mu.members {
+		if name != n.cfg.Name && m.State == StateDead && m.Peer != "" && time.Since(m.Since) < recentDeadFor {
+			out = append(out, &remote{n: n, name: name, addr: m.Peer})
+		}
+	}
+	return out
+}
+
 // applied is one member's answer to a round of a broadcast.
 type applied struct {
 	name string
@@ -216,11 +235,33 @@ type applied struct {
 
 // fanout sends one round of a broadcast to every member of r at once and
 // applies it here; it returns every answer, this node's first.
-func (n *Node) fanout(ctx context.Context, r *routing, ev *invalidation.Event, payload []byte, owners bool) []applied {
+//
+// The members in dead were declared dead lately: they get the round too,
+// best effort, each for at most twice the probe timeout, and their answers
+// count for nothing. A member can be declared dead while it is alive and
+// serving (a stall just long enough, a suspicion it refuted too late), and
+// until it learns so it must not keep serving what this event invalidates.
+func (n *Node) fanout(ctx context.Context, r *routing, dead []*remote, ev *invalidation.Event, payload []byte, owners bool) []applied {
 	op := opInvalidate
 	if owners {
 		op = opInvalidateOwners
 	}
+	tried := make(chan struct{}, len(dead))
+	for _, p := range dead {
+		go func() {
+			dctx, cancel := context.WithTimeout(ctx, 2*n.cfg.Membership.ProbeTimeout)
+			defer cancel()
+			if _, err := n.call(dctx, p, op, payload); err == nil {
+				n.log.Debug("invalidation reached a member held for dead", "member", p.name, "event", ev.ID)
+			}
+			tried <- struct{}{}
+		}()
+	}
+	defer func() {
+		for range dead {
+			<-tried
+		}
+	}()
 	out := make([]applied, 1, len(r.peers)+1)
 	answers := make(chan applied, len(r.peers))
 	for _, p := range r.peers {

@@ -488,3 +488,25 @@ func TestEventsAfterAPauseDoNotRebuildWhatThePauseDrops(t *testing.T) {
 		t.Errorf("%v filled %d times after the pause; want once, by the read", v, got)
 	}
 }
+
+// TestMemberHeldForDeadButAliveGetsTheInvalidation: a member declared dead
+// while it is alive and serving (a stall just long enough, a suspicion it
+// refuted too late) must not keep serving a near-cache copy that an
+// invalidation changed meanwhile (found by chaos: a read 40 ms after a 200,
+// on a node the others had held for dead for 100 ms).
+func TestMemberHeldForDeadButAliveGetsTheInvalidation(t *testing.T) {
+	db := newFooDB()
+	c := newCluster(t, 3, db.register)
+	n1, n2, n3 := c.nodes[0], c.nodes[1], c.nodes[2]
+	v := variantOwnedBy(t, n1, "n1")
+	get(t, n3, "filtered_foos", v) // n3 keeps a near-cache copy
+	db.set(700, foo{Attr1: v["attr1"].(int), Attr2: "a"})
+	n1.memberDown("n3", StateDead)
+	n2.memberDown("n3", StateDead)
+	if _, err := n1.Invalidate(context.Background(), invalidation.Request{Label: "filtered_foos", Args: v}); err != nil {
+		t.Fatal(err)
+	}
+	if got := get(t, n3, "filtered_foos", v); !slices.Contains(strings.Split(got, ","), "700") {
+		t.Errorf("n3, held for dead but alive, serves %v as %q after the invalidation returned, without foo 700", v, got)
+	}
+}

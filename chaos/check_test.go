@@ -139,19 +139,26 @@ func TestCheckStale(t *testing.T) {
 	}
 }
 
+// twoNodeItem is the setting of the fill checks: item/3 on a ring of n1
+// and n2 that never changes, at version 1 until 1 s, then version 2.
+func twoNodeItem() (own *owners, k keyRef, owner string, ls *logScan, spans map[string][]verSpan) {
+	own = newOwners()
+	k = keyRef{"item", 3}
+	owner = own.owner("n1,n2", k)
+	ls = &logScan{timeline: map[string][]ringPoint{
+		"n1": {{At: at(0), Set: "n1,n2"}},
+		"n2": {{At: at(0), Set: "n1,n2"}},
+	}}
+	spans = map[string][]verSpan{"item/3": {{Version: 1, Upto: at(1000)}, {Version: 2, From: at(1000)}}}
+	return own, k, owner, ls, spans
+}
+
 func TestCheckFillsAllowance(t *testing.T) {
-	own := newOwners()
-	k := keyRef{"item", 3}
-	owner := own.owner("n1,n2", k)
+	own, k, owner, ls, spans := twoNodeItem()
 	other := "n1"
 	if owner == "n1" {
 		other = "n2"
 	}
-	ls := &logScan{timeline: map[string][]ringPoint{
-		"n1": {{At: at(0), Set: "n1,n2"}},
-		"n2": {{At: at(0), Set: "n1,n2"}},
-	}}
-	spans := map[string][]verSpan{"item/3": {{Version: 1, Upto: at(1000)}, {Version: 2, From: at(1000)}}}
 	ops := []*writeOp{{Kind: "key", Versions: map[string]int{"item/3": 2}, Bumped: at(1000), Attempts: 1, Acked: true, AckAt: at(1010)}}
 	fills := []fill{
 		{At: at(100), Key: "item/3", Version: 1, Node: owner},
@@ -193,33 +200,24 @@ func TestCheckFillsAllowance(t *testing.T) {
 // and the invalidation rebuilds it: two fills, both allowed. Two fills for
 // no read before the invalidation returned are one too many.
 func TestCheckFillsReadBeforeSyncInvalidation(t *testing.T) {
-	own := newOwners()
-	k := keyRef{"item", 3}
-	owner := own.owner("n1,n2", k)
-	ls := &logScan{timeline: map[string][]ringPoint{
-		"n1": {{At: at(0), Set: "n1,n2"}},
-		"n2": {{At: at(0), Set: "n1,n2"}},
-	}}
-	spans := map[string][]verSpan{"item/3": {{Version: 1, Upto: at(1000)}, {Version: 2, From: at(1000)}}}
-	ops := []*writeOp{{Kind: "key", Versions: map[string]int{"item/3": 2}, Bumped: at(1000), Attempts: 1, Acked: true, AckAt: at(1500)}}
+	own, k, owner, ls, spans := twoNodeItem()
 	fills := []fill{
 		{At: at(1030), Key: "item/3", Version: 2, Node: owner}, // for the read
 		{At: at(1400), Key: "item/3", Version: 2, Node: owner}, // the refresh
 	}
 	for _, c := range []struct {
 		name    string
-		reads   []obs
+		cache   string    // of the read during the first fill
+		ack     time.Time // when the invalidation returned
 		allowed int
 	}{
-		{"a miss read during the first fill", []obs{{Start: at(1020), End: at(1040), Node: "n1", Key: k, Code: 200, Cache: "miss", Version: 2}}, 2},
-		{"a hit read only", []obs{{Start: at(1020), End: at(1040), Node: "n1", Key: k, Code: 200, Cache: "hit", Version: 2}}, 1},
-		{"the miss read after the invalidation returned", []obs{{Start: at(1020), End: at(1040), Node: "n1", Key: k, Code: 200, Cache: "miss", Version: 2}}, 1},
+		{"a miss read during the first fill", "miss", at(1500), 2},
+		{"a hit read only", "hit", at(1500), 1},
+		{"the first fill after the invalidation returned", "miss", at(1020), 1},
 	} {
-		o := ops
-		if c.allowed == 1 && c.reads[0].Cache == "miss" {
-			o = []*writeOp{{Kind: "key", Versions: map[string]int{"item/3": 2}, Bumped: at(1000), Attempts: 1, Acked: true, AckAt: at(1020)}}
-		}
-		checks, _, _, _, _ := checkFills(fills, spans, o, c.reads, ls, own, nil, nil, t0, time.Time{}, at(2000))
+		ops := []*writeOp{{Kind: "key", Versions: map[string]int{"item/3": 2}, Bumped: at(1000), Attempts: 1, Acked: true, AckAt: c.ack}}
+		reads := []obs{{Start: at(1020), End: at(1040), Node: "n1", Key: k, Code: 200, Cache: c.cache, Version: 2}}
+		checks, _, _, _, _ := checkFills(fills, spans, ops, reads, ls, own, nil, nil, t0, time.Time{}, at(2000))
 		if len(checks) != 1 || checks[0].Allowed != c.allowed {
 			t.Errorf("%s: %+v, want %d allowed", c.name, checks, c.allowed)
 		}

@@ -372,6 +372,35 @@ func TestNonOwnerReachedFirstKeepsNoOldValue(t *testing.T) {
 	}
 }
 
+// pushPullState encodes evs as a member's push/pull state (see localState).
+func pushPullState(t *testing.T, evs ...invalidation.Event) []byte {
+	t.Helper()
+	state := make([]loggedEvent, len(evs))
+	for i := range evs {
+		payload, err := msgpack.Marshal(&evs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		state[i] = loggedEvent{At: time.Now().UnixNano(), Payload: payload}
+	}
+	buf, err := msgpack.Marshal(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf
+}
+
+// waitLogged waits until n logged want events and its background applier
+// is idle.
+func waitLogged(t *testing.T, n *Node, want int) {
+	t.Helper()
+	waitFor(t, 15*time.Second, "the events to be applied", func() bool {
+		n.events.mu.Lock()
+		defer n.events.mu.Unlock()
+		return len(n.events.log) == want && !n.events.bgRunning
+	})
+}
+
 // TestEventsOfOnePushPullRebuildAKeyOnce is chaos K4 without the network:
 // the events a member missed arrive together in a push/pull exchange, and
 // each key they name is rebuilt once, not once per event (concurrently,
@@ -389,29 +418,17 @@ func TestEventsOfOnePushPullRebuildAKeyOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	const events = 4
-	var state []loggedEvent
-	for range events {
-		ev := invalidation.Event{ID: invalidation.NewID(), Origin: "elsewhere", Targets: []invalidation.Target{
+	evs := make([]invalidation.Event, events)
+	for i := range evs {
+		evs[i] = invalidation.Event{ID: invalidation.NewID(), Origin: "elsewhere", Targets: []invalidation.Target{
 			{Label: "filtered_foos", Kind: invalidation.KindKey, Args: v},
 			{Label: "filtered_foos", Kind: invalidation.KindMatch, Match: map[string][]string{"attr1": {tok}}},
 		}}
-		payload, err := msgpack.Marshal(&ev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		state = append(state, loggedEvent{At: time.Now().UnixNano(), Payload: payload})
 	}
-	buf, err := msgpack.Marshal(state)
-	if err != nil {
-		t.Fatal(err)
-	}
+	buf := pushPullState(t, evs...)
 	n.mergeState(buf)
 	n.mergeState(buf) // the same events again, from another member
-	waitFor(t, 10*time.Second, "the events to be applied", func() bool {
-		n.events.mu.Lock()
-		defer n.events.mu.Unlock()
-		return len(n.events.log) == events && !n.events.bgRunning
-	})
+	waitLogged(t, n, events)
 	if got := db.count("filtered_foos", v) - fills; got != 1 {
 		t.Errorf("%v was rebuilt %d times for %d events received together; want once", v, got, events)
 	}
@@ -463,23 +480,10 @@ func TestEventsAfterAPauseDoNotRebuildWhatThePauseDrops(t *testing.T) {
 	fills := db.count("filtered_foos", v)
 
 	n.pause.last.Add(-int64(n.pauseLimit() + 50*time.Millisecond))
-	ev := invalidation.Event{ID: invalidation.NewID(), Origin: "elsewhere", Targets: []invalidation.Target{
+	n.mergeState(pushPullState(t, invalidation.Event{ID: invalidation.NewID(), Origin: "elsewhere", Targets: []invalidation.Target{
 		{Label: "filtered_foos", Kind: invalidation.KindKey, Args: v},
-	}}
-	payload, err := msgpack.Marshal(&ev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf, err := msgpack.Marshal([]loggedEvent{{At: time.Now().UnixNano(), Payload: payload}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.mergeState(buf)
-	waitFor(t, 10*time.Second, "the event to be applied", func() bool {
-		n.events.mu.Lock()
-		defer n.events.mu.Unlock()
-		return len(n.events.log) == 1 && !n.events.bgRunning
-	})
+	}}))
+	waitLogged(t, n, 1)
 	if got := db.count("filtered_foos", v) - fills; got != 0 {
 		t.Errorf("%v was rebuilt %d times by an event applied after a pause; want 0 (the pause drops it)", v, got)
 	}

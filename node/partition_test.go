@@ -219,21 +219,14 @@ func TestMissedEventsRebuildAKeyOnce(t *testing.T) {
 		}
 	}
 	get(t, n1, "filtered_foos", v) // n1, alone, serves what it has
-	logged := func() int {
-		n1.events.mu.Lock()
-		defer n1.events.mu.Unlock()
-		return len(n1.events.log)
-	}
-	before, fills := logged(), db.count("filtered_foos", v)
+	n1.events.mu.Lock()
+	before := len(n1.events.log)
+	n1.events.mu.Unlock()
+	fills := db.count("filtered_foos", v)
 
 	c.hooks["n1"].set(false)
 	c.waitConverged(15 * time.Second)
-	waitFor(t, 15*time.Second, "n1 to apply the events it missed", func() bool {
-		n1.events.mu.Lock()
-		idle := !n1.events.bgRunning
-		n1.events.mu.Unlock()
-		return logged() == before+events && idle
-	})
+	waitLogged(t, n1, before+events)
 	// Counted before reading: the node also drops its whole cache when it
 	// sees itself reconnected (it may have missed events older than the
 	// log), and the read after that fills the key again.

@@ -162,6 +162,19 @@ func (o *origin) slowDown(k keyRef, d time.Duration) {
 	o.mu.slow[k.String()] = d
 }
 
+// filled reports whether node asked for version v of k (the fill is logged
+// when the request arrives, before a slowDown delays the answer).
+func (o *origin) filled(k keyRef, v int, node string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, f := range o.mu.fills {
+		if f.Key == k.String() && f.Version == v && f.Node == node {
+			return true
+		}
+	}
+	return false
+}
+
 // current returns the current version of k.
 func (o *origin) current(k keyRef) int {
 	o.mu.Lock()

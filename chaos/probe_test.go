@@ -310,7 +310,13 @@ func TestProbeK7(t *testing.T) {
 	v := p.change(k)
 	code := make(chan int, 1)
 	go func() { code <- p.invalidate(n1, k, nil) }()
-	time.Sleep(100 * time.Millisecond) // the refresh runs on n3
+	// n3 leaves once its refresh is running: the origin has its request.
+	for deadline := time.Now().Add(10 * time.Second); !p.o.filled(k, v, "n3"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("n3 did not start the refresh of %s v%d in 10 s", k, v)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	left := make(chan string, 1)
 	go func() { left <- n3.terminate(20 * time.Second) }()
 	// 200, or 504 when n3 left before it acknowledged: delivery then goes

@@ -326,8 +326,8 @@ func (n *Node) claimEvent(ev *invalidation.Event, payload []byte, owners bool) (
 	if d, dup := s.seen[ev.ID]; dup {
 		return 0, nil, d
 	}
-	ok := ownersKey(ev.ID)
-	ownersDone, ownersSeen := s.seen[ok]
+	ownKey := ownersKey(ev.ID)
+	ownersDone, ownersSeen := s.seen[ownKey]
 	if owners && ownersSeen {
 		return 0, nil, ownersDone
 	}
@@ -336,12 +336,12 @@ func (n *Node) claimEvent(ev *invalidation.Event, payload []byte, owners bool) (
 	switch {
 	case owners:
 		scope = worker.ScopeOwned
-		s.remember(ok, done)
+		s.remember(ownKey, done)
 	case ownersSeen:
 		scope, wait = worker.ScopeNear, ownersDone
 		s.remember(ev.ID, done)
 	default:
-		s.remember(ok, done)
+		s.remember(ownKey, done)
 		s.remember(ev.ID, done)
 	}
 	if !ownersSeen {

@@ -1,6 +1,7 @@
 package persist
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,6 +54,8 @@ type healthState struct {
 	moved     []string  // where corrupt databases were moved, oldest first
 	droppedAt uint64    // Stats.Dropped when the fault was reported
 	lastLog   time.Time // last "still unavailable" log line
+	lastFault time.Time // last "records degraded" log line at Error
+	reopened  time.Time // when the database last reopened
 }
 
 // Health is the state of a Store's database.
@@ -261,9 +264,36 @@ func (s *Store) degrade() {
 	// Closing a failed database reports the fault again (the WAL cannot be
 	// closed cleanly): the error says nothing new.
 	_ = closePebble(db)
-	h := s.Health()
-	s.log.Error("persist: records degraded: the node serves and fills from memory; records are queued in memory and written when the database reopens",
-		"dir", s.cfg.Dir, "err", h.Cause, "queue_bound", s.cfg.QueueSize, "reopen_in", s.cfg.ReopenBackoff)
+	// A database can reopen on a disk that is still full (opening writes
+	// little) and fail again at the next write: the line is logged once a
+	// minute at most.
+	hs := &s.health
+	hs.mu.Lock()
+	cause := hs.cause
+	logNow := time.Since(hs.lastFault) >= time.Minute
+	if logNow {
+		hs.lastFault = time.Now()
+	}
+	hs.mu.Unlock()
+	lvl := slog.LevelDebug
+	if logNow {
+		lvl = slog.LevelError
+	}
+	s.log.Log(context.Background(), lvl, "persist: records degraded: the node serves and fills from memory; records are queued in memory and written when the database reopens",
+		"dir", s.cfg.Dir, "err", cause, "queue_bound", s.cfg.QueueSize)
+}
+
+// nextBackoff is the wait before the first reopen after a fault: the
+// initial backoff, unless the database failed soon after it reopened (a
+// disk still full), when the backoff goes on doubling from last.
+func (s *Store) nextBackoff(last time.Duration) time.Duration {
+	s.health.mu.Lock()
+	reopened := s.health.reopened
+	s.health.mu.Unlock()
+	if !reopened.IsZero() && time.Since(reopened) < s.cfg.ReopenBackoffMax {
+		return min(2*last, s.cfg.ReopenBackoffMax)
+	}
+	return s.cfg.ReopenBackoff
 }
 
 // tryReopen opens the database again. Writer goroutine only. It returns
@@ -301,6 +331,7 @@ func (s *Store) tryReopen() bool {
 	since, dropped := h.since, s.stats.dropped.Load()-h.droppedAt
 	h.cause, h.lastErr, h.attempts = nil, nil, 0
 	h.reopens++
+	h.reopened = time.Now()
 	h.mu.Unlock()
 	s.mu.Lock()
 	s.mu.degraded = false

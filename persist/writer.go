@@ -320,7 +320,7 @@ func (s *Store) writeLoop() {
 	for {
 		if s.failed.Load() && s.db != nil {
 			s.degrade()
-			backoff = s.cfg.ReopenBackoff
+			backoff = s.nextBackoff(backoff)
 			retryAt = time.Now().Add(backoff)
 		}
 		s.mu.Lock()

@@ -96,7 +96,7 @@ func (s *Store) Health() Health {
 }
 
 // errFatal wraps what Pebble reported through Logger.Fatalf.
-var errFatal = errors.New("persist: pebble fatal error")
+var errFatal = errors.New("persist: pebble gave the database up")
 
 // isStorageFault reports whether err means the disk, not the caller, is at
 // fault: the database is given up and reopened.

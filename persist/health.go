@@ -262,8 +262,10 @@ func (s *Store) degrade() {
 	s.db = nil
 	s.closeMu.Unlock()
 	// Closing a failed database reports the fault again (the WAL cannot be
-	// closed cleanly): the error says nothing new.
-	_ = closePebble(db)
+	// closed cleanly): the error says nothing new, unless Close hung.
+	if err := closePebble(db); errors.Is(err, errAbandoned) {
+		s.log.Error("persist: the failed records database did not close", "dir", s.cfg.Dir, "err", err)
+	}
 	// A database can reopen on a disk that is still full (opening writes
 	// little) and fail again at the next write: the line is logged once a
 	// minute at most.
@@ -343,18 +345,39 @@ func (s *Store) tryReopen() bool {
 	return true
 }
 
+// errAbandoned is the error of a Close that did not return.
+var errAbandoned = errors.New("persist: pebble close did not return; the database handle is abandoned")
+
+// closeTimeout bounds the wait for Pebble's Close of a database: one
+// whose commit pipeline panicked may never close (a lock left held), and
+// the writer must go on.
+const closeTimeout = 10 * time.Second
+
 // closePebble closes db, turning a panic of a broken database into an
-// error.
-func closePebble(db *pebble.DB) (err error) {
+// error, and gives up after closeTimeout (the handle is then leaked, and
+// its directory stays locked until the process ends: reopening fails and
+// the store stays degraded, which the error says).
+func closePebble(db *pebble.DB) error {
 	if db == nil {
 		return nil
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("persist: pebble close panicked: %v", r)
-		}
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				done <- fmt.Errorf("persist: pebble close panicked: %v", r)
+			}
+		}()
+		done <- db.Close()
 	}()
-	return db.Close()
+	t := time.NewTimer(closeTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("%w after %v", errAbandoned, closeTimeout)
+	}
 }
 
 // pebbleLogger sends Pebble's logs to slog, and its fatal errors to the

@@ -161,7 +161,11 @@ func (s *Store) pebbleOptions() *pebble.Options {
 		FormatMajorVersion: pebble.FormatNewest,
 		EventListener: &pebble.EventListener{
 			BackgroundError: func(err error) {
-				l.Error("pebble background error", "err", err)
+				// Pebble retries a failed flush at once, in a loop, until
+				// the writer closes the database: log the first only.
+				if !isStorageFault(err) || !s.failed.Load() {
+					l.Error("pebble background error", "err", err)
+				}
 				if isStorageFault(err) {
 					s.fault(err)
 				}

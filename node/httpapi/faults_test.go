@@ -87,8 +87,9 @@ func TestRecordsDegradedUnderStorageFaults(t *testing.T) {
 			if a := call(t, "GET", m.url+"/readyz", "", ""); a.code != 200 || !strings.Contains(string(a.body), `"records":"degraded"`) {
 				t.Errorf("/readyz = %d %s, want 200 with records degraded", a.code, a.body)
 			}
-			if a := call(t, "GET", m.url+"/admin/", "", ""); !strings.Contains(string(a.body), "records degraded") {
-				t.Errorf("the admin page does not show the degraded records")
+			if a := call(t, "GET", m.url+"/admin/", "", ""); a.code != 200 || !strings.Contains(string(a.body), "records degraded") ||
+				!strings.Contains(string(a.body), "Records degraded since") {
+				t.Errorf("the admin page (%d) does not show the degraded records:\n%.2000s", a.code, a.body)
 			}
 			// Reads and fills go on: the values are in memory.
 			get("red")

@@ -219,6 +219,9 @@ func (rep *report) writeText(w io.Writer) {
 		var steps []string
 		for _, f := range s.Faults {
 			c := fmt.Sprintf("%.2fs", f.Converge)
+			if f.Converged && f.Note != "" {
+				c += " (" + f.Note + ")" // disk-full: what the records did
+			}
 			if !f.Converged {
 				c = "—"
 				if f.Note != "" {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -57,7 +59,8 @@ func testBinary(t *testing.T) string {
 // known issue explains (see knownIssues), and logs the explained ones.
 //
 // CHAOS_SEED replays a run; CHAOS_DURATION sets the time per scenario;
-// CHAOS_BIN names a cachenode binary to use instead of building one.
+// CHAOS_SCENARIOS (comma-separated) runs only those scenarios; CHAOS_BIN
+// names a cachenode binary to use instead of building one.
 func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("chaos runs real clusters for about two minutes; skipped with -short")
@@ -77,6 +80,14 @@ func TestChaos(t *testing.T) {
 			t.Fatalf("CHAOS_SEED: %v", err)
 		}
 		cfg.Seed = seed
+	}
+	if s := os.Getenv("CHAOS_SCENARIOS"); s != "" {
+		cfg.Scenarios = strings.Split(s, ",")
+		for _, name := range cfg.Scenarios {
+			if !slices.Contains(scenarioNames(), name) {
+				t.Fatalf("CHAOS_SCENARIOS: no scenario %q (have %v)", name, scenarioNames())
+			}
+		}
 	}
 	if s := os.Getenv("CHAOS_DURATION"); s != "" {
 		d, err := time.ParseDuration(s)

@@ -23,6 +23,9 @@ type cluster struct {
 	hc     *http.Client // admin calls of the harness
 	logf   func(format string, args ...any)
 	level  string // the nodes' log level
+	// disk, when set, is the size of a tmpfs mounted for each node's data
+	// directory (the disk-full scenario); set before the first node.
+	disk string
 
 	mu struct {
 		sync.Mutex
@@ -97,6 +100,12 @@ func (c *cluster) newNode() (*node, error) {
 	if err := os.MkdirAll(n.dir, 0o755); err != nil {
 		return nil, err
 	}
+	n.data = filepath.Join(n.dir, "data")
+	if c.disk != "" {
+		if err := c.mountDisk(n); err != nil {
+			return nil, err
+		}
+	}
 	c.mu.Lock()
 	c.mu.nodes = append(c.mu.nodes, n)
 	c.mu.Unlock()
@@ -132,7 +141,7 @@ func (c *cluster) start(ctx context.Context, n *node) error {
 func nodeConfig(n *node, join []string, originURL, level string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "name: %s\ngossip: %s\npeer: %s\nhttp: %s\n", n.Name, n.Addrs.Gossip, n.Addrs.Peer, n.Addrs.HTTP)
-	fmt.Fprintf(&b, "data: %s\nmemory: 64MiB\nmembership: local\nlog_level: %s\n", filepath.Join(n.dir, "data"), level)
+	fmt.Fprintf(&b, "data: %s\nmemory: 64MiB\nmembership: local\nlog_level: %s\n", n.data, level)
 	if len(join) > 0 {
 		fmt.Fprintf(&b, "join: [%s]\n", strings.Join(join, ", "))
 	}

@@ -241,6 +241,10 @@ func runAll(ctx context.Context, cfg config, logf func(string, ...any)) (_ *repo
 		if !slices.Contains(cfg.Scenarios, sc.Name) {
 			continue
 		}
+		if ok, why := canMountDisks(); !ok && slices.Contains(sc.Faults, faultDiskFull) {
+			rep.Skipped = append(rep.Skipped, skipped{sc.Name, why})
+			continue
+		}
 		if !nw.CanPartition() && !slices.ContainsFunc(sc.Faults, func(k string) bool { return !needsPartition(k) }) {
 			rep.Skipped = append(rep.Skipped, skipped{sc.Name, "partitions need network namespaces: " + reason})
 			continue

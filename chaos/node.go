@@ -35,6 +35,8 @@ type node struct {
 	Idx   int
 	Addrs nodeAddrs
 	dir   string // the node's work directory: config, data, logs
+	data  string // the data directory (in dir, or on disk)
+	disk  string // the tmpfs holding data (disk-full scenario), or ""
 
 	mu struct {
 		sync.Mutex

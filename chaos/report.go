@@ -210,7 +210,7 @@ func (rep *report) writeText(w io.Writer) {
 	tw.Flush()
 	fmt.Fprintln(w, "\nfills: origin fills of one key version, without fallbacks; allowed: per version 1, +1 per extra invalidation sent, +1 per ring change that moved the key")
 	fmt.Fprintln(w, "avail % outside: reads that overlap no failure-detection window (a fault step until the cluster converged)")
-	fmt.Fprintln(w, "records: acknowledged records found after kill -9 and restart / acknowledged before the kill")
+	fmt.Fprintln(w, "records: acknowledged records found after kill -9 and restart (or once a full disk was freed) / acknowledged before")
 	for _, sk := range rep.Skipped {
 		fmt.Fprintf(w, "\n%s: skipped: %s\n", sk.Name, sk.Reason)
 	}
@@ -219,6 +219,9 @@ func (rep *report) writeText(w io.Writer) {
 		var steps []string
 		for _, f := range s.Faults {
 			c := fmt.Sprintf("%.2fs", f.Converge)
+			if f.Converged && f.Note != "" {
+				c += " (" + f.Note + ")" // disk-full: what the records did
+			}
 			if !f.Converged {
 				c = "—"
 				if f.Note != "" {

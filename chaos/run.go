@@ -60,6 +60,10 @@ func runScenario(ctx context.Context, e *env, sc scenario) *scenarioResult {
 	defer o.Close()
 	c := newCluster(e.nw, e.bin, dir, o, e.opts.LogLevel, logf)
 	s.c = c
+	if slices.Contains(sc.Faults, faultDiskFull) {
+		c.disk = diskSize
+		defer c.unmountDisks() // after killAll
+	}
 	defer c.killAll()
 
 	logf("%s: starting %d nodes (%s)", sc.Name, e.opts.Nodes, e.nw.Mode())
@@ -225,7 +229,7 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 		res.Faults = append(res.Faults, faultRow{At: ev.At.Sub(start).Seconds(), Step: ev.Kind, Targets: strings.Join(ev.Targets, ","),
 			Converge: ev.Converge.Seconds(), Converged: ev.Converged, Note: ev.Note})
 		switch ev.Kind {
-		case "kill -9", "SIGSTOP", "partition", "join", "leave":
+		case "kill -9", "SIGSTOP", "partition", "join", "leave", "disk full":
 			res.FaultCount++
 		}
 		if ev.MustConverge && !ev.Converged {
@@ -400,7 +404,11 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 		if rc.QueryErr != "" {
 			vs.add("records", "", 1, "%s after restart: %s", rc.Node, rc.QueryErr)
 		}
-		vs.add("records", "", len(rc.Missing), "%s lost %d of %d acknowledged records in kill -9, e.g. %s", rc.Node, len(rc.Missing), rc.Acked, strings.Join(rc.Missing, " "))
+		what := "in kill -9"
+		if rc.Fault != "" {
+			what = "on a full disk, once freed"
+		}
+		vs.add("records", "", len(rc.Missing), "%s lost %d of %d acknowledged records %s, e.g. %s", rc.Node, len(rc.Missing), rc.Acked, what, strings.Join(rc.Missing, " "))
 	}
 
 	// Invariant 5: logs and exits.

@@ -35,6 +35,7 @@ var scenarios = []scenario{
 	{"partition-minority", "cut a minority off from the majority, heal", []string{faultPartMinor}},
 	{"join", "new nodes join the running cluster", []string{faultJoin}},
 	{"leave", "nodes leave gracefully on SIGTERM", []string{faultLeave}},
+	{"disk-full", "fill a node's data disk (a tmpfs of its own) to 100%, then free it", []string{faultDiskFull}},
 	{"mixed", "all of the above, drawn at random", []string{faultKill, faultStop, faultPartOne, faultPartMinor, faultJoin, faultLeave}},
 }
 
@@ -63,9 +64,11 @@ type cutWindow struct {
 	From, To time.Time
 }
 
-// recordCheck is the check of the records of a node after kill -9.
+// recordCheck is the check of the records of a node after kill -9 (or,
+// with Fault disk-full, after its full disk was freed).
 type recordCheck struct {
 	Node     string
+	Fault    string   `json:",omitempty"` // "" for kill -9
 	Acked    int      // records acknowledged before the kill
 	Missing  []string // of those, the ones absent after the restart
 	QueryErr string
@@ -268,6 +271,8 @@ func (s *scenarioRun) inject(ctx context.Context, kind string) error {
 			s.exits = append(s.exits, msg)
 		}
 		s.converge(ctx, ev, false, 20*time.Second, "the others did not drop the leaving node in 20 s")
+	case faultDiskFull:
+		return s.diskFull(ctx)
 	default:
 		return fmt.Errorf("unknown fault %q", kind)
 	}

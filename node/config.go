@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
+
 	"github.com/cachenode/cachenode/ring"
 	"github.com/cachenode/cachenode/worker"
 )
@@ -48,6 +50,21 @@ type Config struct {
 	// Data is the Pebble directory of the created-cache records. "" keeps
 	// them in memory. Default "".
 	Data string
+	// DataOnCorruption says what New does with a records database that is
+	// corrupt: "move-aside" (the default) renames it to
+	// Data.corrupt-<UTC time> and starts with no records; "fail" makes New
+	// fail.
+	DataOnCorruption string
+	// DataKeepCorrupt is how many moved-aside directories are kept.
+	// Default 1; negative keeps none.
+	DataKeepCorrupt int
+	// DataReopenBackoff is the first wait before the records database is
+	// reopened after a storage fault (see [Node.Records]); it doubles up to
+	// 30 s. Default 1 s.
+	DataReopenBackoff time.Duration
+	// DataFS is the filesystem of Data. Default: the operating system's.
+	// Tests inject storage faults through it (Pebble's vfs/errorfs).
+	DataFS vfs.FS
 	// PeerTLS, when set, wraps peer-transport connections in TLS both ways:
 	// the server side uses Certificates, ClientCAs and ClientAuth, the
 	// client side Certificates and RootCAs (the server name is taken from

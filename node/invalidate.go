@@ -13,6 +13,7 @@ import (
 
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/node/peer"
+	"github.com/cachenode/cachenode/persist"
 	"github.com/cachenode/cachenode/worker"
 )
 
@@ -100,6 +101,9 @@ func (n *Node) Invalidate(ctx context.Context, req invalidation.Request) (invali
 		if err != nil {
 			return invalidation.Result{}, fmt.Errorf("node: encode event: %w", err)
 		}
+		// While the records are degraded the outbox cannot be written:
+		// the error (persist.ErrUnavailable) is answered 503, never a
+		// "durable" 202 that is not.
 		id, err := n.store.Enqueue(n.cache.Clock().Now().Add(countdown), payload)
 		if err != nil {
 			return invalidation.Result{}, fmt.Errorf("node: outbox: %w", err)
@@ -374,8 +378,15 @@ func (s *eventState) remember(key string, done chan struct{}) {
 }
 
 // OwnedRecordKeys implements invalidation.Host with the records index.
+// While the records are degraded it returns no keys and no error: the
+// in-memory entries, which invalidation.ApplyScope matches too, are then
+// the whole truth (every key this node can serve is among them, those
+// filled while degraded included).
 func (n *Node) OwnedRecordKeys(label string, match map[string][]string) ([]string, error) {
 	recs, err := n.store.Match(label, match)
+	if errors.Is(err, persist.ErrUnavailable) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -624,7 +635,9 @@ func (n *Node) outboxLoop() {
 		}
 		items, err := n.store.DueItems(n.cache.Clock().Now(), 64)
 		if err != nil {
-			if !errors.Is(err, errClosedStore) {
+			// Degraded: the items wait on disk for the reopen (the store
+			// logged the fault).
+			if !errors.Is(err, errClosedStore) && !errors.Is(err, persist.ErrUnavailable) {
 				n.log.Error("outbox", "err", err)
 			}
 			continue

@@ -60,6 +60,9 @@ type Node struct {
 	// invalidation of it; handed-off entries older than that are refused.
 	lastInvalidation sync.Map
 	pause            pauseWatcher
+	// unwritten counts the fills of workers without delay_logging that
+	// were answered without their synchronous record (see record).
+	unwritten atomic.Uint64
 
 	done chan struct{} // closed by Close: stops the background loops
 	wg   sync.WaitGroup
@@ -97,7 +100,9 @@ func New(cfg Config) (*Node, error) {
 		}
 		return 1
 	}}
-	n.store, err = persist.Open(persist.Config{Dir: cfg.Data, Logger: n.log})
+	n.store, err = persist.Open(persist.Config{Dir: cfg.Data, Logger: n.log, FS: cfg.DataFS,
+		OnCorruption: cfg.DataOnCorruption, KeepCorrupt: cfg.DataKeepCorrupt,
+		ReopenBackoff: cfg.DataReopenBackoff, ReopenBackoffMax: max(cfg.DataReopenBackoff, persist.DefaultReopenBackoffMax)})
 	if err != nil {
 		return nil, fmt.Errorf("node: records: %w", err)
 	}
@@ -438,6 +443,13 @@ var _ worker.PeerPicker = (*Node)(nil)
 
 // record writes the created-cache record of an owned fill: before the fill
 // returns, or in the background with delay_logging.
+//
+// While the records are degraded (a storage fault, see Records), a
+// synchronous record cannot be written before the answer: the fill is
+// answered all the same (the records index the cache, they are not the
+// cache), the broken promise is counted (UnwrittenRecords), and the record
+// is queued in memory like a delay_logging one, to be written when the
+// store reopens (or dropped, counted, beyond the queue's bound).
 func (n *Node) record(e *worker.Entry, pol worker.Policy) {
 	match, err := worker.MatchValues(e.Args)
 	if err != nil {
@@ -453,11 +465,28 @@ func (n *Node) record(e *worker.Entry, pol worker.Policy) {
 		err = n.store.PutAsync(rec)
 	} else {
 		err = n.store.Put(rec)
+		if errors.Is(err, persist.ErrUnavailable) {
+			n.unwritten.Add(1)
+			err = n.store.PutAsync(rec)
+		}
 	}
-	if err != nil && !errors.Is(err, persist.ErrClosed) {
+	switch {
+	case err == nil, errors.Is(err, persist.ErrClosed):
+	case errors.Is(err, persist.ErrQueueFull) && n.store.Health().Degraded:
+		// Counted in the store's Dropped; the store logged the fault.
+	default:
 		n.log.Error("record not written", "key", e.Key, "err", err)
 	}
 }
+
+// Records returns the state of the records store: Degraded while a storage
+// fault keeps it closed (the node serves and fills from memory meanwhile).
+func (n *Node) Records() persist.Health { return n.store.Health() }
+
+// UnwrittenRecords counts the fills of workers without delay_logging that
+// were answered while the records were degraded, so without the record
+// their worker promises before the answer.
+func (n *Node) UnwrittenRecords() uint64 { return n.unwritten.Load() }
 
 // maintain applies ring changes to the cache: entries whose key moved to
 // another owner are dropped (the new owner fills them once), near-cache

@@ -13,6 +13,11 @@
 // batches, and never blocks. The WAL sync policy is in writer.go: every
 // batch is synced, so a crash loses at most the records still queued.
 //
+// Faults: a full, read-only or failing disk (or Pebble giving its database
+// up) never panics; the store closes the database, is degraded (Health),
+// keeps PutAsync records in memory and reopens with backoff. See
+// health.go.
+//
 // Time: the store never reads the clock to decide what a record means;
 // RemoveExpired, StaleBefore and DueItems take the time as an argument, and
 // the sweep loop and Value use Config.Now.

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -33,6 +32,11 @@ var (
 	// ErrCorrupt is wrapped by errors about stored data that cannot be
 	// decoded.
 	ErrCorrupt = errors.New("persist: corrupt data")
+	// ErrUnavailable is returned by every operation but PutAsync while the
+	// store is degraded (see Health): its database failed (a full,
+	// read-only or failing disk) and is being reopened in the background.
+	// The error also wraps the fault.
+	ErrUnavailable = errors.New("persist: records unavailable (storage fault; reopening)")
 )
 
 // Pebble sizing. A record is about 6 keys; with Pebble's 4 MiB default
@@ -78,14 +82,39 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives the store's and Pebble's logs. Default: discarded.
 	Logger *slog.Logger
+
+	// FS is the filesystem the database lives on. Default vfs.Default (the
+	// operating system's), or vfs.NewMem() when Dir is "". Tests inject
+	// faults through it (vfs/errorfs).
+	FS vfs.FS
+	// OnCorruption says what Open does with a database that Pebble finds
+	// corrupt: CorruptionMoveAside (the default) renames the directory to
+	// Dir.corrupt-<UTC time> and starts empty; CorruptionFail returns the
+	// error, as before this option existed.
+	OnCorruption string
+	// KeepCorrupt is how many moved-aside directories are kept; older ones
+	// are removed. Default 1; negative keeps none (the corrupt directory is
+	// removed at once).
+	KeepCorrupt int
+	// ReopenBackoff is the first wait before reopening a database that
+	// failed; it doubles up to ReopenBackoffMax. Defaults 1s and 30s.
+	ReopenBackoff, ReopenBackoffMax time.Duration
 }
+
+// Values of Config.OnCorruption.
+const (
+	CorruptionMoveAside = "move-aside"
+	CorruptionFail      = "fail"
+)
 
 // Default values of Config.
 const (
-	DefaultQueueSize     = 65536
-	DefaultBatchSize     = 1024
-	DefaultFlushInterval = 50 * time.Millisecond
-	DefaultSweepInterval = time.Second
+	DefaultQueueSize        = 65536
+	DefaultBatchSize        = 1024
+	DefaultFlushInterval    = 50 * time.Millisecond
+	DefaultSweepInterval    = time.Second
+	DefaultReopenBackoff    = time.Second
+	DefaultReopenBackoffMax = 30 * time.Second
 )
 
 // withDefaults returns a copy of c with defaults filled in, or an error
@@ -98,6 +127,32 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: Config.BatchSize must not be negative, got %d", ErrInvalid, c.BatchSize)
 	case c.FlushInterval < 0:
 		return c, fmt.Errorf("%w: Config.FlushInterval must not be negative, got %v", ErrInvalid, c.FlushInterval)
+	case c.OnCorruption != "" && c.OnCorruption != CorruptionMoveAside && c.OnCorruption != CorruptionFail:
+		return c, fmt.Errorf("%w: Config.OnCorruption must be %q or %q, got %q", ErrInvalid, CorruptionMoveAside, CorruptionFail, c.OnCorruption)
+	case c.ReopenBackoff < 0 || c.ReopenBackoffMax < 0:
+		return c, fmt.Errorf("%w: Config.ReopenBackoff and ReopenBackoffMax must not be negative", ErrInvalid)
+	}
+	if c.OnCorruption == "" {
+		c.OnCorruption = CorruptionMoveAside
+	}
+	if c.KeepCorrupt == 0 {
+		c.KeepCorrupt = 1
+	}
+	if c.ReopenBackoff == 0 {
+		c.ReopenBackoff = DefaultReopenBackoff
+	}
+	if c.ReopenBackoffMax == 0 {
+		c.ReopenBackoffMax = max(DefaultReopenBackoffMax, c.ReopenBackoff)
+	}
+	if c.ReopenBackoffMax < c.ReopenBackoff {
+		return c, fmt.Errorf("%w: Config.ReopenBackoffMax (%v) is below ReopenBackoff (%v)", ErrInvalid, c.ReopenBackoffMax, c.ReopenBackoff)
+	}
+	if c.FS == nil {
+		if c.Dir == "" {
+			c.FS = vfs.NewMem()
+		} else {
+			c.FS = vfs.Default
+		}
 	}
 	if c.QueueSize == 0 {
 		c.QueueSize = DefaultQueueSize
@@ -138,8 +193,15 @@ func (c Config) withDefaults() (Config, error) {
 // safe to call twice; every other method returns ErrClosed after it.
 type Store struct {
 	cfg Config
-	db  *pebble.DB
 	log *slog.Logger
+	// db is the open database, nil while the store is degraded: the writer
+	// replaces it under closeMu's write lock, readers use it under its read
+	// lock.
+	db *pebble.DB
+	// failed is set when a fault is reported on the open database (see
+	// fault); the writer then closes it and reopens with backoff.
+	failed atomic.Bool
+	health healthState
 
 	// closeMu guards closed, and with it the Pebble handle: readers hold it
 	// for reading across their Pebble reads, so it never blocks a reader
@@ -152,6 +214,7 @@ type Store struct {
 	mu struct {
 		sync.Mutex
 		closing  bool          // Close started: no new operations
+		degraded bool          // db is closed after a fault: operations fail at once
 		ops      []*op         // synchronous operations for the writer
 		q        asyncQueue    // pending PutAsync records
 		flushes  []flushWaiter // Flush callers waiting for the queue
@@ -192,34 +255,20 @@ type Stats struct {
 
 // Open opens (or creates) the store described by cfg. It fills defaults
 // into a copy of cfg and validates it; errors name the field.
+//
+// A database that Pebble finds corrupt is moved aside and replaced by an
+// empty one (Config.OnCorruption; Health().MovedAside says where it went).
+// A database that cannot be opened because of a storage fault (a full,
+// read-only or failing disk) does not fail Open: the store starts degraded
+// and keeps trying (see Health). Other errors (a directory that cannot be
+// created, a data format of another version) are returned.
 func Open(cfg Config) (*Store, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	opts := &pebble.Options{
-		Logger:             pebbleLogger{c.Logger.With("component", "pebble")},
-		FormatMajorVersion: pebble.FormatNewest,
-	}
-	// Every write of a record first reads the key's previous record, and
-	// for a new key that read is a miss: bloom filters let it skip the
-	// tables instead of reading their index blocks. Later levels inherit
-	// L0's policy.
-	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
-	opts.CacheSize = blockCacheSize
-	opts.MemTableSize = memTableSize
-	dir := c.Dir
-	if dir == "" {
-		opts.FS = vfs.NewMem()
-		dir = "mem"
-	}
-	db, err := pebble.Open(dir, opts)
-	if err != nil {
-		return nil, fmt.Errorf("persist: open %q: %w", c.Dir, err)
-	}
 	s := &Store{
 		cfg:        c,
-		db:         db,
 		log:        c.Logger,
 		wake:       make(chan struct{}, 1),
 		quit:       make(chan struct{}),
@@ -227,8 +276,13 @@ func Open(cfg Config) (*Store, error) {
 		writerDone: make(chan struct{}),
 	}
 	s.mu.q.byKey = make(map[string]*pending)
-	if err := s.init(); err != nil {
-		return nil, errors.Join(err, db.Close())
+	if err := s.openDB(); err != nil {
+		if !isStorageFault(err) || isCorruption(err) {
+			// A corrupt database here was not moved aside: OnCorruption
+			// says fail.
+			return nil, err
+		}
+		s.startDegraded(err)
 	}
 	go s.writeLoop()
 	if c.SweepInterval > 0 {
@@ -240,12 +294,13 @@ func Open(cfg Config) (*Store, error) {
 }
 
 // init checks the format of an existing database, or stamps a new one, and
-// loads the outbox sequence.
-func (s *Store) init() error {
-	v, closer, err := s.db.Get(metaKey(metaFormat))
+// loads the outbox sequence and the record counts. It runs before db is
+// published to readers.
+func (s *Store) init(db *pebble.DB) error {
+	v, closer, err := db.Get(metaKey(metaFormat))
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
-		if err := s.db.Set(metaKey(metaFormat), []byte{formatVersion}, pebble.Sync); err != nil {
+		if err := db.Set(metaKey(metaFormat), []byte{formatVersion}, pebble.Sync); err != nil {
 			return fmt.Errorf("persist: stamp format: %w", err)
 		}
 	case err != nil:
@@ -258,10 +313,11 @@ func (s *Store) init() error {
 			return fmt.Errorf("persist: %s holds data format %v, this version reads [%d]", s.cfg.Dir, got, formatVersion)
 		}
 	}
-	if err := s.countRecords(); err != nil {
+	if err := s.countRecords(db); err != nil {
 		return err
 	}
-	v, closer, err = s.db.Get(metaKey(metaOutboxSeq))
+	s.outboxSeq = 0
+	v, closer, err = db.Get(metaKey(metaOutboxSeq))
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
 	case err != nil:
@@ -278,9 +334,9 @@ func (s *Store) init() error {
 
 // countRecords builds s.live from the record table (one pass over its
 // keys; see liveKeys).
-func (s *Store) countRecords() error {
+func (s *Store) countRecords(db *pebble.DB) error {
 	l := &liveKeys{seed: maphash.MakeSeed(), n: make(map[uint64]uint32)}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecord}, UpperBound: []byte{prefixRecord + 1}})
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecord}, UpperBound: []byte{prefixRecord + 1}})
 	if err != nil {
 		return fmt.Errorf("persist: count records: %w", err)
 	}
@@ -319,9 +375,18 @@ func (s *Store) Close() error {
 		s.mu.Unlock()
 		s.closeMu.Lock()
 		s.closed = true
-		err := s.db.Close()
+		var err error
+		if s.db != nil {
+			err = closePebble(s.db)
+			s.db = nil
+		}
 		s.closeMu.Unlock()
-		if err != nil {
+		switch {
+		case s.failed.Load():
+			// A fault came in the last moments: the database is expected
+			// not to close cleanly, and the fault was logged.
+			err = nil
+		case err != nil:
 			err = fmt.Errorf("persist: close pebble: %w", err)
 		}
 		s.closeErr = errors.Join(asyncErr, err)
@@ -351,14 +416,24 @@ func (s *Store) Stats() Stats {
 	}
 }
 
-// read runs f with the Pebble handle, or returns ErrClosed.
+// read runs f with the Pebble handle, or returns ErrClosed, or
+// ErrUnavailable while the store is degraded. An error of f that is a
+// storage fault degrades the store (see fault).
 func (s *Store) read(f func(db *pebble.DB) error) error {
 	s.closeMu.RLock()
 	defer s.closeMu.RUnlock()
 	if s.closed {
 		return ErrClosed
 	}
-	return f(s.db)
+	if s.db == nil || s.failed.Load() {
+		return s.unavailable()
+	}
+	err := f(s.db)
+	if err != nil && isStorageFault(err) {
+		s.fault(err)
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return err
 }
 
 // readSnapshot runs f on a snapshot of the database, so that a query that
@@ -385,31 +460,12 @@ func (s *Store) sweepLoop() {
 		switch {
 		case errors.Is(err, ErrClosed):
 			return
+		case errors.Is(err, ErrUnavailable):
+			// Degraded: the reopened database is swept then.
 		case err != nil:
 			s.log.Error("persist: remove expired records", "err", err)
 		case n > 0:
 			s.log.Debug("persist: removed expired records", "records", n)
 		}
 	}
-}
-
-// pebbleLogger sends Pebble's logs to slog.
-type pebbleLogger struct{ l *slog.Logger }
-
-var _ pebble.Logger = pebbleLogger{}
-
-func (p pebbleLogger) Infof(format string, args ...any) {
-	p.l.Info(fmt.Sprintf(format, args...))
-}
-
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.l.Error(fmt.Sprintf(format, args...))
-}
-
-// Fatalf logs and panics: Pebble calls it on unrecoverable corruption and
-// expects it not to return; a library must not exit the process.
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	p.l.Error(msg, "fatal", true)
-	panic("persist: pebble: " + msg)
 }

@@ -264,6 +264,10 @@ func (s *Store) Flush() error {
 		s.mu.Unlock()
 		return ErrClosed
 	}
+	if s.mu.degraded {
+		s.mu.Unlock()
+		return s.unavailable()
+	}
 	w := flushWaiter{target: s.mu.q.pushed, done: make(chan error, 1)}
 	if s.mu.q.committed >= w.target {
 		err := s.mu.asyncErr
@@ -285,6 +289,10 @@ func (s *Store) do(o *op) error {
 		s.mu.Unlock()
 		return ErrClosed
 	}
+	if s.mu.degraded {
+		s.mu.Unlock()
+		return s.unavailable()
+	}
 	if o.kind == opPut || o.kind == opDelete {
 		// A synchronous write is newer than a pending async one of the
 		// same key; without this, the async one, written later, would win.
@@ -300,14 +308,28 @@ func (s *Store) do(o *op) error {
 }
 
 // writeLoop is the writer goroutine: the only one that mutates the
-// database after Open.
+// database after Open, and the one that closes and reopens it after a
+// fault (see Storage faults in health.go).
 func (s *Store) writeLoop() {
 	defer close(s.writerDone)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	backoff := s.cfg.ReopenBackoff
+	retryAt := time.Now().Add(backoff)
 	for {
+		if s.failed.Load() && s.db != nil {
+			s.degrade()
+			backoff = s.nextBackoff(backoff)
+			retryAt = time.Now().Add(backoff)
+		}
 		s.mu.Lock()
+		if s.mu.degraded {
+			if s.degradedStep(&backoff, &retryAt, timer) {
+				return
+			}
+			continue
+		}
 		ops := s.mu.ops
 		s.mu.ops = nil
 		q := &s.mu.q
@@ -349,10 +371,14 @@ func (s *Store) writeLoop() {
 		}
 		s.mu.Unlock()
 
-		asyncErr := s.apply(ops, recs)
+		asyncErr, lost := s.applySafe(ops, recs)
 
 		s.mu.Lock()
-		if asyncErr != nil && s.mu.asyncErr == nil {
+		if lost {
+			// The batch met a storage fault: its records go back to the
+			// queue, for the reopened database.
+			s.requeueLocked(recs)
+		} else if asyncErr != nil && s.mu.asyncErr == nil {
 			s.mu.asyncErr = asyncErr
 		}
 		q.committed = upTo
@@ -362,6 +388,110 @@ func (s *Store) writeLoop() {
 			close(o.done)
 		}
 	}
+}
+
+// degradedStep is one turn of the writer while the database is closed
+// after a fault; s.mu is held on entry and released. It refuses the
+// operations that arrived, answers Flush callers, and reopens the database
+// when the backoff has passed (at once when the store is closing, for a
+// last chance to write the queue). It returns true when the writer must
+// exit.
+func (s *Store) degradedStep(backoff *time.Duration, retryAt *time.Time, timer *time.Timer) bool {
+	ops := s.mu.ops
+	s.mu.ops = nil
+	flushes := s.mu.flushes
+	s.mu.flushes = nil
+	closing := s.mu.closing
+	s.mu.Unlock()
+	err := s.unavailable()
+	for _, w := range flushes {
+		w.done <- err
+	}
+	for _, o := range ops {
+		o.err = err
+		close(o.done)
+	}
+	if closing || !time.Now().Before(*retryAt) {
+		if s.tryReopen() {
+			return false
+		}
+		if closing {
+			s.mu.Lock()
+			lost := s.mu.q.live
+			s.mu.Unlock()
+			if lost > 0 {
+				s.stats.dropped.Add(uint64(lost))
+				s.log.Error("persist: closing while degraded: queued records not written", "records", lost, "err", err)
+			}
+			return true
+		}
+		*backoff = min(2**backoff, s.cfg.ReopenBackoffMax)
+		*retryAt = time.Now().Add(*backoff)
+	}
+	timer.Reset(time.Until(*retryAt))
+	select {
+	case <-s.wake:
+	case <-timer.C:
+	}
+	timer.Stop()
+	return false
+}
+
+// requeueLocked puts back the records of a batch lost to a fault, unless a
+// newer record of the same key is pending; beyond QueueSize they are
+// dropped (Stats.Dropped).
+func (s *Store) requeueLocked(recs []Record) {
+	q := &s.mu.q
+	now := time.Now()
+	for _, r := range recs {
+		if _, newer := q.byKey[r.Key]; newer {
+			continue
+		}
+		if q.slots() >= s.cfg.QueueSize {
+			s.stats.dropped.Add(1)
+			continue
+		}
+		q.pushLocked(&pending{rec: r, at: now})
+	}
+}
+
+// applySafe is apply, with the faults of a failing database turned into
+// errors: a panic of Pebble's (its commit pipeline panics once broken),
+// or a fault reported while the batch was committed (Pebble's Fatalf
+// returns, and the commit then reports success). lost says the batch met a
+// fault: its operations failed with ErrUnavailable, and its async records
+// were not written.
+func (s *Store) applySafe(ops []*op, recs []Record) (asyncErr error, lost bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.fault(fmt.Errorf("%w: panic: %v", errFatal, r))
+			asyncErr, lost = s.lose(ops)
+		}
+	}()
+	asyncErr = s.apply(ops, recs)
+	// A read of the batch (the previous record of a key) that failed on
+	// the disk is a fault like a failed write.
+	if asyncErr != nil && isStorageFault(asyncErr) {
+		s.fault(asyncErr)
+	}
+	for _, o := range ops {
+		if o.err != nil && isStorageFault(o.err) {
+			s.fault(o.err)
+		}
+	}
+	if s.failed.Load() {
+		return s.lose(ops)
+	}
+	return asyncErr, false
+}
+
+// lose fails the operations of a batch that met a fault (see applySafe).
+func (s *Store) lose(ops []*op) (error, bool) {
+	err := s.unavailable()
+	for _, o := range ops {
+		o.err = err
+	}
+	return nil, true
 }
 
 // releaseFlushesLocked wakes the Flush callers whose records are committed.

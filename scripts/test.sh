@@ -50,10 +50,12 @@ examples/dedicated/run.sh
 
 # The chaos scenarios (chaos/, issue 7): real cachenode processes, each in
 # its own network namespace when run as root (CI is), with kill -9,
-# SIGSTOP, partitions, joins and leaves; every scenario 8 s, about 2 min in
+# SIGSTOP, partitions, joins, leaves and full data disks (disk-full, a
+# tmpfs per node, issue 20; about 20 s); every scenario 8 s, about 2.5 min in
 # all, then the probes of the issues it found (regression tests, 40 s). It
 # runs here on its own, not inside `go test -race ./...` above: beside the
 # other packages' race-built tests on two cores, the nodes miss their wait
 # budgets and fall back, which the fill invariant counts. It fails on any
-# violated invariant. CHAOS_SEED=N replays a run (the seed is in the log).
+# violated invariant. CHAOS_SEED=N replays a run (the seed is in the log);
+# CHAOS_SCENARIOS=disk-full runs one scenario.
 CACHENODE_CHAOS=1 go test -race -count=1 -timeout 8m -run 'TestChaos|TestProbe' ./chaos

@@ -20,6 +20,7 @@ import (
 
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/node"
+	"github.com/cachenode/cachenode/persist"
 	"github.com/cachenode/cachenode/ring"
 	"github.com/cachenode/cachenode/worker"
 )
@@ -35,7 +36,11 @@ type fileConfig struct {
 	HTTPAdvertise string    `yaml:"http_advertise"`
 	Join          addrList  `yaml:"join"`
 	Data          optString `yaml:"data"`
-	Memory        Size      `yaml:"memory"`
+	// DataOnCorruption: move-aside (default) or fail; DataKeepCorrupt: how
+	// many moved-aside directories are kept (default 1, negative none).
+	DataOnCorruption string `yaml:"data_on_corruption"`
+	DataKeepCorrupt  int    `yaml:"data_keep_corrupt"`
+	Memory           Size   `yaml:"memory"`
 	// NearCache keeps copies of values fetched from their owners. Default true.
 	NearCache  *bool  `yaml:"near_cache"`
 	GossipKey  string `yaml:"gossip_key"`
@@ -244,7 +249,8 @@ type runConfig struct {
 }
 
 // flagNames are the flags of serve, in the contract's order.
-var flagNames = []string{"config", "name", "gossip", "advertise", "peer", "http", "join", "memory", "data", "gossip-key", "admin-token-file", "log-level"}
+var flagNames = []string{"config", "name", "gossip", "advertise", "peer", "http", "join", "memory", "data", "gossip-key", "admin-token-file", "log-level",
+	"data-on-corruption"}
 
 // usageError is a bad flag or config: the command exits 2.
 type usageError struct{ msg string }
@@ -266,6 +272,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (*r
 		"join": "gossip addresses of members to join, `ADDR,...`", "memory": "bound on cached bytes, e.g. 256MiB (default 256MiB)",
 		"data": "Pebble `DIR` (default ./cachenode-data/NAME; empty: in memory)", "gossip-key": "`FILE` with a 16, 24 or 32-byte key that encrypts gossip",
 		"admin-token-file": "`FILE` with the bearer token of /admin/* and POST /v1/invalidate", "log-level": "debug, info, warn or error (default info)",
+		"data-on-corruption": "a corrupt data directory at start: move-aside (to DIR.corrupt-TIME, start empty; the default) or fail",
 	}
 	for _, name := range flagNames {
 		vals[name] = fs.String(name, "", help[name])
@@ -389,6 +396,12 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 	default:
 		nc.Data = filepath.Join("cachenode-data", nc.Name)
 	}
+	switch nc.DataOnCorruption = str("data-on-corruption", fc.DataOnCorruption); nc.DataOnCorruption {
+	case "", persist.CorruptionMoveAside, persist.CorruptionFail:
+	default:
+		return nil, usagef("data-on-corruption: %q is not one of move-aside, fail", nc.DataOnCorruption)
+	}
+	nc.DataKeepCorrupt = fc.DataKeepCorrupt
 	if keyFile := str("gossip-key", fc.GossipKey); keyFile != "" {
 		k, err := readKey(keyFile)
 		if err != nil {

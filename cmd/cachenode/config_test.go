@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -266,5 +267,22 @@ func TestPeerTLSConfig(t *testing.T) {
 	path = writeFile(t, "bad.yaml", "name: n\ndata: ''\ntls:\n  peer: true\n")
 	if _, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "tls") {
 		t.Fatalf("tls.peer without a certificate: %v", err)
+	}
+}
+
+func TestDataOnCorruptionConfig(t *testing.T) {
+	path := writeFile(t, "d.yaml", "name: d\ndata_on_corruption: fail\ndata_keep_corrupt: 3\n")
+	rc, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{})
+	if err != nil || rc.Node.DataOnCorruption != "fail" || rc.Node.DataKeepCorrupt != 3 {
+		t.Fatalf("data_on_corruption from the file: %+v %v", rc, err)
+	}
+	rc, err = loadConfig([]string{"--config", path, "--data-on-corruption=move-aside"}, noEnv, &bytes.Buffer{})
+	if err != nil || rc.Node.DataOnCorruption != "move-aside" {
+		t.Errorf("--data-on-corruption wins over the file: %+v %v", rc, err)
+	}
+	_, err = loadConfig([]string{"--name=x", "--data-on-corruption=ignore"}, noEnv, &bytes.Buffer{})
+	var ue usageError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "data-on-corruption") {
+		t.Errorf("a bad --data-on-corruption = %v, want a usage error naming it", err)
 	}
 }

@@ -174,13 +174,21 @@ var servingLine = regexp.MustCompile(`msg="cachenode serving".* http=(\S+) gossi
 // "serving" log line, which carries the ports it bound.
 func startProc(t *testing.T, bin, name, config string) *proc {
 	t.Helper()
+	return startProcArgs(t, bin, name, config)
+}
+
+// startProcArgs is startProc with more flags, which may name the data
+// directory (by default one in a new temporary directory).
+func startProcArgs(t *testing.T, bin, name, config string, flags ...string) *proc {
+	t.Helper()
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p := &proc{name: name, exited: make(chan struct{})}
-	p.cmd = exec.Command(bin, "serve", "--config", cfgPath, "--data", filepath.Join(dir, "data"))
+	args := append([]string{"serve", "--config", cfgPath, "--data", filepath.Join(dir, "data")}, flags...)
+	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1")
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {

@@ -28,6 +28,39 @@ type RingInfo struct {
 	Members []MemberInfo `json:"members"`
 	// Partitions is the owner's name of every partition, by partition id.
 	Partitions []string `json:"partitions"`
+	// Records is the state of this node's records store.
+	Records RecordsInfo `json:"records"`
+}
+
+// RecordsInfo is the state of a node's created-cache records in RingInfo.
+type RecordsInfo struct {
+	// State is "ok", or "degraded" while a storage fault (a full,
+	// read-only or failing disk) keeps the records closed: the node serves
+	// and fills from memory meanwhile, and reopens them with backoff.
+	State string `json:"state"`
+	// Since is when the fault began; Cause is the fault or the last reopen
+	// attempt's error. Both are absent when State is "ok".
+	Since *time.Time `json:"since,omitempty"`
+	Cause string     `json:"cause,omitempty"`
+	// ReopenAttempts counts the failed reopens of the current fault.
+	ReopenAttempts uint64 `json:"reopen_attempts,omitempty"`
+	// Unwritten counts the fills answered without the synchronous record
+	// their worker promises, because the records were degraded.
+	Unwritten uint64 `json:"unwritten"`
+	// MovedAside lists where corrupt records databases were moved since
+	// the node started (it then started with no records).
+	MovedAside []string `json:"moved_aside,omitempty"`
+}
+
+// recordsInfo reads the state of the node's records.
+func (s *Server) recordsInfo() RecordsInfo {
+	h := s.node.Records()
+	ri := RecordsInfo{State: "ok", Unwritten: s.node.UnwrittenRecords(), MovedAside: h.MovedAside}
+	if h.Degraded {
+		since := h.Since
+		ri.State, ri.Since, ri.Cause, ri.ReopenAttempts = "degraded", &since, h.Cause, h.ReopenAttempts
+	}
+	return ri
 }
 
 // RingConfig is ring.Config in JSON.
@@ -63,7 +96,7 @@ type MemberInfo struct {
 // ringInfo reads the node's view of the ring.
 func (s *Server) ringInfo() RingInfo {
 	n := s.node
-	info := RingInfo{Self: n.Name(), Ready: n.Ready(), Members: []MemberInfo{}, Partitions: []string{}}
+	info := RingInfo{Self: n.Name(), Ready: n.Ready(), Members: []MemberInfo{}, Partitions: []string{}, Records: s.recordsInfo()}
 	r := n.Ring()
 	if r != nil {
 		c := r.Config()

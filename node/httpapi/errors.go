@@ -10,6 +10,7 @@ import (
 
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/node"
+	"github.com/cachenode/cachenode/persist"
 	"github.com/cachenode/cachenode/worker"
 )
 
@@ -20,7 +21,7 @@ type Error struct {
 	// Code is a stable word for a program: unknown_worker, unknown_model,
 	// bad_request, unauthorized, body_too_large, origin_error, fill_timeout,
 	// not_found, method_not_allowed, not_ready, shutting_down,
-	// unavailable, not_implemented, internal.
+	// unavailable, records_unavailable, not_implemented, internal.
 	Code string `json:"code"`
 }
 
@@ -73,6 +74,11 @@ func statusOf(err error) (int, string) {
 		return 499, "canceled"
 	case errors.Is(err, worker.ErrClosed), errors.Is(err, node.ErrClosed), errors.Is(err, node.ErrNotStarted):
 		return http.StatusServiceUnavailable, "unavailable"
+	case errors.Is(err, persist.ErrUnavailable):
+		// A delayed invalidation while a storage fault keeps the outbox
+		// closed: it would not be durable. Retrying later, or without
+		// delay, works.
+		return http.StatusServiceUnavailable, "records_unavailable"
 	}
 	return http.StatusInternalServerError, "internal"
 }

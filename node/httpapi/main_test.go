@@ -127,6 +127,12 @@ type member struct {
 // waits until they agree on the ring.
 func startCluster(t *testing.T, size int, token string, db *fooDB) []*member {
 	t.Helper()
+	return startClusterWith(t, size, token, db, nil)
+}
+
+// startClusterWith is startCluster with tune applied to each node's config.
+func startClusterWith(t *testing.T, size int, token string, db *fooDB, tune func(*node.Config)) []*member {
+	t.Helper()
 	var ms []*member
 	for i := range size {
 		name := fmt.Sprintf("n%d", i+1)
@@ -137,6 +143,9 @@ func startCluster(t *testing.T, size int, token string, db *fooDB) []*member {
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 		if len(ms) > 0 {
 			cfg.Join = []string{ms[0].node.GossipAddr()}
+		}
+		if tune != nil {
+			tune(&cfg)
 		}
 		n, err := node.New(cfg)
 		if err != nil {

@@ -239,6 +239,9 @@ var (
 	descRecords    = prometheus.NewDesc("cachenode_records_written_total", "Created-cache records written, by mode.", []string{"mode"}, nil)
 	descRecDropped = prometheus.NewDesc("cachenode_records_dropped_total", "Background record writes dropped (queue full) or lost (errors).", nil, nil)
 	descRecExpired = prometheus.NewDesc("cachenode_records_expired_total", "Records removed because their key expired.", nil, nil)
+	descRecDegr    = prometheus.NewDesc("cachenode_records_degraded", "1 while a storage fault keeps the records closed (the node serves from memory and reopens them with backoff).", nil, nil)
+	descRecUnwrit  = prometheus.NewDesc("cachenode_records_unwritten_total", "Fills of workers without delay_logging answered while the records were degraded, without the record promised before the answer.", nil, nil)
+	descRecFaults  = prometheus.NewDesc("cachenode_records_faults_total", "Storage faults that degraded the records.", nil, nil)
 )
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -246,7 +249,7 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	for _, d := range []*prometheus.Desc{descMembers, descRingSize, descPartitions, descRingVer, descReady,
-		descEntries, descBytes, descRecords, descRecDropped, descRecExpired} {
+		descEntries, descBytes, descRecords, descRecDropped, descRecExpired, descRecDegr, descRecUnwrit, descRecFaults} {
 		ch <- d
 	}
 }
@@ -283,6 +286,14 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRecords, prometheus.CounterValue, float64(ss.WrittenAsync), "async")
 	ch <- prometheus.MustNewConstMetric(descRecDropped, prometheus.CounterValue, float64(ss.Dropped+ss.AsyncErrors))
 	ch <- prometheus.MustNewConstMetric(descRecExpired, prometheus.CounterValue, float64(ss.Expired))
+	h := n.Records()
+	degraded := 0.0
+	if h.Degraded {
+		degraded = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descRecDegr, prometheus.GaugeValue, degraded)
+	ch <- prometheus.MustNewConstMetric(descRecUnwrit, prometheus.CounterValue, float64(n.UnwrittenRecords()))
+	ch <- prometheus.MustNewConstMetric(descRecFaults, prometheus.CounterValue, float64(h.Faults))
 }
 
 var _ prometheus.Collector = (*nodeCollector)(nil)

@@ -52,7 +52,9 @@ type pageData struct {
 	Records    []Record
 	// MoreRecords: the node has more records than the page lists.
 	MoreRecords bool
-	Now         time.Time
+	// RecordsState is the state of the records store.
+	RecordsState RecordsInfo
+	Now          time.Time
 }
 
 type arc struct {
@@ -136,6 +138,7 @@ func (s *Server) handlePage(w http.ResponseWriter, r *http.Request) {
 			Wait: shortDur(p.Budget()), Tick: shortDur(p.Tick), Expires: shortDur(p.Expires),
 			Relevance: shortDur(p.RelevanceExpires), Countdown: shortDur(p.DelayCountdown)})
 	}
+	d.RecordsState = s.recordsInfo()
 	if recs, next, err := s.listRecords("", "", pageRecords); err == nil {
 		d.Records, d.MoreRecords = recs, next != ""
 	}

@@ -231,7 +231,9 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	case !s.node.Ready():
 		writeError(w, http.StatusServiceUnavailable, "not_ready", "the node has not joined the cluster yet")
 	default:
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "node": s.node.Name()})
+		// Degraded records do not make a node unready: it serves every
+		// read and fill from memory (see RecordsInfo).
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "node": s.node.Name(), "records": s.recordsInfo().State})
 	}
 }
 

@@ -248,7 +248,7 @@ func TestOriginGetter(t *testing.T) {
 	if _, err := g.Get(tctx, worker.Args{"mode": "slow"}); err == nil {
 		t.Errorf("slow origin past the deadline: no error")
 	}
-	if g.Origin() != srv.URL+"/v?fixed=1" {
+	if g.Origin() != srv.URL+"/v?fixed=xxxxx" { // query values are redacted
 		t.Errorf("Origin() = %q", g.Origin())
 	}
 }
@@ -266,5 +266,41 @@ func TestPeerTLSConfig(t *testing.T) {
 	path = writeFile(t, "bad.yaml", "name: n\ndata: ''\ntls:\n  peer: true\n")
 	if _, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "tls") {
 		t.Fatalf("tls.peer without a certificate: %v", err)
+	}
+}
+
+func TestLimitsAndOverridesConfig(t *testing.T) {
+	rc, err := loadConfig([]string{"--name=x"}, noEnv, &bytes.Buffer{})
+	if err != nil || rc.Node.Limits != worker.DefaultLimits() {
+		t.Errorf("default limits: %+v %v", rc.Node.Limits, err)
+	}
+	path := writeFile(t, "l.yaml", "name: l\nlimits: {max_args: 10, max_arg_bytes: 2KiB}\nworkers:\n"+
+		"  w:\n    origin: http://x/\n    expires: 1h\n    max_expires: 2h\n    overrides: open\n"+
+		"  v:\n    origin: http://x/\n")
+	rc, err = loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Node.Limits != (worker.Limits{MaxArgs: 10, MaxArgBytes: 2048}) {
+		t.Errorf("limits %+v", rc.Node.Limits)
+	}
+	w := rc.Workers["w"].workerDef("w", rc.Node.Defaults, nil)
+	v := rc.Workers["v"].workerDef("v", rc.Node.Defaults, nil)
+	if w.MaxExpires != 2*time.Hour || !w.OpenOverrides || v.MaxExpires != 0 || v.OpenOverrides {
+		t.Errorf("w: max_expires %v open %v; v: %v %v", w.MaxExpires, w.OpenOverrides, v.MaxExpires, v.OpenOverrides)
+	}
+	for file, want := range map[string]string{
+		"limits: {max_args: 0}\n":                                       "limits.max_args: must be >= 1",
+		"limits: {max_arg_bytes: 0}\n":                                  "limits.max_arg_bytes",
+		"limits: {max_arg_bytes: 2GiB}\n":                               "limits.max_arg_bytes",
+		"limits: {max_args: 1, maxargs: 2}\n":                           "limits.maxargs: unknown field",
+		"workers:\n  w:\n    origin: http://x/\n    overrides: all\n":   "workers.w.overrides",
+		"workers:\n  w:\n    origin: http://x/\n    max_expires: 0\n":   "workers.w.max_expires",
+		"workers:\n  w:\n    origin: http://x/\n    max_expires: -1s\n": "workers.w.max_expires",
+	} {
+		_, err := loadConfig([]string{"--name=t", "--config", writeFile(t, "bad.yaml", file)}, noEnv, &bytes.Buffer{})
+		if _, ok := err.(usageError); !ok || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want a usage error containing %q", file, err, want)
+		}
 	}
 }

@@ -60,3 +60,33 @@ func TestFetchOverLimitsRefused(t *testing.T) {
 		}
 	}
 }
+
+// FuzzFetchLimits: a fetch request as a member sends it, decoded and
+// checked as handleFetch does: an error, never a panic, and a request that
+// passes is within the bounds.
+func FuzzFetchLimits(f *testing.F) {
+	for _, args := range []worker.Args{{"a": 1}, {"a": []any{"x", []any{"y"}}}, {"blob": string(make([]byte, 9000))}} {
+		b, _ := msgpack.Marshal(&fetchReq{Label: "w", Key: "w@k", Args: args})
+		f.Add(b)
+	}
+	wide := worker.Args{}
+	for i := range 100 {
+		wide[fmt.Sprint(i)] = i
+	}
+	b, _ := msgpack.Marshal(&fetchReq{Label: "w", Key: "w@k", Args: wide})
+	f.Add(b)
+	limits := worker.DefaultLimits()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var req fetchReq
+		if err := unmarshal(data, &req); err != nil {
+			return
+		}
+		err := limits.Check(req.Args)
+		if err == nil && len(req.Args) > limits.MaxArgs {
+			t.Fatalf("%d arguments passed", len(req.Args))
+		}
+		if err != nil && limitCode(err) == codeBadRequest && !errors.Is(err, worker.ErrBadArgs) {
+			t.Fatalf("Check failed with %v", err)
+		}
+	})
+}

@@ -71,15 +71,17 @@ func TestWeigherCountsArgs(t *testing.T) {
 	if _, _, err := w.Get(ctx, Args{"id": "1"}, Settings{}); err != nil {
 		t.Fatal(err)
 	}
+	// The store applies weights in the background.
+	waitFor(t, "the first entry to be weighed", func() bool { return c.Bytes() > 0 })
 	small := c.Bytes()
 	if _, _, err := w.Get(ctx, wideArgs(64, 100), Settings{}); err != nil {
 		t.Fatal(err)
 	}
 	// The key of the wide read is hashed to MaxKeyLen; its 64 × 100 bytes
 	// of arguments must weigh.
-	if wide := c.Bytes() - small; wide < 64*100 {
-		t.Errorf("an entry of 64 arguments of 100 bytes weighs %d bytes", wide)
-	}
+	waitFor(t, "an entry of 64 arguments of 100 bytes to weigh 6400 bytes more", func() bool {
+		return c.Bytes() >= small+64*100
+	})
 }
 
 // FuzzLimitsCheck: Check never panics, and its verdict agrees with a

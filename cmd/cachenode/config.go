@@ -509,7 +509,9 @@ func checkWorker(label string, w workerConfig, defaults worker.Policy) error {
 	}
 	u, err := url.Parse(origin)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Fragment != "" {
-		return fmt.Errorf("%s.origin: %q is not an http(s) URL", path, origin)
+		// The URL is not repeated: it may hold a password or an api key,
+		// and this line goes to logs.
+		return fmt.Errorf("%s.origin: not an http(s) URL with a host and no fragment", path)
 	}
 	switch w.KeyGen {
 	case "", "canonical", "default":

@@ -131,6 +131,7 @@ func TestBadConfig(t *testing.T) {
 		{"workers:\n  w:\n    origin: http://x/\n    tick_amount: 0\n", nil, "workers.w.tick_amount: must be >= 1"},
 		{"workers:\n  w:\n    expires: 1s\n", nil, "workers.w.origin: required"},
 		{"workers:\n  w:\n    origin: ftp://x/\n", nil, "workers.w.origin"},
+		{"workers:\n  w:\n    origin: \"http://u:hunter2@h/%zz?k=1\"\n", nil, "workers.w.origin: not an http(s) URL"},
 		{"workers:\n  bad label:\n    origin: http://x/\n", nil, "workers.bad label"},
 		{"workers:\n  w:\n    origin: http://x/\n    key_gen: mine\n", nil, "workers.w.key_gen"},
 		{"workers:\n  w:\n    origin: http://x/\n    action: burn\n", nil, "workers.w.action"},
@@ -301,6 +302,14 @@ func TestLimitsAndOverridesConfig(t *testing.T) {
 		_, err := loadConfig([]string{"--name=t", "--config", writeFile(t, "bad.yaml", file)}, noEnv, &bytes.Buffer{})
 		if _, ok := err.(usageError); !ok || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v, want a usage error containing %q", file, err, want)
+		}
+	}
+	// A bad origin is not repeated: it may hold secrets.
+	for _, origin := range []string{"http://u:hunter2@h/%zz?k=1", "ftp://u:hunter2@h/"} {
+		file := writeFile(t, "o.yaml", "workers:\n  w:\n    origin: \""+origin+"\"\n")
+		_, err := loadConfig([]string{"--name=t", "--config", file}, noEnv, &bytes.Buffer{})
+		if err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("origin %s: %v", origin, err)
 		}
 	}
 }

@@ -93,6 +93,13 @@ type Config struct {
 	HandoffEntries int
 	// HandoffBytes bounds the bytes of values handed off. Default 64 MiB.
 	HandoffBytes int64
+	// Limits bound the arguments of every read this node serves: Get (and
+	// so the HTTP API) and the fetches of other members, which are checked
+	// when their request is decoded, before anything is computed or
+	// written. Over them a read fails with worker.ErrTooManyArgs or
+	// worker.ErrArgsTooLarge. Default worker.DefaultLimits() (64 arguments,
+	// 8 KiB); every member should use the same limits.
+	Limits worker.Limits
 	// OnPeerCall, when set, is called after every peer-transport call this
 	// node makes, with the operation ("fetch", "handoff", "invalidate"), the
 	// peer's name, the call's duration and its error: the hook for latency
@@ -225,6 +232,10 @@ func (c Config) withDefaults() (Config, error) {
 	if _, err := ring.New(c.Ring, nil); err != nil {
 		return c, fmt.Errorf("%w: ring: %v", ErrConfig, err)
 	}
+	if err := c.Limits.Validate(); err != nil {
+		return c, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	c.Limits = c.Limits.WithDefaults()
 	if c.HandoffEntries == 0 {
 		c.HandoffEntries = 10000
 	}

@@ -401,12 +401,17 @@ func sortMembers(ms []Member) {
 
 // Get returns the entry of label for args and how it was answered; see the
 // package documentation for the path it takes. Errors:
-// worker.ErrUnknownLabel, worker.ErrBadArgs, worker.ErrConfig (overrides),
+// worker.ErrUnknownLabel, worker.ErrBadArgs, worker.ErrTooManyArgs and
+// worker.ErrArgsTooLarge (over Config.Limits, checked before anything else),
+// worker.ErrConfig (overrides),
 // errors wrapping worker.ErrFill, the context's error.
 func (n *Node) Get(ctx context.Context, label string, args worker.Args, ov worker.Settings) (*worker.Entry, worker.Status, error) {
 	w, ok := n.cache.Worker(label)
 	if !ok {
 		return nil, 0, fmt.Errorf("%w: %q", worker.ErrUnknownLabel, label)
+	}
+	if err := n.cfg.Limits.Check(args); err != nil {
+		return nil, 0, err
 	}
 	n.noticePause()
 	return w.Get(ctx, args, ov)

@@ -57,6 +57,11 @@ func (n *Node) handleFetch(ctx context.Context, payload []byte, final bool) ([]b
 	if !ok {
 		return nil, &peer.RemoteError{Code: codeUnknownWorker, Message: req.Label}
 	}
+	// The same bounds as a read over HTTP: a member's fetch must not make
+	// this node fill, record or hold what a client could not ask for.
+	if err := n.cfg.Limits.Check(req.Args); err != nil {
+		return nil, &peer.RemoteError{Code: limitCode(err), Message: err.Error()}
+	}
 	n.noticePause()
 	if !final {
 		if resp, done, err := n.forwardFetch(ctx, req.Key, payload); done {
@@ -78,6 +83,17 @@ func (n *Node) handleFetch(ctx context.Context, payload []byte, final bool) ([]b
 	we := toWire(e, st)
 	we.Args = nil // the caller has them
 	return msgpack.Marshal(&we)
+}
+
+// limitCode is the peer error code of an error of worker.Limits.Check.
+func limitCode(err error) string {
+	if errors.Is(err, worker.ErrTooManyArgs) {
+		return codeTooManyArgs
+	}
+	if errors.Is(err, worker.ErrArgsTooLarge) {
+		return codeArgsTooLarge
+	}
+	return codeBadRequest
 }
 
 // forwardFetch passes a fetch of key to the member that owns it in this

@@ -34,6 +34,13 @@ const (
 	codeBadRequest    = "bad_request"
 )
 
+// Error codes of a fetch over the node's limits (Config.Limits), the
+// codes of the HTTP API's 400 answers.
+const (
+	codeTooManyArgs  = "too_many_args"
+	codeArgsTooLarge = "args_too_large"
+)
+
 // meta is what a member publishes in its memberlist metadata (at most 512
 // bytes).
 type meta struct {

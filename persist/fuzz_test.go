@@ -94,7 +94,9 @@ func encodeParsed(p parsedKey) []byte {
 	case prefixShape:
 		b = appendEsc(shapePrefix(p.Label, encodeShape(p.Shape)), p.Key)
 	case prefixMatch:
-		b = appendEsc(matchPrefix(p.Label, encodeShape(p.Shape), p.Attr, p.Value), p.Key)
+		b = appendEsc(b, p.Label)
+		u(p.SID)
+		b = appendEsc(appendEsc(appendEsc(b, p.Attr), p.Value), p.Key)
 	case prefixRelevance, prefixExpiry, prefixValueExpiry:
 		u(timeBits(p.Time))
 		b = appendEsc(b, p.Key)

@@ -19,7 +19,7 @@ package persist
 //	0x02 esc(label) esc(shape) esc(key) shape index: the records of a label
 //	                                    by the set of attributes they
 //	                                    constrain (Match, List, Labels)
-//	0x03 esc(label) esc(shape) esc(attr) esc(value) esc(key)
+//	0x03 esc(label) shapeID esc(attr) esc(value) esc(key)
 //	                                    value index: one entry per value a
 //	                                    record constrains (Match)
 //	0x04 time(relevance_to) esc(key)    relevance index (StaleBefore); only
@@ -33,7 +33,15 @@ package persist
 //
 // A shape is the sorted list of attribute names a record constrains (the
 // keys of Record.Match), written as the concatenation of their escaped forms
-// and then escaped once more as one component. Index entries have empty
+// and then escaped once more as one component. The shape index holds it
+// whole, once per record; the value index holds its shapeID instead, the
+// big-endian 8-byte xxhash of the shape component's content, so that a
+// record's index bytes grow with its number of values, not with the number
+// of values times the number of attributes (format 1 wrote the whole shape
+// in every value entry: a record of n arguments cost n² bytes). Two shapes
+// of one label with the same ID would share value entries; Match keeps
+// only the records that match exactly, so such a collision costs a wasted
+// read, never a wrong answer. Index entries have empty
 // values: the record is the only copy of the data. The index entries of a
 // record are a pure function of the record (indexKeys), so replacing or
 // deleting a record deletes exactly the entries its old version produced,
@@ -52,6 +60,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // Table prefixes; see the layout above.
@@ -233,9 +243,12 @@ func shapeLabelPrefix(label string) []byte { return appendEsc([]byte{prefixShape
 
 func shapePrefix(label, shape string) []byte { return appendEsc(shapeLabelPrefix(label), shape) }
 
+// shapeID is the value index's stand-in for a shape component's content.
+func shapeID[S ~string | ~[]byte](shape S) uint64 { return xxhash.Sum64([]byte(shape)) }
+
 func matchPrefix(label, shape, attr, value string) []byte {
 	b := appendEsc([]byte{prefixMatch}, label)
-	b = appendEsc(b, shape)
+	b = binary.BigEndian.AppendUint64(b, shapeID(shape))
 	b = appendEsc(b, attr)
 	return appendEsc(b, value)
 }
@@ -270,7 +283,7 @@ func appendIndexKeys(keys [][]byte, buf []byte, rec *Record) ([][]byte, []byte) 
 	var attrBuf [8]string
 	attrs := appendShape(attrBuf[:0], rec.Match)
 
-	// The components, once: label, shape (escaped twice) and key.
+	// The components, once: label, shape (escaped twice), shape ID and key.
 	start := len(buf)
 	buf = appendEsc(buf, rec.Label)
 	nLabel := len(buf)
@@ -278,13 +291,17 @@ func appendIndexKeys(keys [][]byte, buf []byte, rec *Record) ([][]byte, []byte) 
 		buf = appendEsc(buf, a)
 	}
 	nInner := len(buf)
+	id := shapeID(buf[nLabel:nInner])
 	buf = appendEsc(buf, buf[nLabel:nInner])
 	nShape := len(buf)
+	buf = binary.BigEndian.AppendUint64(buf, id)
+	nID := len(buf)
 	buf = appendEsc(buf, rec.Key)
 	comps := buf[start:len(buf):len(buf)]
 	label := comps[:nLabel-start]
 	shape := comps[nInner-start : nShape-start]
-	key := comps[nShape-start:]
+	sid := comps[nShape-start : nID-start]
+	key := comps[nID-start:]
 
 	add := func(from int) {
 		keys = append(keys, buf[from:len(buf):len(buf)])
@@ -313,7 +330,7 @@ func appendIndexKeys(keys [][]byte, buf []byte, rec *Record) ([][]byte, []byte) 
 			from := len(buf)
 			buf = append(buf, prefixMatch)
 			buf = append(buf, label...)
-			buf = append(buf, shape...)
+			buf = append(buf, sid...)
 			buf = appendEsc(buf, a)
 			buf = appendEsc(buf, v)
 			buf = append(buf, key...)
@@ -340,7 +357,8 @@ type parsedKey struct {
 	Table  byte
 	Name   string   // meta
 	Label  string   // shape, match
-	Shape  []string // shape, match
+	Shape  []string // shape
+	SID    uint64   // match: the shape ID
 	Attr   string   // match
 	Value  string   // match
 	Key    string   // record, shape, match, relevance, expiry, value, value expiry
@@ -380,19 +398,19 @@ func parseKey(b []byte) (parsedKey, error) {
 		str(&p.Name)
 	case prefixRecord, prefixValue:
 		str(&p.Key)
-	case prefixShape, prefixMatch:
+	case prefixShape:
 		str(&p.Label)
 		str(&p.shapeC)
 		if err == nil {
 			p.Shape, err = decodeShape(p.shapeC)
 		}
-		if p.Table == prefixMatch {
-			str(&p.Attr)
-			str(&p.Value)
-			if err == nil && !slices.Contains(p.Shape, p.Attr) {
-				err = fmt.Errorf("%w: attribute %q not in its shape", errBadKey, p.Attr)
-			}
-		}
+		str(&p.Key)
+	case prefixMatch:
+		str(&p.Label)
+		id()
+		p.SID, p.ID = p.ID, 0
+		str(&p.Attr)
+		str(&p.Value)
 		str(&p.Key)
 	case prefixRelevance, prefixExpiry, prefixValueExpiry:
 		tim()

@@ -217,7 +217,7 @@ func shapes(r pebble.Reader, label string) ([]string, error) {
 // constrain. For each shape, the attributes of the event it constrains are
 // Q: with Q empty, every record of the shape matches; otherwise the result
 // is the intersection, over a in Q, of the union over v in attrs[a] of the
-// value index (label, shape, a, v). The cost is one seek per shape plus the
+// value index (label, shape ID, a, v). The cost is one seek per shape plus the
 // index entries read, never one lookup per combination of attributes.
 func (s *Store) Match(label string, attrs map[string][]string) ([]Record, error) {
 	var recs []Record
@@ -272,10 +272,36 @@ func (s *Store) Match(label string, attrs map[string][]string) ([]Record, error)
 			}
 		}
 		slices.Sort(keys)
+		keys = slices.Compact(keys) // shapes whose IDs collide share value entries
 		recs, err = s.records(r, keys)
+		// A shape whose ID collides with another's reads the other's value
+		// entries too: keep the exact predicate.
+		recs = slices.DeleteFunc(recs, func(rec Record) bool { return !matches(rec.Match, attrs) })
 		return err
 	})
 	return recs, err
+}
+
+// matches is the predicate of Match for one record's constrained values.
+func matches(match, attrs map[string][]string) bool {
+	for a, want := range attrs {
+		have, ok := match[a]
+		if !ok {
+			continue
+		}
+		in := func(v string) bool { return slices.Contains(have, v) }
+		if len(have) > 16 && len(want) > 1 {
+			set := make(map[string]struct{}, len(have))
+			for _, v := range have {
+				set[v] = struct{}{}
+			}
+			in = func(v string) bool { _, ok := set[v]; return ok }
+		}
+		if !slices.ContainsFunc(want, in) {
+			return false
+		}
+	}
+	return true
 }
 
 // StaleBefore returns up to limit records whose RelevanceTo is set and at or

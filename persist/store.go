@@ -52,8 +52,14 @@ const (
 )
 
 // formatVersion is the version of the key layout, stored under the meta key
-// "format". Open refuses a database of another version.
-const formatVersion = 1
+// "format". Version 1 wrote whole shapes in the value index (see keys.go);
+// Open drops the records, indexes and values of a version-1 database (they
+// index a cache: fills write them again) and keeps its outbox, whose
+// layout did not change. It refuses any other version.
+const (
+	formatVersion   = 2
+	formatVersionV1 = 1
+)
 
 // Config configures a Store. The zero value of every field means its
 // default; Open never modifies the caller's Config.
@@ -306,11 +312,17 @@ func (s *Store) init(db *pebble.DB) error {
 	case err != nil:
 		return fmt.Errorf("persist: read format: %w", err)
 	default:
-		ok := len(v) == 1 && v[0] == formatVersion
 		got := append([]byte(nil), v...)
 		closer.Close()
-		if !ok {
-			return fmt.Errorf("persist: %s holds data format %v, this version reads [%d]", s.cfg.Dir, got, formatVersion)
+		switch {
+		case len(got) == 1 && got[0] == formatVersion:
+		case len(got) == 1 && got[0] == formatVersionV1:
+			if err := s.dropV1(); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("persist: %s holds data format %v, this version reads [%d] (and drops the records of [%d])",
+				s.cfg.Dir, got, formatVersion, formatVersionV1)
 		}
 	}
 	if err := s.countRecords(db); err != nil {
@@ -329,6 +341,40 @@ func (s *Store) init(db *pebble.DB) error {
 		}
 		s.outboxSeq = binary.BigEndian.Uint64(v)
 	}
+	return nil
+}
+
+// dropV1 removes the records, their indexes and the kept values of a
+// database of format 1, keeps its outbox, and stamps the current format, in
+// one synced batch: a crash before it commits leaves format 1, read again
+// at the next Open. It logs one line.
+func (s *Store) dropV1() error {
+	n := 0
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecord}, UpperBound: []byte{prefixRecord + 1}})
+	if err != nil {
+		return fmt.Errorf("persist: upgrade format 1: %w", err)
+	}
+	for valid := it.First(); valid; valid = it.Next() {
+		n++
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("persist: upgrade format 1: %w", err)
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, t := range [][2]byte{{prefixRecord, prefixExpiry + 1}, {prefixValue, prefixValueExpiry + 1}} {
+		if err := b.DeleteRange([]byte{t[0]}, []byte{t[1]}, nil); err != nil {
+			return fmt.Errorf("persist: upgrade format 1: %w", err)
+		}
+	}
+	if err := b.Set(metaKey(metaFormat), []byte{formatVersion}, nil); err != nil {
+		return fmt.Errorf("persist: upgrade format 1: %w", err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("persist: upgrade format 1: %w", err)
+	}
+	s.log.Warn("persist: the data directory was of format 1: its created-cache records and kept values were dropped (fills write them again); the outbox of delayed invalidations is kept",
+		"dir", s.cfg.Dir, "records", n)
 	return nil
 }
 

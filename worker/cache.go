@@ -62,8 +62,8 @@ type CacheConfig struct {
 	Rand func() float64
 }
 
-// entryOverhead approximates the bytes an entry costs beyond its key and
-// value (the Entry struct, the args map, the cache's node).
+// entryOverhead approximates the bytes an entry costs beyond its key, value
+// and arguments (the Entry struct, the empty args map, the cache's node).
 const entryOverhead = 256
 
 // Cache holds the workers of one node and the byte-bounded store their
@@ -111,7 +111,7 @@ func NewCache(cfg CacheConfig) (*Cache, error) {
 	opts := &otter.Options[string, *Entry]{
 		MaximumWeight: uint64(cfg.MaxBytes),
 		Weigher: func(key string, e *Entry) uint32 {
-			return uint32(min(len(key)+len(e.Value)+entryOverhead, math.MaxUint32))
+			return uint32(min(len(key)+len(e.Value)+argsWeight(e.Args)+entryOverhead, math.MaxUint32))
 		},
 		ExpiryCalculator: otter.ExpiryWritingFunc(func(oe otter.Entry[string, *Entry]) time.Duration {
 			return oe.Value.AvailableTo.Sub(c.clock.Now())

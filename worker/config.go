@@ -214,6 +214,17 @@ type Config struct {
 	// FillTimeout bounds one run of the getter. Default 0: a run is only
 	// stopped by the cache's Close.
 	FillTimeout time.Duration
+	// MaxExpires bounds the expires that a read from the network (the HTTP
+	// API's _expires) may ask for. The worker does not apply it: Get takes
+	// whatever Settings a Go caller gives. Default 0: the worker's own
+	// expires.
+	MaxExpires time.Duration
+	// OpenOverrides lets any client of the HTTP API send the per-call
+	// overrides that change how much work a read costs the origin
+	// (_is_concurrent=false, _delay_invalidation, _delay_countdown); without
+	// it they need the admin token. Not applied by the worker either.
+	// Default false.
+	OpenOverrides bool
 }
 
 const maxLabelLen = 128
@@ -256,6 +267,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("%w: worker %q: early_refresh must be >= 0", ErrConfig, c.Label)
 	case c.FillTimeout < 0:
 		return fmt.Errorf("%w: worker %q: fill_timeout must be >= 0", ErrConfig, c.Label)
+	case c.MaxExpires < 0:
+		return fmt.Errorf("%w: worker %q: max_expires must be >= 0", ErrConfig, c.Label)
 	}
 	return nil
 }

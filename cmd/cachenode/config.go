@@ -54,6 +54,34 @@ type fileConfig struct {
 	Workers    map[string]workerConfig `yaml:"workers"`
 	// Invalidation holds the automatic rules: model → worker label → rule.
 	Invalidation map[string]map[string]ruleConfig `yaml:"invalidation"`
+	// Limits bound the arguments of every read (HTTP and peers' fetches).
+	Limits limitsConfig `yaml:"limits"`
+}
+
+// limitsConfig is the limits block: node.Config.Limits.
+type limitsConfig struct {
+	// MaxArgs bounds the arguments of one read. Default 64.
+	MaxArgs *int `yaml:"max_args"`
+	// MaxArgBytes bounds their bytes (names and values). Default 8KiB.
+	MaxArgBytes *Size `yaml:"max_arg_bytes"`
+}
+
+// build returns the limits, with the defaults for what is not given.
+func (l limitsConfig) build() (worker.Limits, error) {
+	out := worker.DefaultLimits()
+	if l.MaxArgs != nil {
+		if *l.MaxArgs < 1 {
+			return out, fmt.Errorf("limits.max_args: must be >= 1, got %d", *l.MaxArgs)
+		}
+		out.MaxArgs = *l.MaxArgs
+	}
+	if l.MaxArgBytes != nil {
+		if *l.MaxArgBytes < 1 || *l.MaxArgBytes > 1<<30 {
+			return out, fmt.Errorf("limits.max_arg_bytes: must be between 1 and 1GiB, got %d", *l.MaxArgBytes)
+		}
+		out.MaxArgBytes = int(*l.MaxArgBytes)
+	}
+	return out, nil
 }
 
 // optString is a string that remembers whether it was given (data: "" means
@@ -228,6 +256,12 @@ type workerConfig struct {
 	FillTimeout *Duration `yaml:"fill_timeout"`
 	// MaxSize bounds the origin's body. Default 16 MiB.
 	MaxSize Size `yaml:"max_size"`
+	// MaxExpires bounds the _expires of an HTTP read. Default: the
+	// worker's expires.
+	MaxExpires *Duration `yaml:"max_expires"`
+	// Overrides is "admin" (the default: _is_concurrent=false and _delay_*
+	// need the admin token) or "open" (any client may send them).
+	Overrides string `yaml:"overrides"`
 }
 
 type ruleConfig struct {
@@ -443,6 +477,9 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 	if nc.PeerTLS, err = rc.TLS.peerTLS(); err != nil {
 		return nil, usagef("%v", err)
 	}
+	if nc.Limits, err = fc.Limits.build(); err != nil {
+		return nil, usageError{err.Error()}
+	}
 	if err := fc.Defaults.check("defaults"); err != nil {
 		return nil, usageError{err.Error()}
 	}
@@ -485,7 +522,9 @@ func checkWorker(label string, w workerConfig, defaults worker.Policy) error {
 	}
 	u, err := url.Parse(origin)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Fragment != "" {
-		return fmt.Errorf("%s.origin: %q is not an http(s) URL", path, origin)
+		// The URL is not repeated: it may hold a password or an api key,
+		// and this line goes to logs.
+		return fmt.Errorf("%s.origin: not an http(s) URL with a host and no fragment", path)
 	}
 	switch w.KeyGen {
 	case "", "canonical", "default":
@@ -508,6 +547,14 @@ func checkWorker(label string, w workerConfig, defaults worker.Policy) error {
 	}
 	if w.MaxSize < 0 {
 		return fmt.Errorf("%s.max_size: must be > 0", path)
+	}
+	if w.MaxExpires != nil && *w.MaxExpires <= 0 {
+		return fmt.Errorf("%s.max_expires: must be > 0", path)
+	}
+	switch w.Overrides {
+	case "", "admin", "open":
+	default:
+		return fmt.Errorf("%s.overrides: %q is not admin or open", path, w.Overrides)
 	}
 	return nil
 }
@@ -533,6 +580,10 @@ func (w workerConfig) workerDef(label string, defaults worker.Policy, getter wor
 	if w.SweepInterval != nil {
 		c.SweepInterval = time.Duration(*w.SweepInterval)
 	}
+	if w.MaxExpires != nil {
+		c.MaxExpires = time.Duration(*w.MaxExpires)
+	}
+	c.OpenOverrides = w.Overrides == "open"
 	return c
 }
 

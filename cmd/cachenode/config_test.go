@@ -132,6 +132,7 @@ func TestBadConfig(t *testing.T) {
 		{"workers:\n  w:\n    origin: http://x/\n    tick_amount: 0\n", nil, "workers.w.tick_amount: must be >= 1"},
 		{"workers:\n  w:\n    expires: 1s\n", nil, "workers.w.origin: required"},
 		{"workers:\n  w:\n    origin: ftp://x/\n", nil, "workers.w.origin"},
+		{"workers:\n  w:\n    origin: \"http://u:hunter2@h/%zz?k=1\"\n", nil, "workers.w.origin: not an http(s) URL"},
 		{"workers:\n  bad label:\n    origin: http://x/\n", nil, "workers.bad label"},
 		{"workers:\n  w:\n    origin: http://x/\n    key_gen: mine\n", nil, "workers.w.key_gen"},
 		{"workers:\n  w:\n    origin: http://x/\n    action: burn\n", nil, "workers.w.action"},
@@ -249,7 +250,7 @@ func TestOriginGetter(t *testing.T) {
 	if _, err := g.Get(tctx, worker.Args{"mode": "slow"}); err == nil {
 		t.Errorf("slow origin past the deadline: no error")
 	}
-	if g.Origin() != srv.URL+"/v?fixed=1" {
+	if g.Origin() != srv.URL+"/v?fixed=xxxxx" { // query values are redacted
 		t.Errorf("Origin() = %q", g.Origin())
 	}
 }
@@ -284,5 +285,49 @@ func TestDataOnCorruptionConfig(t *testing.T) {
 	var ue usageError
 	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "data-on-corruption") {
 		t.Errorf("a bad --data-on-corruption = %v, want a usage error naming it", err)
+	}
+}
+
+func TestLimitsAndOverridesConfig(t *testing.T) {
+	rc, err := loadConfig([]string{"--name=x"}, noEnv, &bytes.Buffer{})
+	if err != nil || rc.Node.Limits != worker.DefaultLimits() {
+		t.Errorf("default limits: %+v %v", rc.Node.Limits, err)
+	}
+	path := writeFile(t, "l.yaml", "name: l\nlimits: {max_args: 10, max_arg_bytes: 2KiB}\nworkers:\n"+
+		"  w:\n    origin: http://x/\n    expires: 1h\n    max_expires: 2h\n    overrides: open\n"+
+		"  v:\n    origin: http://x/\n")
+	rc, err = loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Node.Limits != (worker.Limits{MaxArgs: 10, MaxArgBytes: 2048}) {
+		t.Errorf("limits %+v", rc.Node.Limits)
+	}
+	w := rc.Workers["w"].workerDef("w", rc.Node.Defaults, nil)
+	v := rc.Workers["v"].workerDef("v", rc.Node.Defaults, nil)
+	if w.MaxExpires != 2*time.Hour || !w.OpenOverrides || v.MaxExpires != 0 || v.OpenOverrides {
+		t.Errorf("w: max_expires %v open %v; v: %v %v", w.MaxExpires, w.OpenOverrides, v.MaxExpires, v.OpenOverrides)
+	}
+	for file, want := range map[string]string{
+		"limits: {max_args: 0}\n":                                       "limits.max_args: must be >= 1",
+		"limits: {max_arg_bytes: 0}\n":                                  "limits.max_arg_bytes",
+		"limits: {max_arg_bytes: 2GiB}\n":                               "limits.max_arg_bytes",
+		"limits: {max_args: 1, maxargs: 2}\n":                           "limits.maxargs: unknown field",
+		"workers:\n  w:\n    origin: http://x/\n    overrides: all\n":   "workers.w.overrides",
+		"workers:\n  w:\n    origin: http://x/\n    max_expires: 0\n":   "workers.w.max_expires",
+		"workers:\n  w:\n    origin: http://x/\n    max_expires: -1s\n": "workers.w.max_expires",
+	} {
+		_, err := loadConfig([]string{"--name=t", "--config", writeFile(t, "bad.yaml", file)}, noEnv, &bytes.Buffer{})
+		if _, ok := err.(usageError); !ok || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want a usage error containing %q", file, err, want)
+		}
+	}
+	// A bad origin is not repeated: it may hold secrets.
+	for _, origin := range []string{"http://u:hunter2@h/%zz?k=1", "ftp://u:hunter2@h/"} {
+		file := writeFile(t, "o.yaml", "workers:\n  w:\n    origin: \""+origin+"\"\n")
+		_, err := loadConfig([]string{"--name=t", "--config", file}, noEnv, &bytes.Buffer{})
+		if err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("origin %s: %v", origin, err)
+		}
 	}
 }

@@ -198,8 +198,8 @@ Try:
   curl -s -X POST '%[3]s/foos/1?attr1=blue'
   curl -s '%[2]s/v1/cache/filtered_foos?attr1=blue&attr2=small'
   # or send an invalidation yourself
-  curl -s -X POST %[1]s/v1/invalidate -d '{"label": "all_foos"}'
-  curl -s -X POST %[1]s/v1/invalidate -d '{"model": "Foo", "changes": [{"op": "update", "old": {"attr1": "green", "attr2": "large"}, "new": {"attr1": "red", "attr2": "large"}}]}'
+  curl -s -X POST %[1]s/v1/invalidate -H 'Content-Type: application/json' -d '{"label": "all_foos"}'
+  curl -s -X POST %[1]s/v1/invalidate -H 'Content-Type: application/json' -d '{"model": "Foo", "changes": [{"op": "update", "old": {"attr1": "green", "attr2": "large"}, "new": {"attr1": "red", "attr2": "large"}}]}'
   # the ring, the members, the workers and the records: open %[1]s/admin/ in a browser, or
   go run ./cmd/cachenode ring --http %[4]s
   curl -s %[1]s/admin/records

@@ -155,6 +155,7 @@ type proc struct {
 	cmd    *exec.Cmd
 	http   string // base URL
 	gossip string
+	data   string // the Pebble directory
 	exited chan struct{}
 	code   int // exit code, once exited is closed
 
@@ -186,8 +187,8 @@ func startProcArgs(t *testing.T, bin, name, config string, flags ...string) *pro
 	if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{name: name, exited: make(chan struct{})}
-	args := append([]string{"serve", "--config", cfgPath, "--data", filepath.Join(dir, "data")}, flags...)
+	p := &proc{name: name, data: filepath.Join(dir, "data"), exited: make(chan struct{})}
+	args := append([]string{"serve", "--config", cfgPath, "--data", p.data}, flags...)
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1")
 	stderr, err := p.cmd.StderrPipe()
@@ -295,6 +296,9 @@ func do(t *testing.T, method, url, token string, body []byte) answer {
 	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json") // the only type POST /v1/invalidate takes
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/cachenode/cachenode/worker"
@@ -35,7 +37,7 @@ func newOriginClient() *http.Client {
 		},
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) >= 3 {
-				return errors.New("origin: more than 3 redirects")
+				return errTooManyRedirects
 			}
 			return nil
 		},
@@ -48,7 +50,7 @@ func newOriginClient() *http.Client {
 // or a body over maxSize is an error, which the worker wraps in
 // worker.ErrFill and never caches.
 type originGetter struct {
-	raw     string
+	shown   string // the origin with its secrets redacted, for logs and the admin endpoints
 	base    *url.URL
 	client  *http.Client
 	maxSize int64
@@ -63,11 +65,78 @@ func newOriginGetter(raw string, client *http.Client, maxSize int64, agent strin
 	if maxSize <= 0 {
 		maxSize = defaultMaxSize
 	}
-	return &originGetter{raw: raw, base: u, client: client, maxSize: maxSize, agent: agent}, nil
+	return &originGetter{shown: redactURL(u), base: u, client: client, maxSize: maxSize, agent: agent}, nil
 }
 
-// Origin returns the origin URL, for the admin endpoints.
-func (g *originGetter) Origin() string { return g.raw }
+// Origin returns the origin URL with its secrets redacted, for the logs and
+// the admin endpoints.
+func (g *originGetter) Origin() string { return g.shown }
+
+// redacted stands for a secret of an origin URL.
+const redacted = "xxxxx"
+
+// redactURL is u without what could be a secret: the whole userinfo (a
+// token is often the user name) and every query value (api_key=...); the
+// names of query parameters stay, and so do the scheme, host and path.
+func redactURL(u *url.URL) string {
+	r := *u
+	if r.User != nil {
+		r.User = url.User(redacted)
+	}
+	if r.RawQuery != "" {
+		q := r.Query()
+		for name, vs := range q {
+			for i := range vs {
+				vs[i] = redacted
+			}
+			q[name] = vs
+		}
+		r.RawQuery = q.Encode()
+	}
+	r.Fragment, r.RawFragment = "", ""
+	return r.String()
+}
+
+// transportError describes an origin request that got no answer by its
+// kind alone. The error of http.Client.Do holds the request's URL, with the
+// origin's query secrets and the read's arguments: it must not reach a
+// client, a peer or a log. A cancelled or expired fill keeps its context
+// error, which decides the 504 fill_timeout.
+func transportError(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return fmt.Errorf("origin unreachable: %w", cerr)
+	}
+	var (
+		ne   net.Error
+		dns  *net.DNSError
+		cert *tls.CertificateVerificationError
+		rec  tls.RecordHeaderError
+	)
+	kind := "request failed"
+	switch {
+	case errors.Is(err, errTooManyRedirects):
+		kind = "redirected more than 3 times"
+	case errors.As(err, &dns):
+		kind = "host not found"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		kind = "connection refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		kind = "connection reset"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		kind = "host unreachable"
+	case errors.As(err, &ne) && ne.Timeout():
+		kind = "timeout"
+	case errors.As(err, &cert):
+		kind = "TLS certificate not trusted"
+	case errors.As(err, &rec):
+		kind = "TLS handshake failed"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		kind = "connection closed"
+	}
+	return fmt.Errorf("origin unreachable: %s", kind)
+}
+
+var errTooManyRedirects = errors.New("origin: more than 3 redirects")
 
 // Get asks the origin for the value of args.
 func (g *originGetter) Get(ctx context.Context, args worker.Args) (worker.Value, error) {
@@ -86,25 +155,26 @@ func (g *originGetter) Get(ctx context.Context, args worker.Args) (worker.Value,
 	u.RawQuery = q.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
-		return worker.Value{}, err
+		return worker.Value{}, errors.New("origin: cannot build the request")
 	}
 	req.Header.Set("User-Agent", g.agent)
 	resp, err := g.client.Do(req)
 	if err != nil {
-		return worker.Value{}, fmt.Errorf("origin: %w", err)
+		return worker.Value{}, transportError(ctx, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		// Read a little so that the connection can be reused.
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
-		return worker.Value{}, fmt.Errorf("origin answered %s", resp.Status)
+		// The code only: the reason phrase is the origin's text.
+		return worker.Value{}, fmt.Errorf("origin answered %d", resp.StatusCode)
 	}
 	if resp.ContentLength > g.maxSize {
 		return worker.Value{}, fmt.Errorf("origin body of %d bytes is over the limit of %d", resp.ContentLength, g.maxSize)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, g.maxSize+1))
 	if err != nil {
-		return worker.Value{}, fmt.Errorf("origin: reading the body: %w", err)
+		return worker.Value{}, fmt.Errorf("origin: reading the body: %w", transportError(ctx, err))
 	}
 	if int64(len(body)) > g.maxSize {
 		return worker.Value{}, fmt.Errorf("origin body is over the limit of %d bytes", g.maxSize)

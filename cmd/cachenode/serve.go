@@ -61,7 +61,7 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 		wc := rc.Workers[label]
 		g, err := newOriginGetter(wc.origin(), origins, int64(wc.MaxSize), agent)
 		if err != nil {
-			return fail(usagef("workers.%s.origin: %v", label, err))
+			return fail(usagef("workers.%s.origin: not a URL", label)) // the error would repeat it, secrets and all
 		}
 		if _, err := n.Cache().Register(wc.workerDef(label, n.Cache().Defaults(), metrics.WrapGetter(label, g))); err != nil {
 			return fail(usagef("workers.%s: %v", label, err))

@@ -126,10 +126,10 @@ done
 
 step "an explicit invalidation needs the admin token"
 curl -fs -o /dev/null "${node_url[0]}/v1/cache/all_foos" || fail "read all_foos"
-code="$(curl -s -o /dev/null -w '%{http_code}' -X POST "${node_url[1]}/v1/invalidate" -d '{"label": "all_foos"}')"
+code="$(curl -s -o /dev/null -w '%{http_code}' -X POST "${node_url[1]}/v1/invalidate" -H 'Content-Type: application/json' -d '{"label": "all_foos"}')"
 echo "without the token: $code"
 [ "$code" = 401 ] || fail "POST /v1/invalidate without the token answered $code, want 401"
-res="$(curl -fs "${auth[@]}" -X POST "${node_url[1]}/v1/invalidate" -d '{"label": "all_foos"}')" ||
+res="$(curl -fs "${auth[@]}" -X POST "${node_url[1]}/v1/invalidate" -H 'Content-Type: application/json' -d '{"label": "all_foos"}')" ||
   fail "POST /v1/invalidate with the token"
 echo "with the token: $res"
 echo "$res" | grep -q '"keys":1,"nodes":3' || fail "the invalidation did not refresh all_foos on 3 nodes"

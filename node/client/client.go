@@ -37,8 +37,10 @@ type Config struct {
 	// are the fallback targets when no member is known. Required.
 	Nodes []string
 	// Token is the cluster's admin token: /admin/ring and POST
-	// /v1/invalidate need it when the nodes run with --admin-token-file.
-	// Default "".
+	// /v1/invalidate need it when the nodes run with --admin-token-file,
+	// and so do the overrides IsConcurrent=false, DelayInvalidation and
+	// DelayCountdown of GetWith (unless the worker has overrides: open);
+	// reads send it too. Default "".
 	Token string
 	// HTTPClient sends the requests. Default: a client of its own with
 	// keep-alive connections.
@@ -523,6 +525,7 @@ func (c *Client) get(ctx context.Context, base, path string, version uint64) (*R
 	if err != nil {
 		return nil, err
 	}
+	c.authorize(req) // the overrides reserved to the admin need it
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, err

@@ -176,9 +176,30 @@ func TestReadsGoToTheOwner(t *testing.T) {
 	if _, err := cl.Get(ctx, "items", client.Args{"m": map[string]int{}}); !errors.Is(err, worker.ErrBadArgs) {
 		t.Errorf("map argument: %v", err)
 	}
-	r, err := cl.GetWith(ctx, "items", client.Args{"ov": 1}, worker.Settings{Expires: time.Minute, TickAmount: worker.Int(3), IsConcurrent: worker.Bool(false)})
+	r, err := cl.GetWith(ctx, "items", client.Args{"ov": 1}, worker.Settings{Expires: time.Minute, TickAmount: worker.Int(3)})
 	if err != nil || r.Status != "miss" {
 		t.Errorf("GetWith: %+v %v", r, err)
+	}
+	// Without an admin token, the overrides reserved to the admin are refused.
+	if _, err := cl.GetWith(ctx, "items", client.Args{"ov": 2}, worker.Settings{IsConcurrent: worker.Bool(false)}); !errors.As(err, &ce) ||
+		ce.Code != "override_not_allowed" || ce.StatusCode != 400 {
+		t.Errorf("GetWith(IsConcurrent false) without a token: %v", err)
+	}
+}
+
+// TestReservedOverridesWithToken: a client given the admin token sends it
+// with its reads, so the overrides reserved to the admin work.
+func TestReservedOverridesWithToken(t *testing.T) {
+	ms := startCluster(t, 1, "tok", &counter{n: map[string]int{}})
+	cl, err := client.New(client.Config{Nodes: []string{ms[0].srv.URL}, Token: "tok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	r, err := cl.GetWith(context.Background(), "items", client.Args{"ov": 1},
+		worker.Settings{IsConcurrent: worker.Bool(false), DelayCountdown: worker.Duration(time.Second)})
+	if err != nil || r.Status != "miss" {
+		t.Errorf("GetWith with the token: %+v %v", r, err)
 	}
 }
 

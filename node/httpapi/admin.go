@@ -160,6 +160,10 @@ type WorkerConfig struct {
 	SweepInterval         string  `json:"sweep_interval,omitempty"`
 	EarlyRefresh          float64 `json:"early_refresh,omitempty"`
 	FillTimeout           string  `json:"fill_timeout,omitempty"`
+	// MaxExpires bounds the _expires of a read; Overrides is "admin" or
+	// "open" (who may send _is_concurrent=false and _delay_*).
+	MaxExpires string `json:"max_expires"`
+	Overrides  string `json:"overrides"`
 }
 
 // Originer is implemented by getters that fill from an HTTP origin; the
@@ -182,6 +186,13 @@ func workerInfo(w *worker.Worker) WorkerInfo {
 	}
 	if c.FillTimeout > 0 {
 		wc.FillTimeout = c.FillTimeout.String()
+	}
+	wc.MaxExpires, wc.Overrides = p.Expires.String(), "admin"
+	if c.MaxExpires > 0 {
+		wc.MaxExpires = c.MaxExpires.String()
+	}
+	if c.OpenOverrides {
+		wc.Overrides = "open"
 	}
 	if o, ok := c.Getter.(Originer); ok {
 		wc.Origin = o.Origin()

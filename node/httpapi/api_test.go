@@ -386,7 +386,9 @@ func TestInvalidateAnswers(t *testing.T) {
 			t.Fatal(err)
 		}
 		rec := httptest.NewRecorder()
-		api.ServeHTTP(rec, httptest.NewRequest("POST", "/v1/invalidate", strings.NewReader(`{"label":"items"}`)))
+		req := httptest.NewRequest("POST", "/v1/invalidate", strings.NewReader(`{"label":"items"}`))
+		req.Header.Set("Content-Type", "application/json")
+		api.ServeHTTP(rec, req)
 		if rec.Code != tc.code || !strings.Contains(rec.Body.String(), tc.body) {
 			t.Errorf("%+v: got %d %s", tc.inv, rec.Code, rec.Body)
 		}

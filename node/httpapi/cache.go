@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"mime"
 	"net/http"
@@ -142,6 +143,40 @@ func parsePositiveDuration(v string, dst *time.Duration) error {
 	return nil
 }
 
+// CheckOverrides bounds the per-call overrides of a read from the network
+// (ov, giving the policy pol) by the worker's settings: _expires at most
+// the worker's MaxExpires (default: its expires), _tick × _tick_amount at
+// most its wait budget, and _is_concurrent=false, _delay_invalidation and
+// _delay_countdown only for the admin or a worker with OpenOverrides. The
+// error names the parameter. The Go API takes any overrides: these bounds
+// are for clients a node does not trust.
+func CheckOverrides(wk *worker.Worker, ov worker.Settings, pol worker.Policy, admin bool) error {
+	cfg, base := wk.Config(), wk.Policy()
+	maxExp := cfg.MaxExpires
+	if maxExp <= 0 {
+		maxExp = base.Expires
+	}
+	if ov.Expires > maxExp {
+		return fmt.Errorf("_expires: %v is over the worker's max_expires of %v", ov.Expires, maxExp)
+	}
+	if (ov.Tick != 0 || ov.TickAmount != nil) && pol.Budget() > base.Budget() {
+		return fmt.Errorf("_tick × _tick_amount: a wait of %v is over the worker's budget of %v (tick × tick_amount)",
+			pol.Budget(), base.Budget())
+	}
+	if admin || cfg.OpenOverrides {
+		return nil
+	}
+	switch {
+	case ov.IsConcurrent != nil && !*ov.IsConcurrent:
+		return errors.New("_is_concurrent=false needs the admin token (or overrides: open on the worker)")
+	case ov.DelayInvalidation != nil:
+		return errors.New("_delay_invalidation needs the admin token (or overrides: open on the worker)")
+	case ov.DelayCountdown != nil:
+		return errors.New("_delay_countdown needs the admin token (or overrides: open on the worker)")
+	}
+	return nil
+}
+
 // handleCache answers GET /v1/cache/{label}.
 func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 	label := r.PathValue("label")
@@ -160,6 +195,10 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
+	if err := CheckOverrides(wk, q.Overrides, pol, s.admin(r)); err != nil {
+		writeError(w, http.StatusBadRequest, "override_not_allowed", err.Error())
+		return
+	}
 	// The longest a read can legitimately take: a wait that runs out, a
 	// fetch from the owner bounded by the same budget, then a fill here.
 	fill := wk.Config().FillTimeout
@@ -171,10 +210,18 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 	e, st, err := s.node.Get(ctx, label, q.Args, q.Overrides)
 	if err != nil {
 		code, word := statusOf(err)
-		if word == "internal" || word == "origin_error" {
-			s.log.Warn("read failed", "label", label, "err", err)
+		msg := err.Error()
+		if word == "origin_error" {
+			msg = fillMessage(label, err)
 		}
-		writeError(w, code, word, err.Error())
+		if word == "internal" || word == "origin_error" {
+			attrs := []any{"label", label, "err", err}
+			if o, ok := wk.Config().Getter.(Originer); ok {
+				attrs = append(attrs, "origin", o.Origin()) // redacted by the getter
+			}
+			s.log.Warn("read failed", attrs...)
+		}
+		writeError(w, code, word, msg)
 		return
 	}
 	owner := e.Owner
@@ -196,6 +243,10 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 		age = 0
 	}
 	h.Set("Age", strconv.FormatInt(int64(age/time.Second), 10))
+	// A value is whatever its origin sent; opened in a browser it runs in a
+	// sandbox (an opaque origin, no scripts), not with the admin page's
+	// origin and credentials.
+	h.Set("Content-Security-Policy", "sandbox")
 	entity := pol.CachedEntity
 	if q.Entity != nil {
 		entity = *q.Entity
@@ -214,6 +265,19 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodHead {
 		w.Write(e.Value)
 	}
+}
+
+// fillMessage is the getter's own message inside a fill error of label
+// ("origin answered 503"), without the wrapping of the worker and of the
+// peer that carried it from the owner. The getters of cmd/cachenode keep
+// origin URLs out of their errors; this keeps the answer short.
+func fillMessage(label string, err error) string {
+	s := err.Error()
+	marker := worker.ErrFill.Error() + ": " + label + ": "
+	if i := strings.LastIndex(s, marker); i >= 0 && i+len(marker) < len(s) {
+		return s[i+len(marker):]
+	}
+	return s
 }
 
 // headerSafe keeps a key usable as a header value: keys are made of

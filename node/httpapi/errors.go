@@ -19,9 +19,11 @@ type Error struct {
 	// Error is a sentence for a person.
 	Error string `json:"error"`
 	// Code is a stable word for a program: unknown_worker, unknown_model,
-	// bad_request, unauthorized, body_too_large, origin_error, fill_timeout,
-	// not_found, method_not_allowed, not_ready, shutting_down,
-	// unavailable, records_unavailable, not_implemented, internal.
+	// bad_request, too_many_args, args_too_large, override_not_allowed,
+	// unsupported_media_type, unauthorized, body_too_large, origin_error,
+	// fill_timeout, not_found, method_not_allowed, not_ready,
+	// shutting_down, unavailable, records_unavailable, not_implemented,
+	// internal.
 	Code string `json:"code"`
 }
 
@@ -57,6 +59,10 @@ func statusOf(err error) (int, string) {
 		return http.StatusNotFound, "unknown_worker"
 	case errors.Is(err, invalidation.ErrUnknownModel):
 		return http.StatusNotFound, "unknown_model"
+	case errors.Is(err, worker.ErrTooManyArgs):
+		return http.StatusBadRequest, "too_many_args"
+	case errors.Is(err, worker.ErrArgsTooLarge):
+		return http.StatusBadRequest, "args_too_large"
 	case errors.Is(err, worker.ErrBadArgs), errors.Is(err, worker.ErrConfig), errors.Is(err, invalidation.ErrBadRequest):
 		return http.StatusBadRequest, "bad_request"
 	case errors.Is(err, worker.ErrFill):

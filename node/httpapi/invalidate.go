@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -21,6 +22,15 @@ import (
 func (s *Server) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	if s.inv == nil {
 		writeError(w, http.StatusNotImplemented, "not_implemented", "this node cannot apply invalidations")
+		return
+	}
+	// Only JSON: a cross-site HTML form can post text/plain,
+	// application/x-www-form-urlencoded and multipart bodies without a
+	// preflight, with the Basic credentials a browser holds for the admin
+	// page; it cannot post application/json.
+	if !isJSONBody(r.Header.Get("Content-Type")) {
+		writeError(w, http.StatusUnsupportedMediaType, "unsupported_media_type",
+			"the body must be sent with Content-Type: application/json")
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
@@ -61,6 +71,13 @@ func (s *Server) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, map[string]any{"keys": res.Keys, "nodes": res.Nodes})
 	}
+}
+
+// isJSONBody reports whether a request's Content-Type is application/json,
+// with any parameters (charset=utf-8).
+func isJSONBody(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	return err == nil && mt == "application/json"
 }
 
 // DecodeInvalidation reads the JSON body of POST /v1/invalidate strictly:

@@ -205,6 +205,9 @@ func call(t *testing.T, method, url, token, body string) answer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json") // the only type POST /v1/invalidate takes
+	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}

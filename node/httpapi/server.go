@@ -124,8 +124,14 @@ func (s *Server) Metrics() *Metrics { return s.metrics }
 // sending requests while the process shuts down.
 func (s *Server) Drain() { s.draining.Store(true) }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. Every answer carries
+// X-Content-Type-Options: nosniff: cached values are bytes of an origin,
+// served on the origin of the admin page, and a browser must not read one
+// as HTML or script because it looks like one.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	s.mux.ServeHTTP(w, r)
+}
 
 // HTTPServer returns an *http.Server for addr serving s, with the timeouts
 // and limits of a server facing the network: 5 s to read the headers,
@@ -192,6 +198,13 @@ func (s *Server) guard(h http.HandlerFunc) http.HandlerFunc {
 		}
 		h(w, r)
 	}
+}
+
+// admin reports whether r carries the admin token. With no token
+// configured nobody is the admin: the overrides reserved to it need the
+// worker's overrides: open.
+func (s *Server) admin(r *http.Request) bool {
+	return s.cfg.Token != "" && s.authorized(r)
 }
 
 // authorized compares the request's credentials with the token in constant

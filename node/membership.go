@@ -72,6 +72,15 @@ func (n *Node) memberlistConfig() (*memberlist.Config, error) {
 	mc.GossipInterval = m.GossipInterval
 	mc.PushPullInterval = m.PushPullInterval
 	mc.SecretKey = n.cfg.GossipKey
+	if len(n.cfg.GossipKeys) > 0 {
+		// memberlist encrypts with the primary (SecretKey) and decrypts
+		// with any key of the ring.
+		kr, err := memberlist.NewKeyring(n.cfg.GossipKeys, n.cfg.GossipKey)
+		if err != nil {
+			return nil, fmt.Errorf("%w: gossip_key: %v", ErrConfig, err)
+		}
+		mc.Keyring = kr
+	}
 	mc.Delegate = delegate{n}
 	mc.Events = events{n}
 	mc.Ping = pings{n}

@@ -4,39 +4,57 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 )
 
-// keygen writes a new random 32-byte gossip key, base64 on one line, to a
-// new file of mode 0600 (or to stdout for "-"). It never overwrites a file:
-// losing the key in use would cut the node off its cluster.
+// keygen writes a new random 32-byte key, base64 on one line, to each new
+// FILE, mode 0600 ("-" writes to stdout). It never overwrites a file:
+// losing the key in use would cut the node off its cluster. With
+// --if-missing an existing file is kept and not an error, so that a
+// deployment can run keygen at every start (deploy/docker-compose.yml).
+// The same key makes a good admin token.
 func keygen(args []string, stdout, stderr io.Writer) int {
-	if len(args) != 1 || args[0] == "" || (len(args[0]) > 1 && args[0][0] == '-') {
-		fmt.Fprintln(stderr, "cachenode: usage: cachenode keygen FILE (a new file; - writes to stdout)")
+	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	ifMissing := fs.Bool("if-missing", false, "keep an existing FILE (exit 0) instead of failing")
+	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "cachenode: usage: cachenode keygen [--if-missing] FILE... (new files, mode 0600; - writes to stdout)")
 		return 2
 	}
+	for _, path := range fs.Args() {
+		if code := writeKey(path, *ifMissing, stdout, stderr); code != 0 {
+			return code
+		}
+	}
+	return 0
+}
+
+func writeKey(path string, ifMissing bool, stdout, stderr io.Writer) int {
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		fmt.Fprintln(stderr, "cachenode: keygen: "+err.Error())
 		return 1
 	}
 	line := base64.StdEncoding.EncodeToString(key) + "\n"
-	path := args[0]
 	if path == "-" {
-		_, err := io.WriteString(stdout, line)
-		if err != nil {
+		if _, err := io.WriteString(stdout, line); err != nil {
 			return 1
 		}
 		return 0
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
+		switch {
+		case errors.Is(err, fs.ErrExist) && ifMissing:
+			fmt.Fprintf(stdout, "%s exists: kept\n", path)
+			return 0
+		case errors.Is(err, fs.ErrExist):
 			fmt.Fprintf(stderr, "cachenode: keygen: %s exists: not overwritten (to rotate keys, see docs/SECURITY.md)\n", path)
-		} else {
+		default:
 			fmt.Fprintln(stderr, "cachenode: keygen: "+oneLineString(err.Error()))
 		}
 		return 1
@@ -50,6 +68,6 @@ func keygen(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "cachenode: keygen: "+oneLineString(err.Error()))
 		return 1
 	}
-	fmt.Fprintf(stdout, "wrote a new 32-byte gossip key to %s (give it with --gossip-key %s or gossip_key: %s)\n", path, path, path)
+	fmt.Fprintf(stdout, "wrote a new random 32-byte key to %s\n", path)
 	return 0
 }

@@ -5,7 +5,7 @@
 //	cachenode [serve] [flags]        run a node (the default command)
 //	cachenode demo                   3 nodes + a demo origin in one process, prints URLs to try
 //	cachenode ring   --http ADDR     print the ring of a running node as a table
-//	cachenode keygen FILE            write a new random gossip key to FILE
+//	cachenode keygen FILE            write a new random gossip key to FILE (never overwrites)
 //	cachenode version
 //
 // Bad flags or config exit 2 with a one-line error naming the field.

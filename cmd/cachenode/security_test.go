@@ -137,10 +137,21 @@ func TestKeygen(t *testing.T) {
 	if k2, err := base64.StdEncoding.DecodeString(strings.TrimSpace(out.String())); err != nil || len(k2) != 32 || bytes.Equal(k2, k) {
 		t.Fatalf("keygen - wrote %q (%v), want another 32-byte key", out.String(), err)
 	}
-	for _, args := range [][]string{{"keygen"}, {"keygen", "a", "b"}, {"keygen", "--force"}} {
+	for _, args := range [][]string{{"keygen"}, {"keygen", "--force", path}, {"keygen", "--if-missing"}} {
 		if code := run(args, &out, &errb); code != 2 {
 			t.Errorf("%v: exit %d, want 2", args, code)
 		}
+	}
+	// --if-missing keeps an existing file and makes the missing ones, each
+	// with its own key.
+	token := filepath.Join(dir, "admin.token")
+	if code := run([]string{"keygen", "--if-missing", path, token}, &out, &errb); code != 0 {
+		t.Fatalf("keygen --if-missing: exit %d %s", code, errb.String())
+	}
+	b3, _ := os.ReadFile(path)
+	tok, _ := os.ReadFile(token)
+	if !bytes.Equal(b, b3) || len(bytes.TrimSpace(tok)) != 44 || bytes.Equal(tok, b) {
+		t.Fatalf("keygen --if-missing: key %q (was %q), token %q", b3, b, tok)
 	}
 }
 

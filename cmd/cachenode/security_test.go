@@ -177,3 +177,35 @@ func TestPeerTLSNeedsCA(t *testing.T) {
 		t.Fatal("client certificates are verified against the system roots")
 	}
 }
+
+// FuzzReadKeys: any key file gives keys of 16, 24 or 32 bytes or an error
+// that does not echo its lines.
+func FuzzReadKeys(f *testing.F) {
+	f.Add(strings.Repeat("ab", 16))
+	f.Add("# c\n" + base64.StdEncoding.EncodeToString(make([]byte, 32)) + "\n\n" + hex.EncodeToString(make([]byte, 24)))
+	f.Add("correcthorsebatterystaple")
+	f.Add("\x00\xff\n\r\n")
+	f.Fuzz(func(t *testing.T, content string) {
+		path := filepath.Join(t.TempDir(), "k")
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		keys, err := readKeys(path)
+		if err != nil {
+			for _, line := range strings.Split(content, "\n") {
+				if l := strings.TrimSpace(line); len(l) >= 16 && strings.Contains(err.Error(), l) {
+					t.Fatalf("the error echoes a line of the file: %v", err)
+				}
+			}
+			return
+		}
+		if len(keys) == 0 {
+			t.Fatal("no key and no error")
+		}
+		for _, k := range keys {
+			if n := len(k); n != 16 && n != 24 && n != 32 {
+				t.Fatalf("a key of %d bytes", n)
+			}
+		}
+	})
+}

@@ -633,11 +633,19 @@ func checkHostPort(addr string) error {
 // readKeys reads a gossip keyring: one key per line, the primary first
 // (blank lines and lines starting with # are skipped), each the hex or
 // base64 encoding of 16, 24 or 32 bytes. Raw text is refused: a typed
-// password is a weak key, and its length alone says nothing of that.
+// password is a weak key, and its length alone says nothing of that. A
+// file of exactly 16, 24 or 32 bytes is refused too (see below).
 func readKeys(path string) ([][]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
+	}
+	if n := len(b); n == 16 || n == 24 || n == 32 {
+		// Earlier versions took such a file as the raw key. Read as hex or
+		// base64 now, it would be another key without a word, and split a
+		// cluster during a rolling upgrade. (No key file of the new format
+		// has these sizes, except an encoded key without its newline.)
+		return nil, fmt.Errorf("%s: %d bytes, which earlier versions read as a raw key: convert a raw key with `base64 -w0 %s > NEW` (the same key), or end the line with a newline if it is hex or base64", path, n, path)
 	}
 	var keys [][]byte
 	for i, line := range strings.Split(string(b), "\n") {

@@ -118,7 +118,7 @@ func TestPrecedence(t *testing.T) {
 }
 
 func TestBadConfig(t *testing.T) {
-	key := writeFile(t, "key", "0123456789abcdef0123456789abcdef") // 16 bytes in hex
+	key := writeFile(t, "key", "0123456789abcdef0123456789abcdef\n") // 16 bytes in hex
 	for _, tc := range []struct {
 		file string
 		args []string

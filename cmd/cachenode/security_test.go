@@ -66,11 +66,11 @@ func TestExposureNeedsASecret(t *testing.T) {
 func TestGossipKeyFormats(t *testing.T) {
 	k16, k24, k32 := bytes.Repeat([]byte{1}, 16), bytes.Repeat([]byte{2}, 24), bytes.Repeat([]byte{3}, 32)
 	for name, content := range map[string]string{
-		"hex 16":        hex.EncodeToString(k16),
+		"hex 16":        hex.EncodeToString(k16) + "\n",
 		"hex 24":        hex.EncodeToString(k24) + "\n",
 		"base64 32":     base64.StdEncoding.EncodeToString(k32),
 		"raw base64 16": base64.RawStdEncoding.EncodeToString(k16),
-		"url base64 24": base64.URLEncoding.EncodeToString(k24),
+		"url base64 24": base64.URLEncoding.EncodeToString(k24) + "\r\n",
 	} {
 		keys, err := readKeys(writeFile(t, "k", content))
 		if err != nil || len(keys) != 1 || (len(keys[0]) != 16 && len(keys[0]) != 24 && len(keys[0]) != 32) {
@@ -89,6 +89,10 @@ func TestGossipKeyFormats(t *testing.T) {
 		"hex of 20 bytes":  hex.EncodeToString(make([]byte, 20)),
 		"empty":            "\n# nothing\n",
 		"a bad second key": hex.EncodeToString(k16) + "\nhunter2hunter2hu\n",
+		// Earlier versions read a file of exactly 16, 24 or 32 bytes as the
+		// raw key: read as hex now, it would be another key, silently.
+		"hex 16 without a newline": hex.EncodeToString(k16),
+		"raw binary with a newline": "\n" + string(bytes.Repeat([]byte{0xfe}, 31)),
 	} {
 		_, err := loadConfig([]string{"--name", "t", "--data=", "--gossip-key", writeFile(t, "k", content)}, noEnv, &bytes.Buffer{})
 		if _, ok := err.(usageError); !ok || !strings.HasPrefix(err.Error(), "gossip-key:") || strings.Contains(err.Error(), "\n") {

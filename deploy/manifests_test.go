@@ -243,6 +243,26 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 
+	// The gossip key and the admin token come from a Secret: the pods'
+	// gossip and peer ports bind the pod's address and HTTP every address,
+	// where a node starts only with both.
+	for _, name := range []string{"CACHENODE_GOSSIP_KEY", "CACHENODE_ADMIN_TOKEN_FILE"} {
+		fromSecret := false
+		for _, m := range list(c, "volumeMounts") {
+			if mp := str(m, "mountPath"); !strings.HasPrefix(env[name], mp+"/") {
+				continue
+			}
+			for _, v := range list(spec, "volumes") {
+				if str(v, "name") == str(m, "name") && str(v, "secret", "secretName") != "" {
+					fromSecret = true
+				}
+			}
+		}
+		if !fromSecret {
+			t.Errorf("%s=%q is not in a volume of a Secret", name, env[name])
+		}
+	}
+
 	// The disruption budget.
 	pdbs := find(objs, "PodDisruptionBudget", nil)
 	if len(pdbs) != 1 {

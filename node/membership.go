@@ -137,9 +137,22 @@ func (d delegate) MergeRemoteState(buf []byte, join bool) {
 // from its own goroutines, one event at a time.
 type events struct{ n *Node }
 
-func (e events) NotifyJoin(m *memberlist.Node)   { e.n.memberUp(m) }
-func (e events) NotifyUpdate(m *memberlist.Node) { e.n.memberUp(m) }
+func (e events) NotifyJoin(m *memberlist.Node) {
+	if !e.n.gossipDown.Load() {
+		e.n.memberUp(m)
+	}
+}
+
+func (e events) NotifyUpdate(m *memberlist.Node) {
+	if !e.n.gossipDown.Load() {
+		e.n.memberUp(m)
+	}
+}
+
 func (e events) NotifyLeave(m *memberlist.Node) {
+	if e.n.gossipDown.Load() {
+		return // a suspicion timer that outlived Shutdown
+	}
 	// m.State is not reliable here (memberlist updates its own copy of the
 	// state, not the Node it passes); the leaving flag of the metadata is.
 	st := StateDead

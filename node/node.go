@@ -55,7 +55,11 @@ type Node struct {
 	joined  atomic.Bool
 	started atomic.Bool
 	leaving atomic.Bool
-	lastAck sync.Map // member name → time.Time of its last answered probe
+	// gossipDown is set as memberlist shuts down: its suspicion timers
+	// outlive Shutdown and may still report a member dead, which a closed
+	// node ignores (its logger may belong to a test that has ended).
+	gossipDown atomic.Bool
+	lastAck    sync.Map // member name → time.Time of its last answered probe
 	// lastInvalidation: worker label → when this node last applied an
 	// invalidation of it; handed-off entries older than that are refused.
 	lastInvalidation sync.Map
@@ -563,6 +567,7 @@ func (n *Node) close(graceful bool) error {
 				n.log.Warn("leave message not confirmed", "err", err)
 			}
 		}
+		n.gossipDown.Store(true)
 		if err := n.ml.Shutdown(); err != nil {
 			errs = append(errs, fmt.Errorf("gossip: %w", err))
 		}

@@ -303,10 +303,10 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (*r
 		"gossip": "memberlist bind `HOST:PORT` (default 0.0.0.0:7946)", "advertise": "gossip `HOST:PORT` others should use (default: bind address)",
 		"peer": "peer RPC `HOST:PORT` (default 0.0.0.0:7947)", "http": "client API, admin and metrics `HOST:PORT` (default 127.0.0.1:8080)",
 		"join": "gossip addresses of members to join, `ADDR,...`", "memory": "bound on cached bytes, e.g. 256MiB (default 256MiB)",
-		"data": "Pebble `DIR` (default ./cachenode-data/NAME; empty: in memory)", "gossip-key": "`FILE` with a 16, 24 or 32-byte key that encrypts gossip",
+		"data":             "Pebble `DIR` (default ./cachenode-data/NAME; empty: in memory)",
+		"gossip-key":       "`FILE` with the gossip key: hex or base64 of 16, 24 or 32 bytes (cachenode keygen FILE makes one); several lines are a keyring, primary first",
 		"admin-token-file": "`FILE` with the bearer token of /admin/* and POST /v1/invalidate", "log-level": "debug, info, warn or error (default info)",
 	}
-	help["gossip-key"] = "`FILE` with the gossip key: hex or base64 of 16, 24 or 32 bytes (cachenode keygen FILE makes one); several lines are a keyring, primary first"
 	for _, name := range flagNames {
 		vals[name] = fs.String(name, "", help[name])
 	}

@@ -91,7 +91,7 @@ func TestGossipKeyFormats(t *testing.T) {
 		"a bad second key": hex.EncodeToString(k16) + "\nhunter2hunter2hu\n",
 		// Earlier versions read a file of exactly 16, 24 or 32 bytes as the
 		// raw key: read as hex now, it would be another key, silently.
-		"hex 16 without a newline": hex.EncodeToString(k16),
+		"hex 16 without a newline":  hex.EncodeToString(k16),
 		"raw binary with a newline": "\n" + string(bytes.Repeat([]byte{0xfe}, 31)),
 	} {
 		_, err := loadConfig([]string{"--name", "t", "--data=", "--gossip-key", writeFile(t, "k", content)}, noEnv, &bytes.Buffer{})

@@ -63,7 +63,8 @@ func TestBinaryInsecureStartsAndWarns(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	bin := buildBinary(t)
-	p := startProc(t, bin, "open", "name: open\ngossip: 0.0.0.0:0\npeer: 127.0.0.1:0\nhttp: 127.0.0.1:0\nmembership: local\ninsecure: true\n")
+	p := startProcArgs(t, bin, "open", "name: open\ngossip: 127.0.0.1:0\npeer: 127.0.0.1:0\nhttp: 127.0.0.1:0\nmembership: local\n",
+		"--gossip", "0.0.0.0:0", "--insecure")
 	if !strings.Contains(p.logs(), "level=WARN msg=\"INSECURE: gossip and peer ports are open") {
 		t.Errorf("no insecure warning at start:\n%s", p.logs())
 	}

@@ -174,13 +174,19 @@ var servingLine = regexp.MustCompile(`msg="cachenode serving".* http=(\S+) gossi
 // "serving" log line, which carries the ports it bound.
 func startProc(t *testing.T, bin, name, config string) *proc {
 	t.Helper()
+	return startProcArgs(t, bin, name, config)
+}
+
+// startProcArgs is startProc with more flags for serve.
+func startProcArgs(t *testing.T, bin, name, config string, extra ...string) *proc {
+	t.Helper()
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p := &proc{name: name, exited: make(chan struct{})}
-	p.cmd = exec.Command(bin, "serve", "--config", cfgPath, "--data", filepath.Join(dir, "data"))
+	p.cmd = exec.Command(bin, append([]string{"serve", "--config", cfgPath, "--data", filepath.Join(dir, "data")}, extra...)...)
 	p.cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1")
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -26,6 +29,7 @@ type cluster struct {
 	// disk, when set, is the size of a tmpfs mounted for each node's data
 	// directory (the disk-full scenario); set before the first node.
 	disk string
+	sec  secrets
 
 	mu struct {
 		sync.Mutex
@@ -35,11 +39,58 @@ type cluster struct {
 	}
 }
 
-func newCluster(nw network, bin, dir string, o *origin, level string, logf func(string, ...any)) *cluster {
-	c := &cluster{nw: nw, bin: bin, dir: dir, origin: o, logf: logf, level: level,
-		hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}}}
+func newCluster(nw network, bin, dir string, o *origin, level string, logf func(string, ...any)) (*cluster, error) {
+	sec, err := newSecrets(bin, dir)
+	if err != nil {
+		return nil, err
+	}
+	c := &cluster{nw: nw, bin: bin, dir: dir, origin: o, logf: logf, level: level, sec: sec}
+	c.hc = c.adminClient(&http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}, 0)
 	c.mu.side = map[string]int{}
-	return c
+	return c, nil
+}
+
+// secrets are the gossip key and the admin token of every node of a
+// cluster: the nodes of the netns network listen on addresses that are not
+// loopback, where a node refuses to start without them.
+type secrets struct {
+	keyFile, tokenFile, token string
+}
+
+// newSecrets makes a key with the binary's own keygen, and a random token,
+// in dir.
+func newSecrets(bin, dir string) (secrets, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return secrets{}, err
+	}
+	s := secrets{keyFile: filepath.Join(dir, "gossip.key"), tokenFile: filepath.Join(dir, "admin.token")}
+	if out, err := exec.Command(bin, "keygen", s.keyFile).CombinedOutput(); err != nil {
+		return secrets{}, fmt.Errorf("cachenode keygen: %v: %s", err, out)
+	}
+	b := make([]byte, 16)
+	if _, err := crand.Read(b); err != nil {
+		return secrets{}, err
+	}
+	s.token = hex.EncodeToString(b)
+	return s, os.WriteFile(s.tokenFile, []byte(s.token+"\n"), 0o600)
+}
+
+// adminClient is an HTTP client that sends the cluster's admin token with
+// every request (admin endpoints and invalidations need it).
+func (c *cluster) adminClient(rt http.RoundTripper, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: bearer{token: c.sec.token, rt: rt}}
+}
+
+// bearer adds an Authorization: Bearer header to the requests it sends.
+type bearer struct {
+	token string
+	rt    http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.rt.RoundTrip(r)
 }
 
 // nodes returns every node ever created.
@@ -122,7 +173,7 @@ func (c *cluster) start(ctx context.Context, n *node) error {
 		}
 	}
 	cfg := filepath.Join(n.dir, "cachenode.yaml")
-	if err := os.WriteFile(cfg, []byte(nodeConfig(n, join, c.origin.URL(), c.level)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(nodeConfig(n, join, c.origin.URL(), c.level, c.sec)), 0o644); err != nil {
 		return err
 	}
 	if err := n.start(c.nw, c.bin, cfg); err != nil {
@@ -135,12 +186,13 @@ func (c *cluster) start(ctx context.Context, n *node) error {
 	return nil
 }
 
-// nodeConfig is the YAML config of a node: the fast failure-detection
-// preset, four workers filling from the counting origin, and the rules of
-// two models.
-func nodeConfig(n *node, join []string, originURL, level string) string {
+// nodeConfig is the YAML config of a node: the cluster's secrets, the fast
+// failure-detection preset, four workers filling from the counting origin,
+// and the rules of two models.
+func nodeConfig(n *node, join []string, originURL, level string, sec secrets) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "name: %s\ngossip: %s\npeer: %s\nhttp: %s\n", n.Name, n.Addrs.Gossip, n.Addrs.Peer, n.Addrs.HTTP)
+	fmt.Fprintf(&b, "gossip_key: %s\nadmin_token_file: %s\n", sec.keyFile, sec.tokenFile)
 	fmt.Fprintf(&b, "data: %s\nmemory: 64MiB\nmembership: local\nlog_level: %s\n", n.data, level)
 	if len(join) > 0 {
 		fmt.Fprintf(&b, "join: [%s]\n", strings.Join(join, ", "))

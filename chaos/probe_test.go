@@ -68,7 +68,10 @@ func startProbe(t *testing.T, issue string, nodes int, partitions bool) *probe {
 	t.Cleanup(o.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	c := newCluster(nw, bin, filepath.Join(t.TempDir(), "probe"), o, "info", t.Logf)
+	c, err := newCluster(nw, bin, filepath.Join(t.TempDir(), "probe"), o, "info", t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(c.killAll)
 	for range nodes {
 		n, err := c.newNode()
@@ -79,7 +82,7 @@ func startProbe(t *testing.T, issue string, nodes int, partitions bool) *probe {
 			t.Fatal(err)
 		}
 	}
-	p := &probe{t: t, ctx: ctx, nw: nw, o: o, c: c, rd: newReader(), own: newOwners(), hc: &http.Client{Timeout: 10 * time.Second}}
+	p := &probe{t: t, ctx: ctx, nw: nw, o: o, c: c, rd: newReader(), own: newOwners(), hc: c.adminClient(http.DefaultTransport, 10*time.Second)}
 	p.converge()
 	return p
 }

@@ -58,7 +58,11 @@ func runScenario(ctx context.Context, e *env, sc scenario) *scenarioResult {
 		return res.finish()
 	}
 	defer o.Close()
-	c := newCluster(e.nw, e.bin, dir, o, e.opts.LogLevel, logf)
+	c, err := newCluster(e.nw, e.bin, dir, o, e.opts.LogLevel, logf)
+	if err != nil {
+		res.Harness = append(res.Harness, err.Error())
+		return res.finish()
+	}
 	s.c = c
 	if slices.Contains(sc.Faults, faultDiskFull) {
 		c.disk = diskSize

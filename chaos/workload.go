@@ -210,7 +210,7 @@ const (
 
 func newWriter(c *cluster, o *origin, seed uint64) *writer {
 	w := &writer{c: c, o: o, rng: rand.New(rand.NewPCG(seed, 7)), itemGroup: map[int]int{}, pending: map[string]time.Time{},
-		hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}}}
+		hc: c.adminClient(&http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}, 0)}
 	for id := range keySpace["item"].size {
 		w.itemGroup[id] = id % keySpace["group"].size
 	}

@@ -108,7 +108,10 @@ func TestStaticBinary(t *testing.T) {
 	tmp := t.TempDir()
 	cfg := filepath.Join(tmp, "cachenode.yaml")
 	writeFile(t, cfg, configMapFile(t))
-	writeFile(t, filepath.Join(tmp, "gossip.key"), strings.Repeat("k", 32))
+	// The key as the manifests' instructions make it.
+	if out, err := exec.Command(filepath.Join(dir, "cachenode"), "keygen", filepath.Join(tmp, "gossip.key")).CombinedOutput(); err != nil {
+		t.Fatalf("cachenode keygen: %v %s", err, out)
+	}
 	writeFile(t, filepath.Join(tmp, "admin.token"), "deploy-test-token\n")
 	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "127.0.0.1")))
 	n := startNode(t, dir, nil, httpAddr, "serve", "--config", cfg, "--name", "cachenode-0",

@@ -243,6 +243,26 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 
+	// The gossip key and the admin token come from a Secret: the pods'
+	// gossip and peer ports bind the pod's address and HTTP every address,
+	// where a node starts only with both.
+	for _, name := range []string{"CACHENODE_GOSSIP_KEY", "CACHENODE_ADMIN_TOKEN_FILE"} {
+		fromSecret := false
+		for _, m := range list(c, "volumeMounts") {
+			if mp := str(m, "mountPath"); !strings.HasPrefix(env[name], mp+"/") {
+				continue
+			}
+			for _, v := range list(spec, "volumes") {
+				if str(v, "name") == str(m, "name") && str(v, "secret", "secretName") != "" {
+					fromSecret = true
+				}
+			}
+		}
+		if !fromSecret {
+			t.Errorf("%s=%q is not in a volume of a Secret", name, env[name])
+		}
+	}
+
 	// The disruption budget.
 	pdbs := find(objs, "PodDisruptionBudget", nil)
 	if len(pdbs) != 1 {
@@ -265,7 +285,8 @@ func TestKubernetesManifests(t *testing.T) {
 // TestCompose checks deploy/docker-compose.yml: three nodes built from
 // deploy/Dockerfile, each joining the two others by name (never only
 // itself), with a health check on /healthz, a stop grace period long
-// enough to leave the ring, and the config file it mounts.
+// enough to leave the ring, the config file it mounts, and the gossip key
+// and admin token that the secrets service makes before any node starts.
 func TestCompose(t *testing.T) {
 	var doc struct {
 		Services map[string]struct {
@@ -274,9 +295,13 @@ func TestCompose(t *testing.T) {
 				Dockerfile string `yaml:"dockerfile"`
 				Target     string `yaml:"target"`
 			} `yaml:"build"`
-			Command     []string `yaml:"command"`
-			Volumes     []string `yaml:"volumes"`
-			StopGrace   string   `yaml:"stop_grace_period"`
+			Command     []string          `yaml:"command"`
+			Volumes     []string          `yaml:"volumes"`
+			Environment map[string]string `yaml:"environment"`
+			DependsOn   map[string]struct {
+				Condition string `yaml:"condition"`
+			} `yaml:"depends_on"`
+			StopGrace   string `yaml:"stop_grace_period"`
 			Healthcheck struct {
 				Test []string `yaml:"test"`
 			} `yaml:"healthcheck"`
@@ -285,15 +310,46 @@ func TestCompose(t *testing.T) {
 	if err := yaml.Unmarshal([]byte(readFile(t, "docker-compose.yml")), &doc); err != nil {
 		t.Fatal(err)
 	}
+	// The secrets service: keygen of the key and the token into a volume.
+	sec, ok := doc.Services["secrets"]
+	if !ok || len(sec.Command) < 3 || sec.Command[0] != "keygen" || !slices.Contains(sec.Command, "--if-missing") {
+		t.Fatalf("no secrets service running cachenode keygen --if-missing: %+v", sec)
+	}
+	secVolume := map[string]string{} // volume name → the directory keygen writes in
+	for _, v := range sec.Volumes {
+		src, dst, _ := strings.Cut(v, ":")
+		secVolume[src] = dst
+	}
+	// secretOn reports whether path is a file keygen makes, mounted in the
+	// service through one of volumes.
+	secretOn := func(path string, volumes []string) bool {
+		for _, v := range volumes {
+			src, dst, _ := strings.Cut(v, ":")
+			dst, _, _ = strings.Cut(dst, ":")
+			dir, ok := secVolume[src]
+			if rel, under := strings.CutPrefix(path, dst+"/"); ok && under && slices.Contains(sec.Command, dir+"/"+rel) {
+				return true
+			}
+		}
+		return false
+	}
 	nodes := 0
 	for name, s := range doc.Services {
 		if _, err := os.Stat(filepath.Join(s.Build.Context, s.Build.Dockerfile)); err != nil {
 			t.Errorf("%s: build %s/%s: %v", name, s.Build.Context, s.Build.Dockerfile, err)
 		}
-		if s.Build.Target != "cachenode" {
+		if s.Build.Target != "cachenode" || len(s.Command) == 0 || s.Command[0] != "serve" {
 			continue
 		}
 		nodes++
+		for _, env := range []string{"CACHENODE_GOSSIP_KEY", "CACHENODE_ADMIN_TOKEN_FILE"} {
+			if !secretOn(s.Environment[env], s.Volumes) {
+				t.Errorf("%s: %s=%q is not a file the secrets service makes, mounted here (%v)", name, env, s.Environment[env], s.Volumes)
+			}
+		}
+		if s.DependsOn["secrets"].Condition != "service_completed_successfully" {
+			t.Errorf("%s: does not wait for the secrets service to complete: %+v", name, s.DependsOn)
+		}
 		flag := func(f string) string {
 			if i := slices.Index(s.Command, f); i >= 0 && i+1 < len(s.Command) {
 				return s.Command[i+1]

@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/cachenode/cachenode/node/peer"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/cachenode/cachenode/ring"
@@ -76,8 +78,24 @@ type Config struct {
 	// from their owners. Default false.
 	NoNearCache bool
 	// GossipKey encrypts gossip and authenticates peer connections: 16, 24
-	// or 32 bytes. Default none.
+	// or 32 bytes. It is the primary key of the keyring: the one gossip is
+	// encrypted with and peer connections prove. Default none.
 	GossipKey []byte
+	// GossipKeys are further keys, accepted for gossip and for peer
+	// connections besides GossipKey, so that a key is rotated without a
+	// cut (memberlist's keyring): add the new key here on every member,
+	// then make it GossipKey everywhere, then drop the old one. They need
+	// GossipKey. Default none.
+	GossipKeys [][]byte
+	// Insecure lets a node whose gossip or peer address is not loopback
+	// start without GossipKey or PeerTLS. Without it such a node refuses to
+	// start (an error wrapping ErrConfig and ErrInsecure): anyone who
+	// reaches those ports could join the cluster, read every value and
+	// plant or wipe values. Default false.
+	Insecure bool
+	// PeerLimits bound what the peer port accepts. The zero value of each
+	// field means its default.
+	PeerLimits PeerLimits
 	// Membership holds the failure-detection and gossip timings. Default
 	// [LANMembership]; tests and single-host clusters use
 	// [LocalMembership].
@@ -112,6 +130,68 @@ type Config struct {
 
 	// hook wraps the node's sockets; tests use it to cut a node off.
 	hook netHook
+}
+
+// PeerLimits bound the connections of the peer port and the delayed
+// invalidations other members may hand to this node.
+type PeerLimits struct {
+	// MaxConns bounds the peer connections open at once. Default 1024;
+	// negative: no bound.
+	MaxConns int
+	// MaxConnsPerIP bounds the peer connections open at once from one
+	// remote IP address. Default 64; negative: no bound.
+	MaxConnsPerIP int
+	// IdleTimeout closes a peer connection on which nothing arrived for
+	// this long after its handshake (and no request runs). Default 2m.
+	IdleTimeout time.Duration
+	// MaxEnqueueItem bounds one delayed invalidation handed over by a
+	// leaving member. Default 1 MiB.
+	MaxEnqueueItem int
+	// MaxEnqueueBytes bounds the bytes of this node's outbox of delayed
+	// invalidations that a handed-over one may bring it to. Default 64 MiB.
+	MaxEnqueueBytes int64
+	// MaxEnqueueCountdown bounds how far in the future a handed-over
+	// delayed invalidation may be due. Default 1h.
+	MaxEnqueueCountdown time.Duration
+}
+
+// DefaultPeerLimits returns the default PeerLimits.
+func DefaultPeerLimits() PeerLimits {
+	return PeerLimits{
+		MaxConns: peer.DefaultMaxConns, MaxConnsPerIP: peer.DefaultMaxConnsPerIP, IdleTimeout: peer.DefaultServerIdleTimeout,
+		MaxEnqueueItem: 1 << 20, MaxEnqueueBytes: 64 << 20, MaxEnqueueCountdown: time.Hour,
+	}
+}
+
+func (l PeerLimits) withDefaults() (PeerLimits, error) {
+	d := DefaultPeerLimits()
+	orDefault(&l.MaxConns, d.MaxConns)
+	orDefault(&l.MaxConnsPerIP, d.MaxConnsPerIP)
+	orDefault(&l.IdleTimeout, d.IdleTimeout)
+	orDefault(&l.MaxEnqueueItem, d.MaxEnqueueItem)
+	orDefault(&l.MaxEnqueueBytes, d.MaxEnqueueBytes)
+	orDefault(&l.MaxEnqueueCountdown, d.MaxEnqueueCountdown)
+	switch {
+	case l.IdleTimeout <= peer.DefaultClientIdleTimeout:
+		// Members close their own quiet connections after the client's
+		// idle timeout; a server closing first could cut a call.
+		return l, fmt.Errorf("%w: peer_limits.idle_timeout must be above %v, got %v", ErrConfig, peer.DefaultClientIdleTimeout, l.IdleTimeout)
+	case l.MaxEnqueueItem < 0:
+		return l, fmt.Errorf("%w: peer_limits.max_enqueue_item must be > 0", ErrConfig)
+	case l.MaxEnqueueBytes < 0:
+		return l, fmt.Errorf("%w: peer_limits.max_enqueue_bytes must be > 0", ErrConfig)
+	case l.MaxEnqueueCountdown < 0:
+		return l, fmt.Errorf("%w: peer_limits.max_enqueue_countdown must be > 0", ErrConfig)
+	}
+	return l, nil
+}
+
+// orDefault sets *v to def when it is zero.
+func orDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
 }
 
 // Membership is the gossip and failure-detection tuning of a node.
@@ -210,6 +290,23 @@ func (c Config) withDefaults() (Config, error) {
 	default:
 		return c, fmt.Errorf("%w: gossip_key must be 16, 24 or 32 bytes, got %d", ErrConfig, len(c.GossipKey))
 	}
+	if len(c.GossipKeys) > 0 && len(c.GossipKey) == 0 {
+		return c, fmt.Errorf("%w: gossip_key: further keys need a primary key", ErrConfig)
+	}
+	keys := make([][]byte, 0, len(c.GossipKeys))
+	for i, k := range c.GossipKeys {
+		switch len(k) {
+		case 16, 24, 32:
+		default:
+			return c, fmt.Errorf("%w: gossip_key: key %d of the ring must be 16, 24 or 32 bytes, got %d", ErrConfig, i+2, len(k))
+		}
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	c.GossipKeys = keys
+	var err error
+	if c.PeerLimits, err = c.PeerLimits.withDefaults(); err != nil {
+		return c, err
+	}
 	if c.Membership == (Membership{}) {
 		c.Membership = LANMembership()
 	}
@@ -256,7 +353,45 @@ func (c Config) withDefaults() (Config, error) {
 	if len(c.GossipKey) == 0 {
 		c.GossipKey = nil
 	}
+	if err := c.checkExposure(); err != nil {
+		return c, err
+	}
 	return c, nil
+}
+
+// ErrInsecure is wrapped (with ErrConfig) by the error of a node that
+// would listen on a non-loopback gossip or peer address with neither a
+// gossip key nor peer TLS, and is not marked Insecure.
+var ErrInsecure = errors.New("node: open to the network")
+
+// checkExposure refuses a node that others could join or call without a
+// secret, unless Insecure says so.
+func (c Config) checkExposure() error {
+	if c.Insecure || c.GossipKey != nil || c.PeerTLS != nil {
+		return nil
+	}
+	for _, f := range []struct{ field, addr string }{{"gossip", c.Gossip}, {"peer", c.Peer}} {
+		if !IsLoopback(f.addr) {
+			return fmt.Errorf("%w: %w: %s %s is not a loopback address and there is no gossip key or peer TLS, so anyone who reaches it could join the cluster, read every value and plant or wipe values: set gossip_key (make one with: cachenode keygen FILE) or tls.peer, or bind %s to 127.0.0.1, or set insecure: true to run open",
+				ErrConfig, ErrInsecure, f.field, f.addr, f.field)
+		}
+	}
+	return nil
+}
+
+// IsLoopback reports whether a HOST:PORT address listens on loopback only:
+// a loopback IP, or the name localhost. An empty or unspecified host
+// (every interface) and other names are not loopback.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func splitHostPort(addr string) (string, int, error) {

@@ -104,7 +104,7 @@ func (n *Node) Invalidate(ctx context.Context, req invalidation.Request) (invali
 		// While the records are degraded the outbox cannot be written:
 		// the error (persist.ErrUnavailable) is answered 503, never a
 		// "durable" 202 that is not.
-		id, err := n.store.Enqueue(n.cache.Clock().Now().Add(countdown), payload)
+		id, err := n.enqueue(n.cache.Clock().Now().Add(countdown), payload)
 		if err != nil {
 			return invalidation.Result{}, fmt.Errorf("node: outbox: %w", err)
 		}
@@ -646,7 +646,7 @@ func (n *Node) outboxLoop() {
 			var ev invalidation.Event
 			if err := unmarshal(it.Payload, &ev); err != nil {
 				n.log.Error("outbox: dropping an undecodable item", "id", it.ID, "err", err)
-				n.store.Ack(it.ID)
+				n.ack(it)
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), applyTimeout)
@@ -657,7 +657,7 @@ func (n *Node) outboxLoop() {
 				continue
 			}
 			n.log.Debug("delayed invalidation applied", "id", it.ID, "keys", res.Keys, "nodes", res.Nodes)
-			if err := n.store.Ack(it.ID); err != nil {
+			if err := n.ack(it); err != nil {
 				n.log.Error("outbox ack", "id", it.ID, "err", err)
 			}
 		}
@@ -696,7 +696,7 @@ func (n *Node) handOverOutbox() {
 		}
 		for _, p := range r.peers {
 			if _, err := n.call(ctx, p, opEnqueue, body); err == nil {
-				n.store.Ack(it.ID)
+				n.ack(it)
 				n.log.Info("delayed invalidation handed over", "id", it.ID, "to", p.name)
 				break
 			}
@@ -709,11 +709,14 @@ func (n *Node) handleEnqueue(payload []byte) ([]byte, error) {
 	if err := unmarshal(payload, &req); err != nil {
 		return nil, &peer.RemoteError{Code: codeBadRequest, Message: err.Error()}
 	}
+	if err := n.authorizeEnqueue(&req); err != nil {
+		return nil, err
+	}
 	var ev invalidation.Event
 	if err := unmarshal(req.Payload, &ev); err != nil || ev.ID == "" {
 		return nil, &peer.RemoteError{Code: codeBadRequest, Message: "bad event"}
 	}
-	if _, err := n.store.Enqueue(time.Unix(0, req.Due), req.Payload); err != nil {
+	if _, err := n.enqueue(time.Unix(0, req.Due), req.Payload); err != nil {
 		return nil, err
 	}
 	n.wakeOutbox()

@@ -30,6 +30,7 @@ type cluster struct {
 	setup      func(*Node) // registers the workers of each node
 	membership Membership
 	hooks      map[string]*cutter // by node name, when the test cuts nodes off
+	configure  func(*Config)      // changes each node's config, when set
 }
 
 // steadyMembership joins as fast as LocalMembership but is slow to declare
@@ -80,6 +81,9 @@ func (c *cluster) add(name string) *Node {
 		Membership: c.membership,
 		Memory:     64 << 20,
 		Logger:     slog.New(slog.NewTextHandler(testWriter{c.t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+	}
+	if c.configure != nil {
+		c.configure(&cfg)
 	}
 	if c.hooks != nil {
 		c.hooks[name] = newCutter()

@@ -72,6 +72,15 @@ func (n *Node) memberlistConfig() (*memberlist.Config, error) {
 	mc.GossipInterval = m.GossipInterval
 	mc.PushPullInterval = m.PushPullInterval
 	mc.SecretKey = n.cfg.GossipKey
+	if len(n.cfg.GossipKeys) > 0 {
+		// memberlist encrypts with the primary (SecretKey) and decrypts
+		// with any key of the ring.
+		kr, err := memberlist.NewKeyring(n.cfg.GossipKeys, n.cfg.GossipKey)
+		if err != nil {
+			return nil, fmt.Errorf("%w: gossip_key: %v", ErrConfig, err)
+		}
+		mc.Keyring = kr
+	}
 	mc.Delegate = delegate{n}
 	mc.Events = events{n}
 	mc.Ping = pings{n}
@@ -128,9 +137,22 @@ func (d delegate) MergeRemoteState(buf []byte, join bool) {
 // from its own goroutines, one event at a time.
 type events struct{ n *Node }
 
-func (e events) NotifyJoin(m *memberlist.Node)   { e.n.memberUp(m) }
-func (e events) NotifyUpdate(m *memberlist.Node) { e.n.memberUp(m) }
+func (e events) NotifyJoin(m *memberlist.Node) {
+	if !e.n.gossipDown.Load() {
+		e.n.memberUp(m)
+	}
+}
+
+func (e events) NotifyUpdate(m *memberlist.Node) {
+	if !e.n.gossipDown.Load() {
+		e.n.memberUp(m)
+	}
+}
+
 func (e events) NotifyLeave(m *memberlist.Node) {
+	if e.n.gossipDown.Load() {
+		return // a suspicion timer that outlived Shutdown
+	}
 	// m.State is not reliable here (memberlist updates its own copy of the
 	// state, not the Node it passes); the leaving flag of the metadata is.
 	st := StateDead

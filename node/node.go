@@ -55,7 +55,11 @@ type Node struct {
 	joined  atomic.Bool
 	started atomic.Bool
 	leaving atomic.Bool
-	lastAck sync.Map // member name → time.Time of its last answered probe
+	// gossipDown is set as memberlist shuts down: its suspicion timers
+	// outlive Shutdown and may still report a member dead, which a closed
+	// node ignores (its logger may belong to a test that has ended).
+	gossipDown atomic.Bool
+	lastAck    sync.Map // member name → time.Time of its last answered probe
 	// lastInvalidation: worker label → when this node last applied an
 	// invalidation of it; handed-off entries older than that are refused.
 	lastInvalidation sync.Map
@@ -63,6 +67,8 @@ type Node struct {
 	// unwritten counts the fills of workers without delay_logging that
 	// were answered without their synchronous record (see record).
 	unwritten atomic.Uint64
+	refused   refusals    // peer requests refused, by op and code
+	outbox    outboxBytes // bytes of the delayed invalidations queued
 
 	done chan struct{} // closed by Close: stops the background loops
 	wg   sync.WaitGroup
@@ -106,6 +112,10 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: records: %w", err)
 	}
+	if err := n.countOutbox(); err != nil {
+		n.store.Close()
+		return nil, fmt.Errorf("node: outbox: %w", err)
+	}
 	n.cache, err = worker.NewCache(worker.CacheConfig{
 		MaxBytes:    cfg.Memory,
 		Defaults:    cfg.Defaults,
@@ -120,7 +130,7 @@ func New(cfg Config) (*Node, error) {
 		n.store.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	cc := peer.ClientConfig{Key: cfg.GossipKey, TLS: cfg.PeerTLS, Logger: n.log}
+	cc := peer.ClientConfig{Key: cfg.GossipKey, Keys: cfg.GossipKeys, TLS: cfg.PeerTLS, Logger: n.log}
 	if cfg.hook != nil {
 		cc.DialContext = cfg.hook.dial
 	}
@@ -157,7 +167,9 @@ func (n *Node) Start() error {
 	if n.cfg.hook != nil {
 		ln = n.cfg.hook.listener(ln)
 	}
-	n.server, err = peer.NewServer(peer.ServerConfig{Key: n.cfg.GossipKey, TLS: n.cfg.PeerTLS, Logger: n.log}, peerHandler{n})
+	lim := n.cfg.PeerLimits
+	n.server, err = peer.NewServer(peer.ServerConfig{Key: n.cfg.GossipKey, Keys: n.cfg.GossipKeys, TLS: n.cfg.PeerTLS,
+		MaxConns: lim.MaxConns, MaxConnsPerIP: lim.MaxConnsPerIP, IdleTimeout: lim.IdleTimeout, Logger: n.log}, peerHandler{n})
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("node: %w", err)
@@ -196,7 +208,32 @@ func (n *Node) Start() error {
 	go n.outboxLoop()
 	go n.reconnectLoop()
 	n.log.Info("node started", "gossip", ml.LocalNode().Address(), "peer", n.peerAddr)
+	n.warnExposure()
 	return nil
+}
+
+// warnExposure logs, at every start, what of the node is open to the
+// network: everything when Insecure let it start without a secret, gossip
+// when only the peer transport has TLS.
+func (n *Node) warnExposure() {
+	open := func(addr string) bool { return !IsLoopback(addr) }
+	c := n.cfg
+	switch {
+	case c.GossipKey == nil && c.PeerTLS == nil && (open(c.Gossip) || open(c.Peer)):
+		n.log.Warn("INSECURE: gossip and peer ports are open to the network without a key or TLS (insecure: true): anyone who reaches them can join the cluster, read every value and plant or wipe values; set gossip_key (cachenode keygen FILE) or tls.peer",
+			"gossip", c.Gossip, "peer", c.Peer)
+	case c.GossipKey == nil && open(c.Gossip):
+		n.log.Warn("gossip is not encrypted (no gossip_key): anyone who reaches the gossip port can join the membership and take partitions, which the members then cannot reach over TLS; set gossip_key too",
+			"gossip", c.Gossip)
+	}
+}
+
+// Insecure reports whether the node runs open to the network: a gossip or
+// peer address that is not loopback, without gossip key or peer TLS (see
+// Config.Insecure).
+func (n *Node) Insecure() bool {
+	c := n.cfg
+	return c.GossipKey == nil && c.PeerTLS == nil && (!IsLoopback(c.Gossip) || !IsLoopback(c.Peer))
 }
 
 func (n *Node) advertisedPeer(bound *net.TCPAddr, mc *memberlist.Config) string {
@@ -564,6 +601,7 @@ func (n *Node) close(graceful bool) error {
 				n.log.Warn("leave message not confirmed", "err", err)
 			}
 		}
+		n.gossipDown.Store(true)
 		if err := n.ml.Shutdown(); err != nil {
 			errs = append(errs, fmt.Errorf("gossip: %w", err))
 		}

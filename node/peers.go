@@ -125,6 +125,9 @@ func (n *Node) handleHandoff(payload []byte) ([]byte, error) {
 	if err := unmarshal(payload, &req); err != nil {
 		return nil, &peer.RemoteError{Code: codeBadRequest, Message: err.Error()}
 	}
+	if err := n.authorizeHandoff(&req); err != nil {
+		return nil, err
+	}
 	kept := 0
 	for i := range req.Entries {
 		e := req.Entries[i].entry()

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -46,6 +47,12 @@ type fileConfig struct {
 	GossipKey  string `yaml:"gossip_key"`
 	AdminToken string `yaml:"admin_token_file"`
 	LogLevel   string `yaml:"log_level"`
+	// Insecure lets the node listen beyond loopback without gossip key,
+	// peer TLS or admin token. Default false.
+	Insecure bool `yaml:"insecure"`
+	// PeerLimits bound the peer port and the delayed invalidations that
+	// members may hand over.
+	PeerLimits peerLimitsConfig `yaml:"peer_limits"`
 	// Membership is a preset name (lan, local) or a mapping that tunes one.
 	Membership membershipConfig        `yaml:"membership"`
 	Ring       ringConfig              `yaml:"ring"`
@@ -142,6 +149,33 @@ func setDur(dst *time.Duration, d *Duration) {
 	}
 }
 
+// peerLimitsConfig is node.PeerLimits in the config file; absent fields
+// keep their defaults.
+type peerLimitsConfig struct {
+	MaxConns            int       `yaml:"max_conns"`
+	MaxConnsPerIP       int       `yaml:"max_conns_per_ip"`
+	IdleTimeout         *Duration `yaml:"idle_timeout"`
+	MaxEnqueueItem      Size      `yaml:"max_enqueue_item"`
+	MaxEnqueueBytes     Size      `yaml:"max_enqueue_bytes"`
+	MaxEnqueueCountdown *Duration `yaml:"max_enqueue_countdown"`
+}
+
+func (p peerLimitsConfig) build() (node.PeerLimits, error) {
+	l := node.PeerLimits{MaxConns: p.MaxConns, MaxConnsPerIP: p.MaxConnsPerIP,
+		MaxEnqueueItem: int(p.MaxEnqueueItem), MaxEnqueueBytes: int64(p.MaxEnqueueBytes)}
+	for name, d := range map[string]*Duration{"idle_timeout": p.IdleTimeout, "max_enqueue_countdown": p.MaxEnqueueCountdown} {
+		if d != nil && *d <= 0 {
+			return l, fmt.Errorf("peer_limits.%s: must be > 0", name)
+		}
+	}
+	setDur(&l.IdleTimeout, p.IdleTimeout)
+	setDur(&l.MaxEnqueueCountdown, p.MaxEnqueueCountdown)
+	if p.MaxEnqueueItem < 0 || p.MaxEnqueueBytes < 0 {
+		return l, errors.New("peer_limits: sizes must be > 0")
+	}
+	return l, nil
+}
+
 type ringConfig struct {
 	PartitionCount    int     `yaml:"partition_count"`
 	ReplicationFactor int     `yaml:"replication_factor"`
@@ -151,8 +185,10 @@ type ringConfig struct {
 type tlsConfig struct {
 	Cert string `yaml:"cert"`
 	Key  string `yaml:"key"`
-	// CA, with Peer, is the PEM bundle that peer certificates must chain
-	// to; default: the system roots.
+	// CA, required with Peer, is the PEM bundle that the members'
+	// certificates must chain to; it alone is trusted for them, not the
+	// system roots (any publicly issued client certificate would be a
+	// member otherwise).
 	CA string `yaml:"ca"`
 	// Peer also wraps the peer transport in mutual TLS with cert and key.
 	Peer bool `yaml:"peer"`
@@ -166,22 +202,20 @@ func (t tlsConfig) peerTLS() (*tls.Config, error) {
 	if t.Cert == "" {
 		return nil, errors.New("tls.peer needs tls.cert and tls.key")
 	}
+	if t.CA == "" {
+		return nil, errors.New("tls.ca: required with tls.peer: the CA bundle that signs the members' certificates, the only one trusted for them (not the system roots)")
+	}
 	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
 	if err != nil {
 		return nil, fmt.Errorf("tls: %v", err)
 	}
-	pool, err := x509.SystemCertPool()
-	if err != nil || t.CA != "" {
-		pool = x509.NewCertPool()
+	pool := x509.NewCertPool()
+	pem, err := os.ReadFile(t.CA)
+	if err != nil {
+		return nil, fmt.Errorf("tls.ca: %v", err)
 	}
-	if t.CA != "" {
-		pem, err := os.ReadFile(t.CA)
-		if err != nil {
-			return nil, fmt.Errorf("tls.ca: %v", err)
-		}
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls.ca: no certificate in %s", t.CA)
-		}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls.ca: no certificate in %s", t.CA)
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool,
 		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}, nil
@@ -277,9 +311,14 @@ type runConfig struct {
 	TokenFile     string
 	Token         string
 	TLS           tlsConfig
-	Level         slog.Level
-	Workers       map[string]workerConfig
-	Rules         map[string]map[string]ruleConfig
+	// Insecure: insecure: true, --insecure or CACHENODE_INSECURE.
+	Insecure bool
+	// OpenHTTP: the HTTP port listens beyond loopback without admin token
+	// (allowed by Insecure).
+	OpenHTTP bool
+	Level    slog.Level
+	Workers  map[string]workerConfig
+	Rules    map[string]map[string]ruleConfig
 }
 
 // flagNames are the flags of serve, in the contract's order.
@@ -304,13 +343,15 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (*r
 		"gossip": "memberlist bind `HOST:PORT` (default 0.0.0.0:7946)", "advertise": "gossip `HOST:PORT` others should use (default: bind address)",
 		"peer": "peer RPC `HOST:PORT` (default 0.0.0.0:7947)", "http": "client API, admin and metrics `HOST:PORT` (default 127.0.0.1:8080)",
 		"join": "gossip addresses of members to join, `ADDR,...`", "memory": "bound on cached bytes, e.g. 256MiB (default 256MiB)",
-		"data": "Pebble `DIR` (default ./cachenode-data/NAME; empty: in memory)", "gossip-key": "`FILE` with a 16, 24 or 32-byte key that encrypts gossip",
+		"data":             "Pebble `DIR` (default ./cachenode-data/NAME; empty: in memory)",
+		"gossip-key":       "`FILE` with the gossip key: hex or base64 of 16, 24 or 32 bytes (cachenode keygen FILE makes one); several lines are a keyring, primary first",
 		"admin-token-file": "`FILE` with the bearer token of /admin/* and POST /v1/invalidate", "log-level": "debug, info, warn or error (default info)",
 		"data-on-corruption": "a corrupt data directory at start: move-aside (to DIR.corrupt-TIME, start empty; the default) or fail",
 	}
 	for _, name := range flagNames {
 		vals[name] = fs.String(name, "", help[name])
 	}
+	fs.Bool("insecure", false, "let gossip, peer or HTTP listen beyond loopback without gossip key, peer TLS or admin token (warned at every start)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: cachenode [serve] [flags]\n\nflags (each also a config key and a CACHENODE_* variable; flags win):")
 		fs.SetOutput(stderr)
@@ -329,7 +370,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (*r
 	}
 	// Sources, lowest precedence first: file, environment, flags.
 	set := map[string]string{}
-	for _, name := range flagNames {
+	for _, name := range append(slices.Clone(flagNames), "insecure") {
 		if v := getenv(envName(name)); v != "" {
 			set[name] = v
 		}
@@ -437,11 +478,11 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 	}
 	nc.DataKeepCorrupt = fc.DataKeepCorrupt
 	if keyFile := str("gossip-key", fc.GossipKey); keyFile != "" {
-		k, err := readKey(keyFile)
+		keys, err := readKeys(keyFile)
 		if err != nil {
 			return nil, usagef("gossip-key: %v", err)
 		}
-		nc.GossipKey = k
+		nc.GossipKey, nc.GossipKeys = keys[0], keys[1:]
 	}
 	rc.TokenFile = str("admin-token-file", fc.AdminToken)
 	if rc.TokenFile != "" {
@@ -480,6 +521,20 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 	if nc.Limits, err = fc.Limits.build(); err != nil {
 		return nil, usageError{err.Error()}
 	}
+	if nc.PeerLimits, err = fc.PeerLimits.build(); err != nil {
+		return nil, usagef("%v", err)
+	}
+	rc.Insecure = fc.Insecure
+	if v, ok := set["insecure"]; ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, usagef("insecure: %q is not true or false", v)
+		}
+		rc.Insecure = b
+	}
+	if err := checkExposure(rc); err != nil {
+		return nil, err
+	}
 	if err := fc.Defaults.check("defaults"); err != nil {
 		return nil, usageError{err.Error()}
 	}
@@ -503,6 +558,32 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 		}
 	}
 	return rc, nil
+}
+
+// checkExposure refuses a node whose ports beyond loopback lack the
+// secret that guards them, unless insecure says so: gossip and peer need a
+// gossip key or peer TLS, HTTP an admin token (its invalidations and admin
+// pages would be open to anyone who reaches it).
+func checkExposure(rc *runConfig) error {
+	nc := &rc.Node
+	rc.OpenHTTP = !node.IsLoopback(rc.HTTP) && rc.Token == ""
+	if rc.Insecure {
+		nc.Insecure = true
+		return nil
+	}
+	if nc.GossipKey == nil && nc.PeerTLS == nil {
+		for _, f := range []struct{ field, addr string }{{"gossip", nc.Gossip}, {"peer", nc.Peer}} {
+			if !node.IsLoopback(f.addr) {
+				return usagef("%s: %s is not a loopback address and there is no gossip_key or tls.peer, so anyone who reaches it could join the cluster and read, plant or wipe values: make a key with `cachenode keygen FILE` and give --gossip-key FILE (gossip_key: FILE), or bind --%s to 127.0.0.1, or pass --insecure (insecure: true) to run open",
+					f.field, f.addr, f.field)
+			}
+		}
+	}
+	if rc.OpenHTTP {
+		return usagef("http: %s is not a loopback address and there is no admin_token_file, so anyone who reaches it could invalidate every value and use the admin pages: give --admin-token-file FILE (admin_token_file: FILE), or bind --http to 127.0.0.1, or pass --insecure (insecure: true) to run open",
+			rc.HTTP)
+	}
+	return nil
 }
 
 func checkWorker(label string, w workerConfig, defaults worker.Policy) error {
@@ -613,28 +694,55 @@ func checkHostPort(addr string) error {
 	return nil
 }
 
-// readKey reads a gossip key: a file of exactly 16, 24 or 32 bytes, or the
-// key in base64 or hex on one line.
-func readKey(path string) ([]byte, error) {
+// readKeys reads a gossip keyring: one key per line, the primary first
+// (blank lines and lines starting with # are skipped), each the hex or
+// base64 encoding of 16, 24 or 32 bytes. Raw text is refused: a typed
+// password is a weak key, and its length alone says nothing of that. A
+// file of exactly 16, 24 or 32 bytes is refused too (see below).
+func readKeys(path string) ([][]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
+	if n := len(b); n == 16 || n == 24 || n == 32 {
+		// Earlier versions took such a file as the raw key. Read as hex or
+		// base64 now, it would be another key without a word, and split a
+		// cluster during a rolling upgrade. (No key file of the new format
+		// has these sizes, except an encoded key without its newline.)
+		return nil, fmt.Errorf("%s: %d bytes, which earlier versions read as a raw key: convert a raw key with `base64 -w0 %s > NEW` (the same key), or end the line with a newline if it is hex or base64", path, n, path)
+	}
+	var keys [][]byte
+	for i, line := range strings.Split(string(b), "\n") {
+		t := strings.TrimSpace(line)
+		if t == "" || strings.HasPrefix(t, "#") {
+			continue
+		}
+		k, ok := decodeKey(t)
+		if !ok {
+			// The line is a secret or a part of one: it is not echoed.
+			return nil, fmt.Errorf("%s line %d: not a key: want hex or base64 of 16, 24 or 32 bytes (raw text is refused; make a key with `cachenode keygen FILE`)", path, i+1)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%s: no key in the file (make one with `cachenode keygen FILE`)", path)
+	}
+	return keys, nil
+}
+
+// decodeKey decodes one key: hex or base64 (padded or not) of 16, 24 or
+// 32 bytes.
+func decodeKey(t string) ([]byte, bool) {
 	okLen := func(n int) bool { return n == 16 || n == 24 || n == 32 }
-	if okLen(len(b)) {
-		return b, nil
-	}
-	t := strings.TrimSpace(string(b))
 	if k, err := hex.DecodeString(t); err == nil && okLen(len(k)) {
-		return k, nil
+		return k, true
 	}
-	if k, err := base64.StdEncoding.DecodeString(t); err == nil && okLen(len(k)) {
-		return k, nil
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if k, err := enc.DecodeString(t); err == nil && okLen(len(k)) {
+			return k, true
+		}
 	}
-	if okLen(len(t)) {
-		return []byte(t), nil
-	}
-	return nil, fmt.Errorf("%s: want a key of 16, 24 or 32 bytes (raw, hex or base64), got %d bytes", path, len(b))
+	return nil, false
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -91,7 +91,7 @@ func TestContractConfig(t *testing.T) {
 
 func TestPrecedence(t *testing.T) {
 	path := writeFile(t, "c.yaml", "name: file\nmemory: 64MiB\nhttp: 127.0.0.1:1\ndata: ''\n")
-	env := map[string]string{"CACHENODE_NAME": "env", "CACHENODE_MEMORY": "2GiB", "CACHENODE_JOIN": "a:1, b:2"}
+	env := map[string]string{"CACHENODE_NAME": "env", "CACHENODE_MEMORY": "2GiB", "CACHENODE_JOIN": "a:1, b:2", "CACHENODE_INSECURE": "1"}
 	rc, err := loadConfig([]string{"--config", path, "--name", "flag"}, func(k string) string { return env[k] }, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
@@ -99,19 +99,19 @@ func TestPrecedence(t *testing.T) {
 	if rc.Node.Name != "flag" || rc.Node.Memory != 2<<30 || rc.HTTP != "127.0.0.1:1" || strings.Join(rc.Node.Join, " ") != "a:1 b:2" || rc.Node.Data != "" {
 		t.Errorf("flags > env > file: %+v http %s", rc.Node, rc.HTTP)
 	}
-	rc, err = loadConfig([]string{"--name=x", "--data=", "--memory", "1.5 GiB"}, noEnv, &bytes.Buffer{})
+	rc, err = loadConfig([]string{"--name=x", "--data=", "--memory", "1.5 GiB", "--insecure"}, noEnv, &bytes.Buffer{})
 	if err != nil || rc.Node.Data != "" || rc.Node.Memory != 3<<29 || rc.HTTP != "127.0.0.1:8080" || rc.Node.Gossip != "0.0.0.0:7946" {
 		t.Errorf("--data= keeps records in memory: %+v %v", rc, err)
 	}
-	rc, err = loadConfig([]string{"--name=x"}, noEnv, &bytes.Buffer{})
+	rc, err = loadConfig([]string{"--name=x", "--insecure"}, noEnv, &bytes.Buffer{})
 	if err != nil || rc.Node.Data != filepath.Join("cachenode-data", "x") || rc.Node.Membership.Preset != "lan" {
 		t.Errorf("default data dir: %q %v", rc.Node.Data, err)
 	}
-	path = writeFile(t, "m.yaml", "name: m\nmembership: local\n")
+	path = writeFile(t, "m.yaml", "name: m\nmembership: local\ninsecure: true\n")
 	if rc, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{}); err != nil || rc.Node.Membership.Preset != "local" {
 		t.Errorf("membership: local: %v", err)
 	}
-	path = writeFile(t, "m2.yaml", "name: m\nmembership: {preset: local, probe_interval: 2s, suspicion_mult: 9}\n")
+	path = writeFile(t, "m2.yaml", "name: m\nmembership: {preset: local, probe_interval: 2s, suspicion_mult: 9}\ninsecure: true\n")
 	if rc, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{}); err != nil ||
 		rc.Node.Membership.ProbeInterval != 2*time.Second || rc.Node.Membership.SuspicionMult != 9 || rc.Node.Membership.GossipInterval != 20*time.Millisecond {
 		t.Errorf("tuned membership: %+v %v", rc.Node.Membership, err)
@@ -119,7 +119,7 @@ func TestPrecedence(t *testing.T) {
 }
 
 func TestBadConfig(t *testing.T) {
-	key := writeFile(t, "key", "0123456789abcdef0123456789abcdef") // 32 raw bytes
+	key := writeFile(t, "key", "0123456789abcdef0123456789abcdef\n") // 16 bytes in hex
 	for _, tc := range []struct {
 		file string
 		args []string
@@ -155,6 +155,11 @@ func TestBadConfig(t *testing.T) {
 		{"", []string{"extra"}, `unexpected argument "extra"`},
 		{"ring: {partition_count: -3}\n", nil, "ring:"},
 		{"tls: {cert: a.pem}\n", nil, "tls: give both"},
+		{"peer_limits: {max_conns: many}\n", nil, "peer_limits.max_conns"},
+		{"peer_limits: {idle_timeout: 0s}\n", nil, "peer_limits.idle_timeout"},
+		{"peer_limits: {max_enqueue_bytes: lots}\n", nil, "peer_limits.max_enqueue_bytes"},
+		{"peer_limits: {idle: 1s}\n", nil, "peer_limits.idle: unknown field"},
+		{"", []string{"--insecure=maybe"}, "insecure"},
 	} {
 		args := append([]string{"--name", "t", "--gossip-key", key}, tc.args...)
 		if tc.file != "" {

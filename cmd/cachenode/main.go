@@ -5,6 +5,7 @@
 //	cachenode [serve] [flags]        run a node (the default command)
 //	cachenode demo                   3 nodes + a demo origin in one process, prints URLs to try
 //	cachenode ring   --http ADDR     print the ring of a running node as a table
+//	cachenode keygen FILE            write a new random gossip key to FILE (never overwrites)
 //	cachenode version
 //
 // Bad flags or config exit 2 with a one-line error naming the field.
@@ -41,6 +42,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return demo(args, stdout, stderr)
 	case "ring":
 		return ringCmd(args, stdout, stderr)
+	case "keygen":
+		return keygen(args, stdout, stderr)
 	case "version":
 		if len(args) > 0 {
 			fmt.Fprintln(stderr, "cachenode: version takes no arguments")
@@ -52,7 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		usage(stdout)
 		return 0
 	}
-	fmt.Fprintf(stderr, "cachenode: unknown command %q (want serve, demo, ring or version)\n", cmd)
+	fmt.Fprintf(stderr, "cachenode: unknown command %q (want serve, demo, ring, keygen or version)\n", cmd)
 	return 2
 }
 
@@ -61,6 +64,7 @@ func usage(w io.Writer) {
   cachenode [serve] [flags]        run a node (the default command; cachenode serve -h lists the flags)
   cachenode demo                   3 nodes + a demo origin in one process, prints URLs to try
   cachenode ring --http ADDR       print the ring of a running node as a table
+  cachenode keygen FILE            write a new random gossip key to FILE (base64, mode 0600; never overwrites)
   cachenode version
 `)
 }

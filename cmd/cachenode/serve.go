@@ -72,12 +72,16 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 			return fail(usagef("invalidation.%s: %v", model, err))
 		}
 	}
-	api, err := httpapi.New(httpapi.Config{Node: n, Token: rc.Token, Metrics: metrics, Logger: log})
+	api, err := httpapi.New(httpapi.Config{Node: n, Token: rc.Token, Insecure: rc.OpenHTTP, Metrics: metrics, Logger: log})
 	if err != nil {
 		return fail(err)
 	}
 	if err := n.Start(); err != nil {
 		return fail(err)
+	}
+	if rc.OpenHTTP {
+		log.Warn("INSECURE: the HTTP port is open to the network without an admin token (insecure: true): anyone who reaches it can invalidate every value and use the admin pages; set admin_token_file",
+			"http", rc.HTTP)
 	}
 	r := &running{node: n, api: api, http: api.HTTPServer(rc.HTTP), ln: ln, log: log, served: make(chan error, 1)}
 	scheme := "http"

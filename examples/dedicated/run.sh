@@ -53,7 +53,7 @@ done
 
 # Secrets: a gossip key (encrypts gossip, authenticates peer connections)
 # and an admin token (guards /admin/* and POST /v1/invalidate).
-head -c 32 /dev/urandom >"$work/gossip.key"
+"$work/cachenode" keygen "$work/gossip.key" # 32 random bytes, base64, mode 0600
 od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$work/admin.token"
 token="$(cat "$work/admin.token")"
 auth=(-H "Authorization: Bearer $token")

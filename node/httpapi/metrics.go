@@ -32,7 +32,8 @@ type Metrics struct {
 	httpTotal   *prometheus.CounterVec
 	invTotal    *prometheus.CounterVec
 
-	attachOnce sync.Once
+	securityOnce sync.Once
+	attachOnce   sync.Once
 
 	mu struct {
 		sync.Mutex
@@ -93,6 +94,12 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // attached is collected.
 func (m *Metrics) attach(n *node.Node) {
 	m.attachOnce.Do(func() { m.reg.MustRegister(&nodeCollector{n: n}) })
+}
+
+// attachSecurity registers the collector of the server's exposure and its
+// node's peer refusals; only the first server attached is collected.
+func (m *Metrics) attachSecurity(s *Server) {
+	m.securityOnce.Do(func() { m.reg.MustRegister(&securityCollector{s: s}) })
 }
 
 func (m *Metrics) handler() http.Handler {

@@ -37,6 +37,7 @@ func newPageTemplate() *template.Template {
 type pageData struct {
 	Self       string
 	Ready      bool
+	Insecure   bool // the node runs open to the network
 	Version    string
 	Uptime     string
 	Partitions int
@@ -107,7 +108,7 @@ func colorOf(i int) string {
 
 func (s *Server) handlePage(w http.ResponseWriter, r *http.Request) {
 	info := s.ringInfo()
-	d := pageData{Self: info.Self, Ready: info.Ready, Version: strconv.FormatUint(info.Version, 16),
+	d := pageData{Self: info.Self, Ready: info.Ready, Insecure: s.insecure(), Version: strconv.FormatUint(info.Version, 16),
 		Uptime: time.Since(s.started).Round(time.Second).String(), Partitions: info.PartitionCount,
 		Entries: s.node.Cache().Len(), Bytes: humanBytes(int64(s.node.Cache().Bytes())), Now: time.Now()}
 	if v := r.URL.Query().Get("refresh"); v != "" {

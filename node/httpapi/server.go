@@ -60,6 +60,11 @@ type Config struct {
 	// budget plus the worker's fill timeout) to form the read's deadline;
 	// past it the answer is 504 fill_timeout. Default 500ms.
 	Slack time.Duration
+	// Insecure marks a server that listens beyond loopback without a
+	// Token (its program allowed it, as cachenode's insecure: true does):
+	// the admin page shows "insecure" and /metrics cachenode_insecure 1, as
+	// for a node running open (node.Node.Insecure). Default false.
+	Insecure bool
 	// Logger receives request errors. Default: discarded.
 	Logger *slog.Logger
 }
@@ -113,6 +118,7 @@ func New(cfg Config) (*Server, error) {
 		page: newPageTemplate()}
 	s.tokenSum = sha256.Sum256([]byte(cfg.Token))
 	s.metrics.attach(cfg.Node)
+	s.metrics.attachSecurity(s)
 	s.routes()
 	return s, nil
 }

@@ -41,7 +41,8 @@ type clientCounters struct {
 // ErrClosed and waits for the Client's goroutines. Close is safe to call more
 // than once.
 type Client struct {
-	cfg ClientConfig
+	cfg  ClientConfig
+	ring [][]byte // Key and Keys, primary first; nil without a key
 
 	// ctx bounds every dial; Close cancels it.
 	ctx    context.Context
@@ -69,7 +70,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg}
+	c := &Client{cfg: cfg, ring: keyring(cfg.Key, cfg.Keys)}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.mu.pools = make(map[string]*pool)
 	c.waiters.New = func() any { return &waiter{ch: make(chan struct{}, 1)} }
@@ -454,7 +455,7 @@ func (c *Client) dialConn(ctx context.Context, addr string) (*clientConn, error)
 		}
 		conn = tc
 	}
-	peerMax, err := clientHandshake(conn, c.cfg.Key, c.cfg.MaxFrameSize)
+	peerMax, err := clientHandshake(conn, c.ring, c.cfg.MaxFrameSize)
 	if err == nil && !stop() {
 		err = ctx.Err() // the connection was closed under us
 	}
@@ -495,6 +496,10 @@ type clientConn struct {
 	pool    *pool // set before start
 	slot    int
 	nextID  atomic.Uint64
+	// used is the time of the last call (Unix nanoseconds); idle fires to
+	// retire the connection once it has been unused for IdleTimeout.
+	used atomic.Int64
+	idle *time.Timer
 
 	closeOnce sync.Once
 	mu        struct {
@@ -505,8 +510,13 @@ type clientConn struct {
 	}
 }
 
-// start launches the reader and the flusher goroutines.
+// start launches the reader and the flusher goroutines, and the idle timer.
 func (cc *clientConn) start() {
+	cc.used.Store(time.Now().UnixNano())
+	// The timer is set before it can fire, so retireIdle sees cc.idle.
+	cc.idle = time.AfterFunc(time.Hour, cc.retireIdle)
+	cc.idle.Stop()
+	cc.idle.Reset(cc.c.cfg.IdleTimeout)
 	cc.c.stats.conns.Add(1)
 	cc.c.wg.Add(2)
 	go func() {
@@ -562,6 +572,7 @@ func (cc *clientConn) call(ctx context.Context, deadline time.Time, op byte, pay
 	}
 	w := cc.c.waiters.Get().(*waiter)
 	id := cc.nextID.Add(1)
+	cc.used.Store(time.Now().UnixNano())
 	cc.mu.Lock()
 	if err := cc.mu.err; err != nil {
 		cc.mu.Unlock()
@@ -664,10 +675,51 @@ func (cc *clientConn) readLoop() {
 	cc.teardown(err)
 }
 
+// errIdleConn is the cause of a connection the client retired as idle.
+var errIdleConn = fmt.Errorf("%w: idle, closed by the client", ErrConnLost)
+
+// retireIdle closes the connection if no call used it for IdleTimeout and
+// none is waiting on it, else looks again when it could be idle. The check
+// and the removal from the pool slot happen under the pool's lock, and the
+// connection is marked ended under its own: a call that picked it before
+// is either pending (and the connection stays) or finds it ended before
+// sending anything and picks another, which cannot be this one.
+func (cc *clientConn) retireIdle() {
+	idle := cc.c.cfg.IdleTimeout
+	p := cc.pool
+	p.mu.Lock()
+	cc.mu.Lock()
+	left := idle - time.Since(time.Unix(0, cc.used.Load()))
+	retire := cc.mu.err == nil && left <= 0 && len(cc.mu.pending) == 0
+	if retire {
+		cc.mu.err = errIdleConn
+		if cc.mu.cause == nil {
+			cc.mu.cause = errIdleConn
+		}
+		if cc.slot < len(p.mu.slots) && p.mu.slots[cc.slot].conn == cc {
+			p.mu.slots[cc.slot].conn = nil
+		}
+	}
+	ended := cc.mu.err != nil
+	cc.mu.Unlock()
+	p.mu.Unlock()
+	switch {
+	case retire:
+		cc.c.cfg.Logger.Debug("peer: closing idle connection", "addr", cc.addr, "idle", idle)
+		_ = cc.nc.Close()
+	case !ended:
+		if left <= 0 {
+			left = idle // calls are waiting: look again later
+		}
+		cc.idle.Reset(left)
+	}
+}
+
 // teardown ends the connection after its reader stopped with readErr: it
 // fails the pending calls, stops the flusher, and frees the pool slot.
 func (cc *clientConn) teardown(readErr error) {
 	c := cc.c
+	cc.idle.Stop()
 	_ = cc.nc.Close()
 	cc.mu.Lock()
 	cause := cc.mu.cause

@@ -19,6 +19,10 @@ const (
 	DefaultWriteTimeout         = 10 * time.Second
 	DefaultConnsPerAddr         = 1
 	DefaultDialTimeout          = 3 * time.Second
+	DefaultMaxConns             = 1024
+	DefaultMaxConnsPerIP        = 64
+	DefaultServerIdleTimeout    = 2 * time.Minute
+	DefaultClientIdleTimeout    = time.Minute
 )
 
 // maxConnsPerAddr bounds ClientConfig.ConnsPerAddr: more connections to one
@@ -43,9 +47,30 @@ type ServerConfig struct {
 
 	// Key, when set, is the shared secret (16, 24 or 32 bytes, the gossip
 	// key) that every client must prove to know before it may send a
-	// request (see the package documentation). Default none: no
-	// authentication.
+	// request (see the package documentation). The server proves it knows
+	// Key in turn. Default none: no authentication.
 	Key []byte
+
+	// Keys are further keys accepted from clients besides Key: the rest of
+	// a keyring during a key rotation (see the package documentation).
+	// They need Key. Default none.
+	Keys [][]byte
+
+	// MaxConns bounds the connections open at once, handshakes included:
+	// a connection accepted beyond it is closed at once. Default 1024;
+	// negative: no bound.
+	MaxConns int
+
+	// MaxConnsPerIP bounds the connections open at once from one remote IP
+	// address. Default 64 (the most a Client opens to one address);
+	// negative: no bound.
+	MaxConnsPerIP int
+
+	// IdleTimeout closes a connection after its handshake when no frame
+	// arrived for this long and no request of it is running. Clients keep
+	// their own idle timeout below it (ClientConfig.IdleTimeout), so that
+	// they, not the server, close a quiet connection. Default 2m.
+	IdleTimeout time.Duration
 
 	// TLS, when set, wraps every accepted connection in TLS with this
 	// configuration (it is cloned). Default nil: plain TCP.
@@ -90,8 +115,20 @@ type ClientConfig struct {
 
 	// Key, when set, is the shared secret (16, 24 or 32 bytes, the gossip
 	// key) used to authenticate every connection (see the package
-	// documentation). It must match the server's. Default none.
+	// documentation): the client proves it knows Key, and accepts a server
+	// that proves it knows Key or one of Keys. Default none.
 	Key []byte
+
+	// Keys are further keys accepted from servers besides Key (the rest of
+	// a keyring). They need Key. Default none.
+	Keys [][]byte
+
+	// IdleTimeout closes a connection on which no call was made for this
+	// long, so that the client rather than the server (whose
+	// ServerConfig.IdleTimeout must be longer) ends a quiet connection: a
+	// call is never sent on a connection the server is closing. Default
+	// 1m.
+	IdleTimeout time.Duration
 
 	// TLS, when set, wraps every connection in TLS with this configuration
 	// (it is cloned; an empty ServerName is taken from the dialed address).
@@ -135,7 +172,16 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	if c.WriteTimeout, err = defaultDuration("ServerConfig.WriteTimeout", c.WriteTimeout, DefaultWriteTimeout); err != nil {
 		return c, err
 	}
-	if c.Key, err = checkKey("ServerConfig.Key", c.Key); err != nil {
+	if c.Key, c.Keys, err = checkKeys("ServerConfig", c.Key, c.Keys); err != nil {
+		return c, err
+	}
+	if c.MaxConns, err = defaultLimit("ServerConfig.MaxConns", c.MaxConns, DefaultMaxConns); err != nil {
+		return c, err
+	}
+	if c.MaxConnsPerIP, err = defaultLimit("ServerConfig.MaxConnsPerIP", c.MaxConnsPerIP, DefaultMaxConnsPerIP); err != nil {
+		return c, err
+	}
+	if c.IdleTimeout, err = defaultDuration("ServerConfig.IdleTimeout", c.IdleTimeout, DefaultServerIdleTimeout); err != nil {
 		return c, err
 	}
 	if c.TLS != nil {
@@ -162,7 +208,10 @@ func (c ClientConfig) withDefaults() (ClientConfig, error) {
 	if c.WriteTimeout, err = defaultDuration("ClientConfig.WriteTimeout", c.WriteTimeout, DefaultWriteTimeout); err != nil {
 		return c, err
 	}
-	if c.Key, err = checkKey("ClientConfig.Key", c.Key); err != nil {
+	if c.Key, c.Keys, err = checkKeys("ClientConfig", c.Key, c.Keys); err != nil {
+		return c, err
+	}
+	if c.IdleTimeout, err = defaultDuration("ClientConfig.IdleTimeout", c.IdleTimeout, DefaultClientIdleTimeout); err != nil {
 		return c, err
 	}
 	if c.TLS != nil {
@@ -197,6 +246,39 @@ func defaultDuration(field string, v, def time.Duration) (time.Duration, error) 
 		return 0, fmt.Errorf("peer: %s: %v is negative", field, v)
 	}
 	return v, nil
+}
+
+// defaultLimit is defaultInt for a bound that a negative value lifts
+// (returned as 0: no bound).
+func defaultLimit(field string, v, def int) (int, error) {
+	if v < 0 {
+		return 0, nil
+	}
+	return defaultInt(field, v, def, math.MaxInt32)
+}
+
+// checkKeys checks a primary key and the further keys of its ring, and
+// returns copies of them.
+func checkKeys(cfg string, key []byte, keys [][]byte) ([]byte, [][]byte, error) {
+	key, err := checkKey(cfg+".Key", key)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(keys) > 0 && key == nil {
+		return nil, nil, fmt.Errorf("peer: %s.Keys: further keys need a primary Key", cfg)
+	}
+	var out [][]byte
+	for i, k := range keys {
+		c, err := checkKey(fmt.Sprintf("%s.Keys[%d]", cfg, i), k)
+		if err != nil {
+			return nil, nil, err
+		}
+		if c == nil {
+			return nil, nil, fmt.Errorf("peer: %s.Keys[%d]: empty key", cfg, i)
+		}
+		out = append(out, c)
+	}
+	return key, out, nil
 }
 
 func checkKey(field string, key []byte) ([]byte, error) {

@@ -40,6 +40,20 @@
 // endpoints of a connection; it neither encrypts nor signs the frames that
 // follow: use TLS for that.
 //
+// A side may hold a keyring: its primary key (Key) and further keys (Keys)
+// that it accepts. Each side proves its primary and accepts a proof by any
+// key of its ring, so a key is rotated without a cut: add the new key to
+// every ring, then make it the primary everywhere, then remove the old one.
+//
+// # Limits
+//
+// A Server closes at once a connection beyond MaxConns in all or
+// MaxConnsPerIP from one remote address, and a connection on which no frame
+// arrived for IdleTimeout after its handshake while no request of it runs.
+// A Client closes its connections that no call used for its own, shorter,
+// IdleTimeout. Warnings about refused or rejected connections are logged at
+// most once a minute per remote address, with the count held back.
+//
 // # Frames
 //
 // After the handshake both directions carry frames: a fixed 20-byte header

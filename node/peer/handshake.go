@@ -30,9 +30,9 @@ type hello struct {
 	nonce    [32]byte
 }
 
-func newHello(key []byte, maxFrame int) (hello, error) {
+func newHello(ring [][]byte, maxFrame int) (hello, error) {
 	h := hello{maxFrame: uint32(maxFrame)}
-	if key != nil {
+	if len(ring) > 0 {
 		h.mode = modeHMAC
 	}
 	if _, err := rand.Read(h.nonce[:]); err != nil {
@@ -85,6 +85,27 @@ func proof(key []byte, role byte, helloC, helloS []byte) []byte {
 	return m.Sum(nil)
 }
 
+// proofMatches reports whether got is the proof of role by one of the keys
+// of ring. Every key is tried, each compared in constant time.
+func proofMatches(got []byte, ring [][]byte, role byte, helloC, helloS []byte) bool {
+	ok := false
+	for _, k := range ring {
+		if hmac.Equal(got, proof(k, role, helloC, helloS)) {
+			ok = true
+		}
+	}
+	return ok
+}
+
+// keyring is a key and the further keys accepted with it, primary first;
+// nil when there is no key.
+func keyring(key []byte, keys [][]byte) [][]byte {
+	if key == nil {
+		return nil
+	}
+	return append([][]byte{key}, keys...)
+}
+
 func modeMismatch(ours, theirs byte) error {
 	if ours == modeHMAC {
 		return fmt.Errorf("%w: the peer has no key", ErrAuth)
@@ -93,9 +114,11 @@ func modeMismatch(ours, theirs byte) error {
 }
 
 // clientHandshake runs the client side of the hello exchange on nc, whose
-// deadline the caller has set. It returns the server's maximum frame size.
-func clientHandshake(nc net.Conn, key []byte, maxFrame int) (int, error) {
-	hc, err := newHello(key, maxFrame)
+// deadline the caller has set. ring is the client's keyring, primary first
+// (nil: no key): the server may prove any of its keys, the client proves
+// the primary. It returns the server's maximum frame size.
+func clientHandshake(nc net.Conn, ring [][]byte, maxFrame int) (int, error) {
+	hc, err := newHello(ring, maxFrame)
 	if err != nil {
 		return 0, err
 	}
@@ -110,17 +133,17 @@ func clientHandshake(nc net.Conn, key []byte, maxFrame int) (int, error) {
 	if hs.mode != hc.mode {
 		return 0, modeMismatch(hc.mode, hs.mode)
 	}
-	if key == nil {
+	if ring == nil {
 		return int(hs.maxFrame), nil
 	}
 	got := make([]byte, proofSize)
 	if _, err := io.ReadFull(nc, got); err != nil {
 		return 0, fmt.Errorf("%w: reading the server's proof: %w", ErrAuth, err)
 	}
-	if !hmac.Equal(got, proof(key, roleServer, helloC, helloS)) {
-		return 0, fmt.Errorf("%w: the server's proof does not match our key", ErrAuth)
+	if !proofMatches(got, ring, roleServer, helloC, helloS) {
+		return 0, fmt.Errorf("%w: the server's proof does not match our keys", ErrAuth)
 	}
-	if _, err := nc.Write(proof(key, roleClient, helloC, helloS)); err != nil {
+	if _, err := nc.Write(proof(ring[0], roleClient, helloC, helloS)); err != nil {
 		return 0, err
 	}
 	var status [1]byte
@@ -134,22 +157,24 @@ func clientHandshake(nc net.Conn, key []byte, maxFrame int) (int, error) {
 }
 
 // serverHandshake runs the server side of the hello exchange on nc, whose
-// deadline the caller has set. It returns the client's maximum frame size.
+// deadline the caller has set. ring is the server's keyring, primary first
+// (nil: no key): the server proves the primary and accepts a client that
+// proves any key of the ring. It returns the client's maximum frame size.
 // Every failure after a well-formed client hello in which either side uses
 // a key wraps ErrAuth.
-func serverHandshake(nc net.Conn, key []byte, maxFrame int) (int, error) {
+func serverHandshake(nc net.Conn, ring [][]byte, maxFrame int) (int, error) {
 	hc, helloC, err := readHello(nc)
 	if err != nil {
 		return 0, err
 	}
-	hs, err := newHello(key, maxFrame)
+	hs, err := newHello(ring, maxFrame)
 	if err != nil {
 		return 0, err
 	}
 	helloS := hs.encode()
 	out := helloS
-	if key != nil && hc.mode == modeHMAC {
-		out = append(out, proof(key, roleServer, helloC, helloS)...)
+	if ring != nil && hc.mode == modeHMAC {
+		out = append(out, proof(ring[0], roleServer, helloC, helloS)...)
 	}
 	// The hello goes out even on a mode mismatch so that the client can tell
 	// an authentication failure from a broken connection.
@@ -159,16 +184,16 @@ func serverHandshake(nc net.Conn, key []byte, maxFrame int) (int, error) {
 	if hc.mode != hs.mode {
 		return 0, modeMismatch(hs.mode, hc.mode)
 	}
-	if key == nil {
+	if ring == nil {
 		return int(hc.maxFrame), nil
 	}
 	got := make([]byte, proofSize)
 	if _, err := io.ReadFull(nc, got); err != nil {
 		return 0, fmt.Errorf("%w: reading the client's proof: %w", ErrAuth, err)
 	}
-	if !hmac.Equal(got, proof(key, roleClient, helloC, helloS)) {
+	if !proofMatches(got, ring, roleClient, helloC, helloS) {
 		_, _ = nc.Write([]byte{statusReject})
-		return 0, fmt.Errorf("%w: the client's proof does not match our key", ErrAuth)
+		return 0, fmt.Errorf("%w: the client's proof does not match our keys", ErrAuth)
 	}
 	if _, err := nc.Write([]byte{statusOK}); err != nil {
 		return 0, err

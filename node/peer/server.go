@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,11 +65,18 @@ type ServerStats struct {
 	ProtocolErrors uint64 // connections closed for a malformed hello or frame
 	AuthFailures   uint64 // connections rejected by the key handshake
 	HandshakeFails uint64 // other failed handshakes: timeout, TLS, broken connection
+	// Refused counts the connections closed at once because MaxConns or
+	// MaxConnsPerIP was reached (not counted in Accepted).
+	Refused uint64
+	// IdleClosed counts the connections closed after IdleTimeout without
+	// a frame.
+	IdleClosed uint64
 }
 
 type serverCounters struct {
 	accepted, requests, handlerErrors, canceled  atomic.Uint64
 	protocolErrors, authFailures, handshakeFails atomic.Uint64
+	refused, idleClosed                          atomic.Uint64
 	conns                                        atomic.Int64
 }
 
@@ -78,8 +86,10 @@ type serverCounters struct {
 // own goroutine), then Close, which stops everything and waits for it. Close
 // is safe to call more than once.
 type Server struct {
-	cfg ServerConfig
-	h   Handler
+	cfg  ServerConfig
+	h    Handler
+	ring [][]byte // Key and Keys, primary first; nil without a key
+	warn *warnLimiter
 
 	// ctx is the parent of every handler's context; Close cancels it.
 	ctx    context.Context
@@ -95,6 +105,7 @@ type Server struct {
 		closed    bool
 		listeners map[net.Listener]struct{}
 		conns     map[*serverConn]struct{}
+		perIP     map[string]int // open connections by remote IP
 	}
 }
 
@@ -108,10 +119,11 @@ func NewServer(cfg ServerConfig, h Handler) (*Server, error) {
 	if h == nil {
 		return nil, errors.New("peer: NewServer: nil Handler")
 	}
-	s := &Server{cfg: cfg, h: h}
+	s := &Server{cfg: cfg, h: h, ring: keyring(cfg.Key, cfg.Keys), warn: newWarnLimiter(warnEvery)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*serverConn]struct{})
+	s.mu.perIP = make(map[string]int)
 	return s, nil
 }
 
@@ -154,19 +166,66 @@ func (s *Server) Serve(ln net.Listener) error {
 			return fmt.Errorf("peer: accept: %w", err)
 		}
 		backoff = 0
-		s.stats.accepted.Add(1)
-		sc := &serverConn{s: s, nc: nc}
+		sc := &serverConn{s: s, nc: nc, ip: remoteIP(nc)}
 		s.mu.Lock()
 		if s.mu.closed {
 			s.mu.Unlock()
 			_ = nc.Close()
 			return nil
 		}
+		if why := s.admitLocked(sc.ip); why != "" {
+			s.mu.Unlock()
+			_ = nc.Close()
+			s.stats.refused.Add(1)
+			s.warnf(sc.ip, "peer: refused connection", "remote", nc.RemoteAddr(), "reason", why)
+			continue
+		}
+		s.stats.accepted.Add(1)
 		s.mu.conns[sc] = struct{}{}
+		s.mu.perIP[sc.ip]++
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go sc.serve()
 	}
+}
+
+// admitLocked returns why a new connection from ip is refused, or "".
+func (s *Server) admitLocked(ip string) string {
+	switch {
+	case s.cfg.MaxConns > 0 && len(s.mu.conns) >= s.cfg.MaxConns:
+		return fmt.Sprintf("%d connections open, the limit (max_conns)", len(s.mu.conns))
+	case s.cfg.MaxConnsPerIP > 0 && s.mu.perIP[ip] >= s.cfg.MaxConnsPerIP:
+		return fmt.Sprintf("%d connections open from this address, the limit (max_conns_per_ip)", s.mu.perIP[ip])
+	}
+	return ""
+}
+
+// warnf logs a warning about the remote ip, at most one per ip every
+// warnEvery; the warnings held back meanwhile are counted in the next one.
+func (s *Server) warnf(ip, msg string, args ...any) {
+	held, ok := s.warn.allow(ip, time.Now())
+	if !ok {
+		return
+	}
+	if held > 0 {
+		args = append(args, "suppressed", held)
+	}
+	s.cfg.Logger.Warn(msg, args...)
+}
+
+// remoteIP is the IP address of a connection's remote end, without port.
+func remoteIP(nc net.Conn) string {
+	a := nc.RemoteAddr()
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	if a == nil {
+		return ""
+	}
+	if host, _, err := net.SplitHostPort(a.String()); err == nil {
+		return host
+	}
+	return a.String()
 }
 
 func (s *Server) isClosed() bool {
@@ -216,6 +275,8 @@ func (s *Server) Stats() ServerStats {
 		ProtocolErrors: s.stats.protocolErrors.Load(),
 		AuthFailures:   s.stats.authFailures.Load(),
 		HandshakeFails: s.stats.handshakeFails.Load(),
+		Refused:        s.stats.refused.Load(),
+		IdleClosed:     s.stats.idleClosed.Load(),
 	}
 }
 
@@ -224,14 +285,17 @@ func (s *Server) Stats() ServerStats {
 type serverConn struct {
 	s  *Server
 	nc net.Conn // the accepted connection, closed by Server.Close
+	ip string   // the remote IP, its key in Server.mu.perIP
 
 	conn    net.Conn // nc, or its TLS wrapper
 	w       *frameWriter
 	peerMax int           // the client's maximum frame size
 	sem     chan struct{} // one token per running handler
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup // the handler goroutines
+	// lastDone is when the last handler returned (Unix nanoseconds).
+	lastDone atomic.Int64
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup // the handler goroutines
 
 	mu struct {
 		sync.Mutex
@@ -248,7 +312,12 @@ func (sc *serverConn) serve() {
 	defer func() {
 		_ = sc.nc.Close()
 		s.mu.Lock()
-		delete(s.mu.conns, sc)
+		if _, ok := s.mu.conns[sc]; ok {
+			delete(s.mu.conns, sc)
+			if s.mu.perIP[sc.ip]--; s.mu.perIP[sc.ip] <= 0 {
+				delete(s.mu.perIP, sc.ip)
+			}
+		}
 		s.mu.Unlock()
 	}()
 
@@ -256,10 +325,10 @@ func (sc *serverConn) serve() {
 		switch {
 		case errors.Is(err, ErrAuth):
 			s.stats.authFailures.Add(1)
-			s.cfg.Logger.Warn("peer: rejected connection", "remote", sc.nc.RemoteAddr(), "err", err)
+			s.warnf(sc.ip, "peer: rejected connection", "remote", sc.nc.RemoteAddr(), "err", err)
 		case errors.Is(err, ErrProtocol):
 			s.stats.protocolErrors.Add(1)
-			s.cfg.Logger.Warn("peer: rejected connection", "remote", sc.nc.RemoteAddr(), "err", err)
+			s.warnf(sc.ip, "peer: rejected connection", "remote", sc.nc.RemoteAddr(), "err", err)
 		case errors.Is(err, io.EOF) || s.isClosed():
 			// A connection closed before saying anything: a port probe, or
 			// our own Close.
@@ -284,10 +353,14 @@ func (sc *serverConn) serve() {
 
 	err := sc.readLoop()
 	if err != nil && !errors.Is(err, io.EOF) && !s.isClosed() {
-		if errors.Is(err, ErrProtocol) {
+		switch {
+		case errors.Is(err, errIdle):
+			s.stats.idleClosed.Add(1)
+			s.cfg.Logger.Debug("peer: closing idle connection", "remote", sc.nc.RemoteAddr(), "idle", s.cfg.IdleTimeout)
+		case errors.Is(err, ErrProtocol):
 			s.stats.protocolErrors.Add(1)
 			s.cfg.Logger.Warn("peer: closing connection", "remote", sc.nc.RemoteAddr(), "err", err)
-		} else {
+		default:
 			s.cfg.Logger.Debug("peer: connection ended", "remote", sc.nc.RemoteAddr(), "err", err)
 		}
 	}
@@ -316,7 +389,7 @@ func (sc *serverConn) handshake() error {
 		}
 		sc.conn = tc
 	}
-	peerMax, err := serverHandshake(sc.conn, s.cfg.Key, s.cfg.MaxFrameSize)
+	peerMax, err := serverHandshake(sc.conn, s.ring, s.cfg.MaxFrameSize)
 	if err != nil {
 		return err
 	}
@@ -327,7 +400,7 @@ func (sc *serverConn) handshake() error {
 // readLoop reads frames until the connection fails or breaks the protocol.
 func (sc *serverConn) readLoop() error {
 	s := sc.s
-	tr := &timedReader{r: sc.conn}
+	tr := &timedReader{r: sc.conn, nc: sc.nc, idle: s.cfg.IdleTimeout, active: sc.active}
 	br := bufio.NewReaderSize(tr, readBufferSize)
 	var hdr [headerSize]byte
 	fast, _ := s.h.(FastHandler)
@@ -421,10 +494,23 @@ func (sc *serverConn) readLoop() error {
 	}
 }
 
+// active returns now while requests of the connection are running, else
+// the time the last one ended (zero if none ran): the connection's activity
+// for its idle deadline, besides the frames it reads.
+func (sc *serverConn) active() time.Time {
+	if len(sc.sem) > 0 {
+		return time.Now()
+	}
+	return time.Unix(0, sc.lastDone.Load())
+}
+
 // handle runs the handler for one request and queues its answer.
 func (sc *serverConn) handle(ctx *reqCtx, f frame) {
 	defer sc.wg.Done()
-	defer func() { <-sc.sem }()
+	defer func() {
+		sc.lastDone.Store(time.Now().UnixNano())
+		<-sc.sem
+	}()
 
 	resp, err := sc.call(ctx, f)
 
@@ -513,17 +599,53 @@ func (sc *serverConn) call(ctx context.Context, f frame) (resp []byte, err error
 	return sc.s.h.HandlePeer(ctx, f.op, f.payload)
 }
 
+// errIdle ends a server connection that stayed idle for IdleTimeout.
+var errIdle = errors.New("peer: idle connection")
+
 // timedReader records the time of its last successful read: one clock
-// reading per read syscall rather than one per request.
+// reading per read syscall rather than one per request. It also keeps the
+// idle deadline of the connection: a read deadline idle after the last
+// activity, moved forward at most every idle/16 (one timer update per burst
+// of reads, not per read), so a connection is closed between 15/16 idle and
+// idle after its last frame. When the deadline passes, the other activity
+// that active reports counts too: a client waiting for a long answer is not
+// idle, and an answer is left idle to be sent before the connection closes.
 type timedReader struct {
 	r    io.Reader
-	last time.Time
+	nc   net.Conn // whose read deadline is set
+	idle time.Duration
+	// active returns the time of the connection's latest activity other
+	// than reads: now while requests run, else when the last one ended.
+	active func() time.Time
+	last   time.Time
+	armed  time.Time // the activity time the deadline was set from
 }
 
 func (t *timedReader) Read(p []byte) (int, error) {
-	n, err := t.r.Read(p)
-	if n > 0 {
-		t.last = time.Now()
+	for {
+		if t.idle > 0 {
+			if t.last.IsZero() {
+				t.last = time.Now()
+			}
+			if t.last.Sub(t.armed) > t.idle/16 {
+				if err := t.nc.SetReadDeadline(t.last.Add(t.idle)); err != nil {
+					return 0, err
+				}
+				t.armed = t.last
+			}
+		}
+		n, err := t.r.Read(p)
+		if n > 0 {
+			t.last = time.Now()
+		}
+		if err != nil && n == 0 && t.idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			if a := t.active(); time.Since(a) < t.idle {
+				t.last = a
+				t.armed = time.Time{} // re-arm from a
+				continue
+			}
+			return 0, errIdle
+		}
+		return n, err
 	}
-	return n, err
 }

@@ -1,0 +1,191 @@
+package node
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cachenode/cachenode/node/peer"
+	"github.com/cachenode/cachenode/persist"
+)
+
+// Codes of the peer requests this node refuses although the sender proved
+// the cluster's key: authenticated is not authorised. Each is counted (see
+// PeerRefusals).
+const (
+	// codeNotMember: a handoff whose sender is not a member this node
+	// holds alive.
+	codeNotMember = "not_member"
+	// codeWrongOwner: a handed-off entry whose Owner is not its sender.
+	codeWrongOwner = "wrong_owner"
+	// codeNotOwned: a handed-off entry of a key this node does not own,
+	// with the sender in its ring or without it.
+	codeNotOwned = "not_owned"
+	// codeExpiresTooFar: a handed-off entry available beyond now plus its
+	// worker's expires.
+	codeExpiresTooFar = "expires_too_far"
+	// codeItemTooLarge: a handed-over delayed invalidation above
+	// PeerLimits.MaxEnqueueItem.
+	codeItemTooLarge = "item_too_large"
+	// codeOutboxFull: a handed-over delayed invalidation that would bring
+	// the outbox above PeerLimits.MaxEnqueueBytes.
+	codeOutboxFull = "outbox_full"
+	// codeCountdownTooLong: a handed-over delayed invalidation due beyond
+	// now plus PeerLimits.MaxEnqueueCountdown.
+	codeCountdownTooLong = "countdown_too_long"
+)
+
+// handoffSkew is the clock difference between members that a handed-off
+// entry's availability may carry beyond now plus its worker's expires.
+const handoffSkew = 5 * time.Second
+
+// refusals counts the refused peer requests by operation and code.
+type refusals struct {
+	m sync.Map // refusalKey → *atomic.Uint64
+}
+
+type refusalKey struct{ op, code string }
+
+// refuse counts a refusal and returns its error frame.
+func (n *Node) refuse(op byte, code, format string, args ...any) error {
+	k := refusalKey{opNames[op], code}
+	c, _ := n.refused.m.LoadOrStore(k, new(atomic.Uint64))
+	c.(*atomic.Uint64).Add(1)
+	msg := fmt.Sprintf(format, args...)
+	n.log.Debug("peer request refused", "op", k.op, "code", code, "reason", msg)
+	return &peer.RemoteError{Code: code, Message: msg}
+}
+
+// PeerRefusal is the count of one kind of peer request this node refused.
+type PeerRefusal struct {
+	Op, Code string
+	Count    uint64
+}
+
+// PeerRefusals returns how many peer requests this node refused since it
+// started, by operation and code.
+func (n *Node) PeerRefusals() []PeerRefusal {
+	var out []PeerRefusal
+	n.refused.m.Range(func(k, v any) bool {
+		rk := k.(refusalKey)
+		out = append(out, PeerRefusal{Op: rk.op, Code: rk.code, Count: v.(*atomic.Uint64).Load()})
+		return true
+	})
+	return out
+}
+
+// PeerServerStats returns the counters of the node's peer port (zero
+// before Start).
+func (n *Node) PeerServerStats() peer.ServerStats {
+	if n.server == nil {
+		return peer.ServerStats{}
+	}
+	return n.server.Stats()
+}
+
+// authorizeHandoff checks a handoff as a whole before any entry is kept:
+// it comes from a member this node holds alive, and each entry is of a
+// registered worker, owned by its sender, of a key this node owns (in its
+// ring, or in its ring without the leaving sender), and available no longer
+// than its worker's expires from now. A handoff that fails any check is
+// refused whole: a member that sends one is broken or not what it claims.
+func (n *Node) authorizeHandoff(req *handoffReq) error {
+	n.mu.Lock()
+	m := n.mu.members[req.From]
+	alive := m != nil && m.State == StateAlive && req.From != n.cfg.Name
+	n.mu.Unlock()
+	if !alive {
+		return n.refuse(opHandoff, codeNotMember, "handoff from %q, not a member this node holds alive", req.From)
+	}
+	r := n.route.Load()
+	if r == nil {
+		return n.refuse(opHandoff, codeNotOwned, "this node has no ring yet")
+	}
+	without := r.ring
+	if r.ring.Has(req.From) {
+		if w, err := r.ring.Without(req.From); err == nil {
+			without = w
+		}
+	}
+	now := n.cache.Clock().Now()
+	for i := range req.Entries {
+		e := &req.Entries[i]
+		w, ok := n.cache.Worker(e.Label)
+		if !ok {
+			return n.refuse(opHandoff, codeUnknownWorker, "entry %q: no worker %q here", e.Key, e.Label)
+		}
+		if e.Owner != req.From {
+			return n.refuse(opHandoff, codeWrongOwner, "entry %q: owner %q is not the sender %q", e.Key, e.Owner, req.From)
+		}
+		if !n.ownsIn(r.ring, e.Key) && !n.ownsIn(without, e.Key) {
+			return n.refuse(opHandoff, codeNotOwned, "entry %q: this node does not own the key", e.Key)
+		}
+		if limit := now.Add(w.Policy().Expires + handoffSkew); time.Unix(0, e.Available).After(limit) {
+			return n.refuse(opHandoff, codeExpiresTooFar, "entry %q: available to %v, beyond now + expires (%v)",
+				e.Key, time.Unix(0, e.Available).UTC(), w.Policy().Expires)
+		}
+	}
+	return nil
+}
+
+func (n *Node) ownsIn(r interface{ Owner(string) (string, bool) }, key string) bool {
+	o, ok := r.Owner(key)
+	return ok && o == n.cfg.Name
+}
+
+// authorizeEnqueue checks a delayed invalidation handed over by a leaving
+// member against PeerLimits before it is stored.
+func (n *Node) authorizeEnqueue(req *enqueueReq) error {
+	lim := n.cfg.PeerLimits
+	if len(req.Payload) > lim.MaxEnqueueItem {
+		return n.refuse(opEnqueue, codeItemTooLarge, "item of %d bytes, the limit is %d", len(req.Payload), lim.MaxEnqueueItem)
+	}
+	now := n.cache.Clock().Now()
+	if due := time.Unix(0, req.Due); due.After(now.Add(lim.MaxEnqueueCountdown)) {
+		return n.refuse(opEnqueue, codeCountdownTooLong, "due at %v, beyond now + %v", due.UTC(), lim.MaxEnqueueCountdown)
+	}
+	if held := n.outbox.bytes.Load(); held+int64(len(req.Payload)) > lim.MaxEnqueueBytes {
+		return n.refuse(opEnqueue, codeOutboxFull, "the outbox holds %d bytes, the limit is %d", held, lim.MaxEnqueueBytes)
+	}
+	return nil
+}
+
+// outboxBytes tracks the payload bytes of the delayed invalidations in the
+// store's outbox, which bounds what handed-over ones may add.
+type outboxBytes struct {
+	bytes atomic.Int64
+}
+
+// enqueue writes a delayed invalidation to the outbox and counts its bytes.
+func (n *Node) enqueue(due time.Time, payload []byte) (uint64, error) {
+	id, err := n.store.Enqueue(due, payload)
+	if err == nil {
+		n.outbox.bytes.Add(int64(len(payload)))
+	}
+	return id, err
+}
+
+// ack removes an applied or handed-over item from the outbox.
+func (n *Node) ack(it persist.OutboxItem) error {
+	err := n.store.Ack(it.ID)
+	if err == nil {
+		n.outbox.bytes.Add(-int64(len(it.Payload)))
+	}
+	return err
+}
+
+// countOutbox sets the outbox's byte count from what the store holds, at
+// start (items queued before a restart).
+func (n *Node) countOutbox() error {
+	items, err := n.store.Pending()
+	if err != nil {
+		return err
+	}
+	var b int64
+	for _, it := range items {
+		b += int64(len(it.Payload))
+	}
+	n.outbox.bytes.Store(b)
+	return nil
+}

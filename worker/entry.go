@@ -53,6 +53,11 @@ type Entry struct {
 	FillDuration time.Duration
 
 	decoded any
+	// readAt is when the entry was last read (unix nanoseconds on the
+	// cache's clock, coarse: written at most once a second; 0: never),
+	// accessed atomically. An invalidation refreshes entries read recently
+	// and drops the others.
+	readAt int64
 }
 
 // Expired reports whether the entry is past its hard deadline at now.

@@ -174,6 +174,7 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 		if word == "internal" || word == "origin_error" {
 			s.log.Warn("read failed", "label", label, "err", err)
 		}
+		setRetryAfter(w, err)
 		writeError(w, code, word, err.Error())
 		return
 	}

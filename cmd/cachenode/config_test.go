@@ -75,7 +75,7 @@ func TestContractConfig(t *testing.T) {
 		t.Errorf("defaults %+v", d)
 	}
 	all := rc.Workers["all_foos"]
-	def := all.workerDef("all_foos", d, nil)
+	def := all.workerDef("all_foos", d, nil, nil)
 	if def.Expires != 100000*time.Second || !*def.RelevanceInvalidation || def.RelevanceExpires != 30*time.Second || def.FillTimeout != time.Second {
 		t.Errorf("all_foos %+v", def)
 	}

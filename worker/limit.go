@@ -279,15 +279,19 @@ func (l *Limiter) acquire(ctx context.Context, clock Clock, budget time.Duration
 	return l.busyError("queue wait", time.Now())
 }
 
-// schedule queues a rebuild not to start before due; grant is called, with
-// the limiter's lock held, when it gets its slot, and must start the
-// rebuild without blocking (which calls release when done). It returns nil
-// when the rebuild was granted at once, else its ticket.
+// schedule queues a rebuild not to start before due (zero: as soon as a
+// slot is free); grant is called, with the limiter's lock held, when it
+// gets its slot, and must start the rebuild without blocking (which calls
+// release when done). It returns nil when the rebuild was granted at once,
+// else its ticket. A rebuild with a due time, one of a spread storm, is
+// never granted at once, even when its time has passed (the loop queueing
+// a large storm on a loaded machine runs past the first due times): it is
+// queued, so that its invalidation does not wait for it.
 func (l *Limiter) schedule(due time.Time, grant func()) *ticket {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !due.After(now) && l.mu.inFlight < l.cfg.MaxConcurrent && !now.Before(l.mu.paused) {
+	if due.IsZero() && l.mu.inFlight < l.cfg.MaxConcurrent && !now.Before(l.mu.paused) {
 		l.takeLocked()
 		grant()
 		return nil

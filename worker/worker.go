@@ -152,8 +152,9 @@ func (w *Worker) PeekOwned(key string, ov Settings) (*Entry, bool) {
 // so that hot keys do not write one cache line from every core.
 func (w *Worker) markRead(e *Entry, now time.Time) {
 	n := now.UnixNano()
-	if n-atomic.LoadInt64(&e.readAt) >= int64(time.Second) {
-		atomic.StoreInt64(&e.readAt, n)
+	if old := atomic.LoadInt64(&e.readAt); old >= 0 && n-old >= int64(time.Second) {
+		// A CAS, not a store: a withdrawn entry stays withdrawn.
+		atomic.CompareAndSwapInt64(&e.readAt, old, n)
 	}
 }
 
@@ -203,6 +204,12 @@ func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool) (
 					case <-ctx.Done():
 						return nil, 0, ctx.Err()
 					}
+				}
+				// No rebuild running now, but one may have ended between
+				// the lookup above and that check, replacing e: answer
+				// what is in place now.
+				if cur, ok := w.cache.store.GetIfPresent(key); ok && cur != e && !cur.Expired(now) {
+					e = cur
 				}
 			}
 			w.stats.hits.Add(1)

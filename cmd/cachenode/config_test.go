@@ -153,6 +153,11 @@ func TestBadConfig(t *testing.T) {
 		{"", []string{"extra"}, `unexpected argument "extra"`},
 		{"ring: {partition_count: -3}\n", nil, "ring:"},
 		{"tls: {cert: a.pem}\n", nil, "tls: give both"},
+		{"origin_limits: {max_concurrent_fills: -1}\nworkers:\n  w:\n    origin: http://x/\n", nil, "origin_limits (x:80): worker: invalid config: max_concurrent_fills must be > 0"},
+		{"origin_limits: {max_concurrent: 3}\n", nil, "line 1: origin_limits.max_concurrent: unknown field"},
+		{"origin_limits:\n  hosts:\n    \"y:80\": {max_queued_fills: 2}\nworkers:\n  w:\n    origin: http://x/\n", nil, "origin_limits.hosts.y:80: no worker's origin is on this host"},
+		{"max_concurrent_requests: -1\n", nil, "max_concurrent_requests: must be > 0"},
+		{"workers:\n  w:\n    origin: http://x/\n    refresh_unread: true\n    refresh_if_read_within: 1m\n", nil, "workers.w: give refresh_if_read_within or refresh_unread"},
 	} {
 		args := append([]string{"--name", "t", "--gossip-key", key}, tc.args...)
 		if tc.file != "" {

@@ -139,3 +139,45 @@ workers:
 		t.Errorf("%d origin calls, want 201 (200 reads and one 503)", calls)
 	}
 }
+
+// TestOriginConfigFields: the issue-21 fields of the file reach the
+// workers and their limiters.
+func TestOriginConfigFields(t *testing.T) {
+	var fc fileConfig
+	err := decodeYAML(strings.NewReader(`
+origin_limits:
+  max_concurrent_fills: 10
+  refresh_spread: 0s
+  hosts:
+    "db:8000": {max_concurrent_fills: 2, max_queued_fills: 5}
+max_concurrent_requests: 100
+workers:
+  a: {origin: "http://db:8000/a", refresh_if_read_within: 10m}
+  b: {origin: "http://db:8000/b", refresh_unread: true}
+  c: {origin: "https://other/c"}
+`), &fc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := resolve(fc, map[string]string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rc.Limiters) != 2 || rc.MaxConcurrentRequests != 100 {
+		t.Fatalf("limiters %v, max_concurrent_requests %d", rc.Limiters, rc.MaxConcurrentRequests)
+	}
+	db, other := rc.Limiters["db:8000"], rc.Limiters["other:443"]
+	if c := db.Config(); c.MaxConcurrent != 2 || c.MaxQueue != 5 || c.RefreshSpread >= 0 {
+		t.Errorf("db:8000 limiter %+v, want 2 in flight, 5 queued, no spreading", c)
+	}
+	if c := other.Config(); c.MaxConcurrent != 10 || c.RefreshSpread >= 0 {
+		t.Errorf("other:443 limiter %+v, want the defaults of origin_limits", c)
+	}
+	d := rc.Node.Defaults
+	a := rc.Workers["a"].workerDef("a", d, nil, db)
+	b := rc.Workers["b"].workerDef("b", d, nil, db)
+	c := rc.Workers["c"].workerDef("c", d, nil, other)
+	if a.RefreshIfReadWithin != 10*time.Minute || b.RefreshIfReadWithin >= 0 || c.RefreshIfReadWithin != 0 || a.Limiter != db {
+		t.Errorf("refresh_if_read_within: a %v, b %v, c %v", a.RefreshIfReadWithin, b.RefreshIfReadWithin, c.RefreshIfReadWithin)
+	}
+}

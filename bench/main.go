@@ -17,7 +17,10 @@
 // /v1/cache hits over keep-alive connections), records (created-cache
 // records written per second), processes (the HTTP hits and the kill -9
 // re-route again, against cachenode processes that the bench starts, with
-// an origin it serves). The comparison with groupcache and olric is the
+// an origin it serves), origin (issue 21: the origin's peak concurrency
+// under 3,000 distinct misses and a 10,000-key refresh, and the hits of
+// another worker during the refresh against an idle node's, with and
+// without the limit). The comparison with groupcache and olric is the
 // separate module bench/compare.
 package main
 
@@ -39,7 +42,7 @@ import (
 	"github.com/cachenode/cachenode/bench/internal/scenario"
 )
 
-var allScenarios = []string{"owner", "near", "remote", "stampede", "invalidation", "reroute", "http", "records", "processes"}
+var allScenarios = []string{"owner", "near", "remote", "stampede", "invalidation", "reroute", "http", "records", "processes", "origin"}
 
 type flags struct {
 	scenarios                    string
@@ -56,6 +59,8 @@ type flags struct {
 	jsonPath, mdPath, cpuProfile string
 	dataDir                      string
 	verbose                      bool
+	origin                       scenario.OriginConfig
+	originLimits                 string
 }
 
 func main() {
@@ -90,6 +95,11 @@ func main() {
 	flag.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of each closed-loop scenario to PREFIX-SCENARIO.pprof")
 	flag.StringVar(&f.dataDir, "data", os.TempDir(), "directory for the Pebble stores of the records scenario")
 	flag.BoolVar(&f.verbose, "v", false, "log the nodes' warnings to stderr")
+	flag.IntVar(&f.origin.Keys, "origin-keys", 10000, "cached keys the origin scenario invalidates")
+	flag.IntVar(&f.origin.Misses, "origin-misses", 3000, "concurrent distinct cold reads of the origin scenario")
+	flag.DurationVar(&f.origin.Delay, "origin-delay", 20*time.Millisecond, "origin latency during the origin scenario's refresh")
+	flag.DurationVar(&f.origin.MissDelay, "origin-miss-delay", 200*time.Millisecond, "origin latency during the origin scenario's misses")
+	flag.StringVar(&f.originLimits, "origin-limits", "64,-1", "max_concurrent_fills of the origin scenario's runs, comma-separated; -1: no limit")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -280,6 +290,21 @@ func runOne(ctx context.Context, s string, f flags, opts scenario.Options) ([]*l
 			return out, err
 		}
 		return append(out, r), nil
+
+	case "origin":
+		var out []*load.Result
+		for _, l := range strings.Split(f.originLimits, ",") {
+			cfg := f.origin
+			if _, err := fmt.Sscan(l, &cfg.Limit); err != nil {
+				return out, fmt.Errorf("-origin-limits: %q is not a number", l)
+			}
+			rs, err := scenario.Origin(ctx, opts, cfg)
+			out = append(out, rs...)
+			if err != nil {
+				return out, err
+			}
+		}
+		return out, nil
 
 	case "records":
 		var out []*load.Result

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
+	"time"
 
 	"github.com/cachenode/cachenode/node/peer"
 	"github.com/cachenode/cachenode/worker"
@@ -71,6 +73,11 @@ func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.En
 		var re *peer.RemoteError
 		if errors.As(err, &re) && re.Code == codeFill {
 			return nil, 0, fmt.Errorf("%w: owner %s: %s", worker.ErrFill, p.name, re.Message)
+		}
+		if errors.As(err, &re) && re.Code == codeOriginBusy {
+			ms, _ := strconv.ParseInt(re.Message, 10, 64)
+			return nil, 0, &worker.OriginBusyError{Origin: "owner " + p.name, RetryAfter: max(time.Duration(ms)*time.Millisecond, time.Second),
+				Reason: "the owner's origin limit"}
 		}
 		return nil, 0, fmt.Errorf("node: fetch from %s: %w", p.name, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -72,7 +73,10 @@ func (n *Node) handleFetch(ctx context.Context, payload []byte, final bool) ([]b
 	// never forwarded again.
 	e, st, err := w.GetOwned(ctx, req.Args, req.Ov.settings())
 	if err != nil {
+		var busy *worker.OriginBusyError
 		switch {
+		case errors.As(err, &busy):
+			return nil, &peer.RemoteError{Code: codeOriginBusy, Message: strconv.FormatInt(busy.RetryAfter.Milliseconds(), 10)}
 		case errors.Is(err, worker.ErrFill):
 			return nil, &peer.RemoteError{Code: codeFill, Message: err.Error()}
 		case errors.Is(err, worker.ErrBadArgs), errors.Is(err, worker.ErrConfig):

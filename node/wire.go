@@ -32,6 +32,10 @@ const (
 	codeUnknownWorker = "unknown_worker"
 	codeFill          = "fill_error"
 	codeBadRequest    = "bad_request"
+	// codeOriginBusy: the owner's origin limiter turned the fill away; the
+	// message is the Retry-After in milliseconds. The asker does not fill
+	// the key itself, which would go around the owner's limit.
+	codeOriginBusy = "origin_busy"
 )
 
 // Error codes of a fetch over the node's limits (Config.Limits), the

@@ -150,10 +150,21 @@ func (c *Cache) Register(cfg Config) (*Worker, error) {
 	if cfg.SweepInterval == 0 {
 		cfg.SweepInterval = time.Second
 	}
+	if cfg.RefreshIfReadWithin == 0 {
+		cfg.RefreshIfReadWithin = 5 * time.Minute
+	}
+	lim := cfg.Limiter
+	if lim == nil && cfg.MaxConcurrentFills >= 0 {
+		var err error
+		if lim, err = NewLimiter(LimiterConfig{Name: cfg.Label, MaxConcurrent: cfg.MaxConcurrentFills}); err != nil {
+			return nil, fmt.Errorf("worker %q: %w", cfg.Label, err)
+		}
+	}
 	w := &Worker{
 		cache:   c,
 		cfg:     cfg,
 		base:    pol,
+		lim:     lim,
 		flights: make(map[string]*flight),
 		gens:    make(map[string]*keyGen),
 	}
@@ -265,8 +276,15 @@ func (c *Cache) Close() error {
 		return nil
 	}
 	c.closed = true
+	ws := make([]*Worker, 0, len(c.workers))
+	for _, w := range c.workers {
+		ws = append(ws, w)
+	}
 	c.mu.Unlock()
 	c.cancel()
+	for _, w := range ws {
+		w.cancelQueued()
+	}
 	c.wg.Wait()
 	c.store.StopAllGoroutines()
 	return nil

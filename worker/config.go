@@ -225,6 +225,19 @@ type Config struct {
 	// it they need the admin token. Not applied by the worker either.
 	// Default false.
 	OpenOverrides bool
+	// Limiter bounds the getter runs of this worker together with those of
+	// every other worker given the same Limiter (the workers of one origin
+	// host). Default nil: the worker gets a limiter of its own, of
+	// MaxConcurrentFills.
+	Limiter *Limiter
+	// MaxConcurrentFills bounds the getter runs in flight when Limiter is
+	// nil. Default 64; negative: no limit.
+	MaxConcurrentFills int
+	// RefreshIfReadWithin is the refresh-or-drop rule of invalidations: an
+	// owned entry read since it was built and within this window is
+	// rebuilt, the others are dropped and fill on their next read.
+	// Default 5m; negative: every entry is rebuilt.
+	RefreshIfReadWithin time.Duration
 }
 
 const maxLabelLen = 128
@@ -269,6 +282,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("%w: worker %q: fill_timeout must be >= 0", ErrConfig, c.Label)
 	case c.MaxExpires < 0:
 		return fmt.Errorf("%w: worker %q: max_expires must be >= 0", ErrConfig, c.Label)
+	case c.Limiter != nil && c.MaxConcurrentFills != 0:
+		return fmt.Errorf("%w: worker %q: max_concurrent_fills and a shared limiter are exclusive", ErrConfig, c.Label)
 	}
 	return nil
 }

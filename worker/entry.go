@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 )
 
@@ -53,10 +54,24 @@ type Entry struct {
 	FillDuration time.Duration
 
 	decoded any
+	// readAt is when the entry was last read (unix nanoseconds on the
+	// cache's clock, coarse: written at most once a second; 0: never),
+	// accessed atomically. An invalidation refreshes entries read recently
+	// and drops the others. -1: withdrawn (see withdraw).
+	readAt int64
 }
 
-// Expired reports whether the entry is past its hard deadline at now.
-func (e *Entry) Expired(now time.Time) bool { return !now.Before(e.AvailableTo) }
+// Expired reports whether the entry is past its hard deadline at now, or
+// was withdrawn by an invalidation whose rebuild is queued.
+func (e *Entry) Expired(now time.Time) bool {
+	return !now.Before(e.AvailableTo) || atomic.LoadInt64(&e.readAt) < 0
+}
+
+// withdraw makes the entry count as expired until the rebuild queued by an
+// invalidation replaces it: cheaper than removing it from the store, whose
+// write buffer a storm of 10,000 removals fills (each then waits for the
+// store's maintenance), and the rebuild's store writes it anyway.
+func (e *Entry) withdraw() { atomic.StoreInt64(&e.readAt, -1) }
 
 // Status says how a Get was answered.
 type Status uint8

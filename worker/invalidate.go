@@ -7,17 +7,21 @@ import (
 )
 
 // Invalidate invalidates the entry of key with the worker's action. With
-// [Refresh] (the default) the entry is rebuilt from its stored arguments:
-// readers keep getting the old value until the new one is in place, and
-// Invalidate returns once it is (or when ctx ends; the rebuild goes on). If
-// the rebuild fails, the entry is removed, since the old value must not be
-// served any longer. With [Drop] the entry is removed. In both cases a
-// computation of key that is running is not kept as fresh.
+// [Refresh] (the default) an entry read within RefreshIfReadWithin is
+// rebuilt from its stored arguments, and one nobody read is dropped. While
+// the rebuild runs, readers keep getting the old value until the new one is
+// in place, and Invalidate returns once it is (or when ctx ends; the
+// rebuild goes on). A rebuild that has to wait for a slot of the origin's
+// limiter does not keep the old value meanwhile: the entry is removed at
+// once, and a reader joins the queued rebuild, which then goes at read
+// priority. If the rebuild fails, the entry is removed, since the old value
+// must not be served any longer. With [Drop] the entry is removed. In every
+// case a computation of key that is running is not kept as fresh.
 //
 // Invalidate only rebuilds values this node owns; near-cache copies of
 // other nodes' keys are dropped (their owner rebuilds them).
 func (w *Worker) Invalidate(ctx context.Context, key string) error {
-	f, _, err := w.invalidate(key, w.cfg.Action, nil)
+	f, _, err := w.invalidate(key, w.cfg.Action, nil, time.Time{})
 	if err != nil || f == nil {
 		return err
 	}
@@ -49,7 +53,7 @@ func (w *Worker) Refresh(ctx context.Context, args Args) error {
 	if err != nil {
 		return err
 	}
-	f, _, err := w.invalidate(key, Refresh, args)
+	f, _, err := w.invalidate(key, Refresh, args, time.Time{})
 	if err != nil || f == nil {
 		return err
 	}
@@ -65,7 +69,7 @@ func (w *Worker) Refresh(ctx context.Context, args Args) error {
 // worker drops on invalidation), and makes sure no computation of key that
 // is running gets kept.
 func (w *Worker) Drop(key string) {
-	_, _, _ = w.invalidate(key, Drop, nil)
+	_, _, _ = w.invalidate(key, Drop, nil, time.Time{})
 }
 
 // InvalidateAll invalidates every key of the worker held by this node and
@@ -122,21 +126,38 @@ func (w *Worker) InvalidateKeys(ctx context.Context, keys []string) (int, error)
 }
 
 // InvalidateKeysScope is InvalidateKeys for the keys of keys in scope; the
-// others are left alone (their generation is not bumped either).
+// others are left alone (their generation is not bumped either). The
+// rebuilds of a batch larger than the origin's limit are spread over the
+// limiter's RefreshSpread per 1,000 keys; those that wait have their old
+// value removed before it returns (see Invalidate).
 func (w *Worker) InvalidateKeysScope(ctx context.Context, keys []string, scope Scope) (int, error) {
 	var pending []*flight
 	acted := 0
-	for _, k := range keys {
-		f, present, err := w.invalidateScope(k, w.cfg.Action, nil, scope)
-		if err != nil {
-			return acted, err
+	spread := w.spread(len(keys))
+	now := time.Now()
+	// The keys go in batches under one hold of w.mu: taking it once per
+	// key, beside the rebuilds that finish under it, makes a storm of
+	// 10,000 keys a convoy of 10,000 lock hand-offs, seconds long on a
+	// loaded machine.
+	const batch = 256
+	for len(keys) > 0 {
+		n := min(batch, len(keys))
+		w.mu.Lock()
+		for _, k := range keys[:n] {
+			f, present, err := w.invalidateScopeLocked(k, w.cfg.Action, nil, scope, w.due(now, spread))
+			if err != nil {
+				w.mu.Unlock()
+				return acted, err
+			}
+			if present {
+				acted++
+			}
+			if f != nil {
+				pending = append(pending, f)
+			}
 		}
-		if present {
-			acted++
-		}
-		if f != nil {
-			pending = append(pending, f)
-		}
+		w.mu.Unlock()
+		keys = keys[n:]
 	}
 	var errs []error
 	for _, f := range pending {
@@ -152,17 +173,40 @@ func (w *Worker) InvalidateKeysScope(ctx context.Context, keys []string, scope S
 	return acted, errors.Join(errs...)
 }
 
-// invalidate bumps the generation of key, detaches its running flight, and
-// either removes the entry or starts its rebuild, which it returns. args,
-// when given, are used if neither an entry nor a flight knows them. present
-// says whether the key was cached or being computed.
-func (w *Worker) invalidate(key string, action Action, args Args) (f *flight, present bool, err error) {
-	return w.invalidateScope(key, action, args, ScopeAll)
+// spread returns the window over which the rebuilds of n keys start.
+func (w *Worker) spread(n int) time.Duration {
+	if w.lim == nil {
+		return 0
+	}
+	return w.lim.spread(n)
 }
 
-func (w *Worker) invalidateScope(key string, action Action, args Args, scope Scope) (f *flight, present bool, err error) {
+// due returns a random start within spread of now (now itself when spread
+// is 0).
+func (w *Worker) due(now time.Time, spread time.Duration) time.Time {
+	if spread <= 0 {
+		return time.Time{}
+	}
+	return now.Add(time.Duration(w.cache.cfg.Rand() * float64(spread)))
+}
+
+// invalidate bumps the generation of key, detaches its running flight, and
+// either removes the entry or schedules its rebuild (not before due), which
+// it returns when it is running and the old entry stays in place until it
+// ends. args, when given, are used if neither an entry nor a flight knows
+// them. present says whether the key was cached or being computed.
+func (w *Worker) invalidate(key string, action Action, args Args, due time.Time) (f *flight, present bool, err error) {
+	return w.invalidateScope(key, action, args, ScopeAll, due)
+}
+
+func (w *Worker) invalidateScope(key string, action Action, args Args, scope Scope, due time.Time) (f *flight, present bool, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	return w.invalidateScopeLocked(key, action, args, scope, due)
+}
+
+// invalidateScopeLocked is invalidateScope with w.mu held.
+func (w *Worker) invalidateScopeLocked(key string, action Action, args Args, scope Scope, due time.Time) (f *flight, present bool, err error) {
 	e, cached := w.cache.store.GetIfPresent(key)
 	// A near-cache copy, or a fetch from the owner in flight: the owner
 	// rebuilds; this node forgets what it has.
@@ -171,11 +215,24 @@ func (w *Worker) invalidateScope(key string, action Action, args Args, scope Sco
 		return nil, false, nil
 	}
 	w.stats.invalidations.Add(1)
-	if g := w.gens[key]; g != nil {
+	g := w.gens[key]
+	if g != nil {
 		g.gen++
 	}
 	if old := w.flights[key]; old != nil {
 		present = true
+		if !near && old.queued.Load() {
+			// Its getter has not started: it will read the changed data,
+			// so it is kept, with its waiters, under the new generation.
+			// The old value must not be served while it waits.
+			old.gen = g.gen
+			old.refresh = true
+			if cached {
+				e.withdraw()
+			}
+			w.stats.invRefreshed.Add(1)
+			return nil, true, nil
+		}
 		delete(w.flights, key)
 		if args == nil {
 			args = old.args
@@ -187,16 +244,36 @@ func (w *Worker) invalidateScope(key string, action Action, args Args, scope Sco
 	if cached {
 		present = true
 		args = e.Args
+		if action == Refresh && !w.readRecently(e, w.cache.clock.Now()) {
+			// Nobody read it lately: rebuilding it would load the origin
+			// for a value that may never be read. Its next reader fills it.
+			action = Drop
+			w.stats.invDropped.Add(1)
+		}
 	}
 	if action == Drop || args == nil {
 		w.cache.store.Invalidate(key)
 		return nil, present, nil
 	}
+	w.stats.refreshes.Add(1)
+	w.stats.invRefreshed.Add(1)
+	f, queued, err := w.scheduleFlightLocked(key, args, w.base, false, true, due)
+	if err != nil {
+		return nil, present, err
+	}
+	if queued {
+		// The rebuild waits behind reads or for its turn in the storm: the
+		// old value must not be served meanwhile, so the entry is
+		// withdrawn and a reader joins the rebuild (at read priority).
+		// Nothing to wait for.
+		if cached {
+			e.withdraw()
+		}
+		return nil, present, nil
+	}
 	// The entry stays in place so that readers see the old value, never a
 	// miss, until the rebuild replaces it.
-	w.stats.refreshes.Add(1)
-	f, err = w.startFlightLocked(key, args, w.base, false, true)
-	return f, present, err
+	return f, present, nil
 }
 
 // Put stores an entry obtained elsewhere: a hot entry handed over by a node
@@ -211,6 +288,9 @@ func (w *Worker) Put(e *Entry) bool {
 	if cur, ok := w.cache.store.GetIfPresent(e.Key); ok && cur.CreatedAt.After(e.CreatedAt) {
 		return false
 	}
+	// Handed over because it was hot, or kept on disk for a restart: it
+	// counts as read, so that the next invalidation rebuilds it.
+	w.markRead(e, w.cache.clock.Now())
 	w.cache.store.Set(e.Key, e)
 	return true
 }
@@ -218,17 +298,24 @@ func (w *Worker) Put(e *Entry) bool {
 // Sweep starts a background rebuild of every owned entry of the worker that
 // is past its relevance deadline, and returns how many it found. A rebuild
 // already running for a key is not started twice.
+//
+// The rebuilds go behind the reads of the origin's limiter; more of them
+// than the limit are spread over its RefreshSpread per 1,000 keys.
 func (w *Worker) Sweep() int {
 	now := w.cache.clock.Now()
-	n := 0
+	var stale []*Entry
 	for e := range w.cache.Entries() {
 		if e.Label != w.cfg.Label || e.Owner != w.cache.cfg.Self || e.RelevanceTo.IsZero() || now.Before(e.RelevanceTo) || e.Expired(now) {
 			continue
 		}
-		n++
-		w.background(e.Key, e.Args, w.base, false)
+		stale = append(stale, e)
 	}
-	return n
+	spread := w.spread(len(stale))
+	wall := time.Now()
+	for _, e := range stale {
+		w.background(e.Key, e.Args, w.base, false, w.due(wall, spread))
+	}
+	return len(stale)
 }
 
 func (w *Worker) sweepLoop() {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -19,6 +20,8 @@ type Worker struct {
 	cfg   Config
 	base  Policy // the cache's defaults with the worker's settings applied
 	stats counters
+	// lim bounds the getter runs (origin requests); nil: no bound.
+	lim *Limiter
 
 	mu sync.Mutex
 	// flights are the computations that callers can join, by key. An
@@ -44,6 +47,18 @@ type flight struct {
 	done    chan struct{} // closed when the fields below are set
 	args    Args
 	refresh bool // started by an invalidation
+	// gen is the generation of the key the flight's result is kept under.
+	// Guarded by the worker's mu: an invalidation moves a flight that has
+	// not reached the origin yet to the new generation (its getter will
+	// read the changed data).
+	gen uint64
+	// queued is true while the flight waits for a slot of the origin's
+	// limiter: a caller whose budget ends then is told the origin is busy
+	// instead of queueing a second request.
+	queued atomic.Bool
+	// ticket is the flight's place in the limiter's queue of rebuilds, set
+	// under the worker's mu; nil for flights that started at once.
+	ticket *ticket
 	// results, written before done is closed
 	entry  *Entry
 	status Status
@@ -58,6 +73,10 @@ func (w *Worker) Config() Config { return w.cfg }
 
 // Policy returns the settings in force for calls without overrides.
 func (w *Worker) Policy() Policy { return w.base }
+
+// Limiter returns the limiter of the worker's getter runs (shared with the
+// other workers of its origin), nil when they are not bounded.
+func (w *Worker) Limiter() *Limiter { return w.lim }
 
 // Stats returns the worker's counters.
 func (w *Worker) Stats() Stats { return w.stats.snapshot() }
@@ -124,11 +143,40 @@ func (w *Worker) PeekOwned(key string, ov Settings) (*Entry, bool) {
 		return nil, false
 	}
 	w.stats.hits.Add(1)
+	w.markRead(e, now)
 	w.maybeRefreshEarly(e, now, pol, false)
 	return e, true
 }
 
+// markRead notes that e was read at now, at most once a second per entry
+// so that hot keys do not write one cache line from every core.
+func (w *Worker) markRead(e *Entry, now time.Time) {
+	n := now.UnixNano()
+	if old := atomic.LoadInt64(&e.readAt); old >= 0 && n-old >= int64(time.Second) {
+		// A CAS, not a store: a withdrawn entry stays withdrawn.
+		atomic.CompareAndSwapInt64(&e.readAt, old, n)
+	}
+}
+
+// readRecently reports whether e was read since it was built and within
+// the worker's RefreshIfReadWithin of now.
+func (w *Worker) readRecently(e *Entry, now time.Time) bool {
+	if w.cfg.RefreshIfReadWithin < 0 {
+		return true
+	}
+	r := atomic.LoadInt64(&e.readAt)
+	return r != 0 && now.UnixNano()-r <= int64(w.cfg.RefreshIfReadWithin)
+}
+
 func (w *Worker) get(ctx context.Context, args Args, ov Settings, route bool) (*Entry, Status, error) {
+	e, st, err := w.read(ctx, args, ov, route)
+	if err == nil {
+		w.markRead(e, w.cache.clock.Now())
+	}
+	return e, st, err
+}
+
+func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool) (*Entry, Status, error) {
 	pol, err := w.PolicyFor(ov)
 	if err != nil {
 		return nil, 0, err
@@ -157,6 +205,12 @@ func (w *Worker) get(ctx context.Context, args Args, ov Settings, route bool) (*
 						return nil, 0, ctx.Err()
 					}
 				}
+				// No rebuild running now, but one may have ended between
+				// the lookup above and that check, replacing e: answer
+				// what is in place now.
+				if cur, ok := w.cache.store.GetIfPresent(key); ok && cur != e && !cur.Expired(now) {
+					e = cur
+				}
 			}
 			w.stats.hits.Add(1)
 			w.maybeRefreshEarly(e, now, pol, route)
@@ -167,7 +221,7 @@ func (w *Worker) get(ctx context.Context, args Args, ov Settings, route bool) (*
 		if pol.DelayInvalidation {
 			// Stale-while-revalidate: at most one rebuild per key, however
 			// many stale reads arrive (startFlight joins a running one).
-			w.background(key, e.Args, pol, route)
+			w.background(key, e.Args, pol, route, time.Time{})
 			return e, Stale, nil
 		}
 		ne, st, err := w.load(ctx, key, e.Args, pol, route)
@@ -191,9 +245,15 @@ func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, ro
 	}
 	w.mu.Lock()
 	if f := w.flights[key]; f != nil {
+		tk := f.ticket
 		w.mu.Unlock()
 		if !pol.IsConcurrent {
 			return w.computeDirect(ctx, key, args, pol, route)
+		}
+		if tk != nil {
+			// A rebuild still queued behind reads: a reader waits for it
+			// now, so it goes at read priority.
+			w.lim.promote(tk)
 		}
 		w.stats.waits.Add(1)
 		t := w.cache.clock.NewTimer(pol.Budget())
@@ -202,8 +262,14 @@ func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, ro
 			t.Stop()
 			return f.result()
 		case <-t.C():
-			// The budget ran out: compute it ourselves, as the original did.
 			w.stats.waitTimeouts.Add(1)
+			if f.queued.Load() {
+				// The computation has not reached the origin yet: a second
+				// request would only queue behind it.
+				w.stats.originBusy.Add(1)
+				return nil, 0, w.lim.busyError("queue wait", time.Now())
+			}
+			// The budget ran out: compute it ourselves, as the original did.
 			return w.computeDirect(ctx, key, args, pol, route)
 		case <-ctx.Done():
 			t.Stop()
@@ -287,7 +353,7 @@ func (w *Worker) leadFetch(ctx context.Context, p Peer, key string, args Args, p
 	case !isFillError(err) && callerEnded(ctx):
 		settled = true
 		w.handOff(key, gen, f, pol, func(cctx context.Context) (*Entry, Status, error) {
-			return w.compute(cctx, key, args, pol, true)
+			return w.compute(cctx, key, args, pol, true, &slot{f: f})
 		})
 		<-ctx.Done() // at once, or as soon as its timer fires
 		return nil, 0, ctx.Err()
@@ -299,7 +365,7 @@ func (w *Worker) leadFetch(ctx context.Context, p Peer, key string, args Args, p
 	}
 	settled = true
 	w.handOff(key, gen, f, pol, func(cctx context.Context) (*Entry, Status, error) {
-		return w.fallback(cctx, p, key, args, pol, err)
+		return w.fallback(cctx, p, key, args, pol, err, &slot{f: f})
 	})
 	return w.awaitLed(ctx, f)
 }
@@ -366,14 +432,15 @@ func (f *flight) result() (*Entry, Status, error) {
 	return f.entry, f.status, nil
 }
 
-// background starts a rebuild of key unless one is running.
-func (w *Worker) background(key string, args Args, pol Policy, route bool) {
+// background starts a rebuild of key unless one is running, behind the
+// reads of the origin's limiter and not before due.
+func (w *Worker) background(key string, args Args, pol Policy, route bool, due time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.flights[key] != nil {
 		return
 	}
-	_, _ = w.startFlightLocked(key, args, pol, route, false)
+	_, _, _ = w.scheduleFlightLocked(key, args, pol, route, false, due)
 }
 
 // maybeRefreshEarly implements XFetch: the closer to its hard deadline and
@@ -393,7 +460,7 @@ func (w *Worker) maybeRefreshEarly(e *Entry, now time.Time, pol Policy, route bo
 		return
 	}
 	w.stats.refreshes.Add(1)
-	w.background(e.Key, e.Args, pol, route)
+	w.background(e.Key, e.Args, pol, route, time.Time{})
 }
 
 // startFlightLocked registers a computation of key that callers can join and
@@ -411,10 +478,71 @@ func (w *Worker) startFlightLocked(key string, args Args, pol Policy, route, ref
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		e, st, err := w.compute(c.ctx, key, args, pol, route)
+		e, st, err := w.compute(c.ctx, key, args, pol, route, &slot{f: f})
 		w.finish(key, gen, f, e, st, err, pol, refresh)
 	}()
 	return f, nil
+}
+
+// scheduleFlightLocked registers a rebuild of key, as startFlightLocked
+// does, that waits for a slot of the origin's limiter behind the reads and
+// does not start before due. queued reports that it did not start at once
+// (its ticket is in the limiter's queue). w.mu must be held.
+func (w *Worker) scheduleFlightLocked(key string, args Args, pol Policy, route, refresh bool, due time.Time) (f *flight, queued bool, err error) {
+	if w.lim == nil || w.remoteOwner(key, route) != nil {
+		// No origin request to bound: a fetch from the owner, which
+		// bounds its own.
+		f, err = w.startFlightLocked(key, args, pol, route, refresh)
+		return f, false, err
+	}
+	c := w.cache
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return nil, false, ErrClosed
+	}
+	f, gen := w.registerFlightLocked(key, args, refresh)
+	f.queued.Store(true)
+	c.wg.Add(1)
+	run := func() {
+		defer c.wg.Done()
+		s := &slot{f: f, held: true}
+		e, st, err := w.compute(c.ctx, key, args, pol, route, s)
+		if s.held { // the slot was not used: the owner moved meanwhile
+			w.lim.release(0)
+		}
+		w.finish(key, gen, f, e, st, err, pol, refresh)
+	}
+	t := w.lim.schedule(due, func() {
+		f.queued.Store(false)
+		go run()
+	})
+	f.ticket = t
+	return f, t != nil, nil
+}
+
+// cancelQueued ends the flights whose rebuild still waits in the
+// limiter's queue with ErrClosed: the cache is closing.
+func (w *Worker) cancelQueued() {
+	type queued struct {
+		key     string
+		f       *flight
+		refresh bool
+	}
+	var qs []queued
+	w.mu.Lock()
+	for k, f := range w.flights {
+		if f.ticket != nil {
+			qs = append(qs, queued{k, f, f.refresh})
+		}
+	}
+	w.mu.Unlock()
+	for _, q := range qs {
+		if w.lim.cancel(q.f.ticket) {
+			w.finish(q.key, 0, q.f, nil, 0, ErrClosed, w.base, q.refresh)
+			w.cache.wg.Done()
+		}
+	}
 }
 
 // registerFlightLocked registers a computation of key that callers can
@@ -423,7 +551,8 @@ func (w *Worker) startFlightLocked(key string, args Args, pol Policy, route, ref
 func (w *Worker) registerFlightLocked(key string, args Args, refresh bool) (*flight, uint64) {
 	f := &flight{done: make(chan struct{}), args: args, refresh: refresh}
 	w.flights[key] = f
-	return f, w.beginLocked(key)
+	f.gen = w.beginLocked(key)
+	return f, f.gen
 }
 
 // computeDirect computes key in the caller's goroutine without letting
@@ -433,7 +562,7 @@ func (w *Worker) computeDirect(ctx context.Context, key string, args Args, pol P
 	w.mu.Lock()
 	gen := w.beginLocked(key)
 	w.mu.Unlock()
-	e, st, err := w.compute(ctx, key, args, pol, route)
+	e, st, err := w.compute(ctx, key, args, pol, route, nil)
 	w.finish(key, gen, nil, e, st, err, pol, false)
 	if err != nil {
 		return nil, 0, err
@@ -455,6 +584,9 @@ func (w *Worker) beginLocked(key string) uint64 {
 // happened since it started, records it, and releases the flight's waiters.
 func (w *Worker) finish(key string, gen uint64, f *flight, e *Entry, st Status, err error, pol Policy, refresh bool) {
 	w.mu.Lock()
+	if f != nil {
+		gen = f.gen // an invalidation may have moved it (see flight.gen)
+	}
 	g := w.gens[key]
 	current := g.gen == gen
 	if g.running--; g.running == 0 {
@@ -495,7 +627,7 @@ func (w *Worker) finish(key string, gen uint64, f *flight, e *Entry, st Status, 
 // it, else by running the getter. The status is Miss for a local fill, the
 // owner's answer for a copy fetched from it, Fallback for a local fill after
 // the owner failed.
-func (w *Worker) compute(ctx context.Context, key string, args Args, pol Policy, route bool) (*Entry, Status, error) {
+func (w *Worker) compute(ctx context.Context, key string, args Args, pol Policy, route bool, s *slot) (*Entry, Status, error) {
 	if p := w.remoteOwner(key, route); p != nil {
 		e, st, err := w.fetch(ctx, p, key, args, pol)
 		if err == nil {
@@ -504,12 +636,14 @@ func (w *Worker) compute(ctx context.Context, key string, args Args, pol Policy,
 		if isFillError(err) || callerEnded(ctx) {
 			// The caller's own deadline, seen by the transport before
 			// ctx reports it, is not the owner failing: no fallback fill.
+			// Nor is an owner whose origin is busy: filling here would
+			// go around the owner's limit.
 			w.stats.fillErrors.Add(1)
 			return nil, 0, err
 		}
-		return w.fallback(ctx, p, key, args, pol, err)
+		return w.fallback(ctx, p, key, args, pol, err, s)
 	}
-	e, err := w.fill(ctx, key, args, pol)
+	e, err := w.fill(ctx, key, args, pol, s)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -525,10 +659,10 @@ func (w *Worker) fetch(ctx context.Context, p Peer, key string, args Args, pol P
 
 // fallback computes key here after its owner p failed to answer with err,
 // and answers it as Fallback.
-func (w *Worker) fallback(ctx context.Context, p Peer, key string, args Args, pol Policy, err error) (*Entry, Status, error) {
+func (w *Worker) fallback(ctx context.Context, p Peer, key string, args Args, pol Policy, err error, s *slot) (*Entry, Status, error) {
 	w.cache.cfg.Logger.Debug("owner unreachable, computing here", "label", w.cfg.Label, "key", key, "owner", p.Name(), "err", err)
 	w.stats.fallbacks.Add(1)
-	e, err := w.fill(ctx, key, args, pol)
+	e, err := w.fill(ctx, key, args, pol, s)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -537,7 +671,7 @@ func (w *Worker) fallback(ctx context.Context, p Peer, key string, args Args, po
 
 func isFillError(err error) bool {
 	for err != nil {
-		if err == ErrFill {
+		if err == ErrFill || err == ErrOriginBusy {
 			return true
 		}
 		switch x := err.(type) {
@@ -591,10 +725,56 @@ func overridesOf(pol, base Policy) Settings {
 	return s
 }
 
+// slot is how a fill gets its slot of the origin's limiter: held already
+// (a rebuild the limiter granted), or to acquire within the wait budget,
+// with the flight to mark as queued meanwhile (f may be nil).
+type slot struct {
+	held bool
+	f    *flight
+}
+
 // fill runs the getter once and builds the entry. A panic in the getter is
 // turned into an error, so that every waiter gets it and the node survives.
-func (w *Worker) fill(ctx context.Context, key string, args Args, pol Policy) (e *Entry, err error) {
+// The run takes a slot of the worker's limiter first: a read waits for it
+// at most its wait budget, then the fill ends with ErrOriginBusy without
+// reaching the origin.
+func (w *Worker) fill(ctx context.Context, key string, args Args, pol Policy, s *slot) (e *Entry, err error) {
 	clock := w.cache.clock
+	if s == nil {
+		s = &slot{}
+	}
+	if lim := w.lim; lim != nil {
+		if !s.held {
+			if s.f != nil {
+				s.f.queued.Store(true)
+			}
+			err := lim.acquire(ctx, clock, pol.Budget())
+			if err == nil && s.f != nil {
+				// Left queued on failure: a caller joining the flight
+				// until it ends is told the origin is busy.
+				s.f.queued.Store(false)
+			}
+			if err != nil {
+				if errors.Is(err, ErrOriginBusy) {
+					w.stats.originBusy.Add(1)
+				}
+				return nil, err
+			}
+		}
+		s.held = false // released below, whatever happens
+		var pause time.Duration
+		defer func() { lim.release(pause) }()
+		defer func() {
+			var bp *BackPressureError
+			if errors.As(err, &bp) {
+				w.stats.backPressure.Add(1)
+				lim.backPressure.Add(1)
+				pause = max(bp.RetryAfter, 0)
+				err = &OriginBusyError{Origin: lim.cfg.Name, RetryAfter: max(min(bp.RetryAfter, maxPause), time.Second),
+					Reason: "origin back-pressure"}
+			}
+		}()
+	}
 	if w.cfg.FillTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, w.cfg.FillTimeout)

@@ -63,6 +63,11 @@ type fileConfig struct {
 	Invalidation map[string]map[string]ruleConfig `yaml:"invalidation"`
 	// Limits bound the arguments of every read (HTTP and peers' fetches).
 	Limits limitsConfig `yaml:"limits"`
+	// OriginLimits bound the requests to each origin host (issue 21).
+	OriginLimits originLimitsConfig `yaml:"origin_limits"`
+	// MaxConcurrentRequests caps the HTTP reads and invalidations handled
+	// at once; past it they are answered 503 overloaded. Default 4096.
+	MaxConcurrentRequests int `yaml:"max_concurrent_requests"`
 }
 
 // limitsConfig is the limits block: node.Config.Limits.
@@ -87,6 +92,86 @@ func (l limitsConfig) build() (worker.Limits, error) {
 			return out, fmt.Errorf("limits.max_arg_bytes: must be between 1 and 1GiB, got %d", *l.MaxArgBytes)
 		}
 		out.MaxArgBytes = int(*l.MaxArgBytes)
+	}
+	return out, nil
+}
+
+// originLimitsConfig is the limit per origin host: every worker whose
+// origin is on one host (scheme, host and port) shares one limiter.
+type originLimitsConfig struct {
+	originLimit `yaml:",inline"`
+	// Hosts override the limit for some hosts, by HOST:PORT.
+	Hosts map[string]originLimit `yaml:"hosts"`
+}
+
+type originLimit struct {
+	// MaxConcurrentFills bounds the origin requests in flight. Default 64.
+	MaxConcurrentFills int `yaml:"max_concurrent_fills"`
+	// MaxQueuedFills bounds the reads waiting for a slot. Default 4096.
+	MaxQueuedFills int `yaml:"max_queued_fills"`
+	// RefreshSpread spreads the rebuilds of an invalidation or a sweep
+	// over this long per 1,000 keys. Default 1s.
+	RefreshSpread *Duration `yaml:"refresh_spread"`
+}
+
+// over returns o with the fields that h sets replaced.
+func (o originLimit) over(h originLimit) originLimit {
+	if h.MaxConcurrentFills != 0 {
+		o.MaxConcurrentFills = h.MaxConcurrentFills
+	}
+	if h.MaxQueuedFills != 0 {
+		o.MaxQueuedFills = h.MaxQueuedFills
+	}
+	if h.RefreshSpread != nil {
+		o.RefreshSpread = h.RefreshSpread
+	}
+	return o
+}
+
+func (o originLimit) limiterConfig(name string) worker.LimiterConfig {
+	c := worker.LimiterConfig{Name: name, MaxConcurrent: o.MaxConcurrentFills, MaxQueue: o.MaxQueuedFills}
+	if o.RefreshSpread != nil {
+		c.RefreshSpread = time.Duration(*o.RefreshSpread)
+		if c.RefreshSpread == 0 {
+			c.RefreshSpread = -1 // 0s in the file: no spreading
+		}
+	}
+	return c
+}
+
+// originHost is the HOST:PORT of an origin URL, the port made explicit,
+// which names its limiter.
+func originHost(origin string) (string, error) {
+	u, err := url.Parse(origin)
+	if err != nil {
+		return "", err
+	}
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	return net.JoinHostPort(u.Hostname(), port), nil
+}
+
+// limiters builds one limiter per origin host of the workers.
+func (o originLimitsConfig) limiters(workers map[string]workerConfig) (map[string]*worker.Limiter, error) {
+	out := make(map[string]*worker.Limiter)
+	for _, label := range sortedKeys(workers) {
+		host, err := originHost(workers[label].origin())
+		if err != nil {
+			return nil, fmt.Errorf("workers.%s.origin: %v", label, err)
+		}
+		if out[host] != nil {
+			continue
+		}
+		l, err := worker.NewLimiter(o.originLimit.over(o.Hosts[host]).limiterConfig(host))
+		if err != nil {
+			return nil, fmt.Errorf("origin_limits (%s): %v", host, err)
+		}
+		out[host] = l
 	}
 	return out, nil
 }
@@ -296,6 +381,13 @@ type workerConfig struct {
 	// Overrides is "admin" (the default: _is_concurrent=false and _delay_*
 	// need the admin token) or "open" (any client may send them).
 	Overrides string `yaml:"overrides"`
+	// RefreshIfReadWithin: an invalidation rebuilds the entries read within
+	// this window (and since their last rebuild) and drops the others.
+	// Default 5m.
+	RefreshIfReadWithin *Duration `yaml:"refresh_if_read_within"`
+	// RefreshUnread rebuilds every entry on invalidation, read or not.
+	// Default false.
+	RefreshUnread bool `yaml:"refresh_unread"`
 }
 
 type ruleConfig struct {
@@ -319,6 +411,10 @@ type runConfig struct {
 	Level    slog.Level
 	Workers  map[string]workerConfig
 	Rules    map[string]map[string]ruleConfig
+	// Limiters are the limiters of the origin hosts, by HOST:PORT.
+	Limiters map[string]*worker.Limiter
+	// MaxConcurrentRequests is the HTTP server's cap (0: its default).
+	MaxConcurrentRequests int
 }
 
 // flagNames are the flags of serve, in the contract's order.
@@ -547,6 +643,18 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 			return nil, usageError{err.Error()}
 		}
 	}
+	if rc.Limiters, err = fc.OriginLimits.limiters(fc.Workers); err != nil {
+		return nil, usagef("%v", err)
+	}
+	for host := range fc.OriginLimits.Hosts {
+		if _, ok := rc.Limiters[host]; !ok {
+			return nil, usagef("origin_limits.hosts.%s: no worker's origin is on this host (want HOST:PORT)", host)
+		}
+	}
+	if fc.MaxConcurrentRequests < 0 {
+		return nil, usagef("max_concurrent_requests: must be > 0")
+	}
+	rc.MaxConcurrentRequests = fc.MaxConcurrentRequests
 	for _, model := range sortedKeys(fc.Invalidation) {
 		for label, r := range fc.Invalidation[model] {
 			if _, ok := fc.Workers[label]; !ok {
@@ -637,6 +745,9 @@ func checkWorker(label string, w workerConfig, defaults worker.Policy) error {
 	default:
 		return fmt.Errorf("%s.overrides: %q is not admin or open", path, w.Overrides)
 	}
+	if w.RefreshUnread && w.RefreshIfReadWithin != nil {
+		return fmt.Errorf("%s: give refresh_if_read_within or refresh_unread, not both", path)
+	}
 	return nil
 }
 
@@ -647,14 +758,22 @@ func (w workerConfig) origin() string {
 	return w.StructureGetter
 }
 
-// workerDef builds the worker.Config of a declared worker around getter.
-func (w workerConfig) workerDef(label string, defaults worker.Policy, getter worker.Getter) worker.Config {
+// workerDef builds the worker.Config of a declared worker around getter,
+// whose origin requests go through lim.
+func (w workerConfig) workerDef(label string, defaults worker.Policy, getter worker.Getter, lim *worker.Limiter) worker.Config {
 	s := w.settings()
 	fill := defaults.With(s).Budget()
 	if w.FillTimeout != nil && *w.FillTimeout > 0 {
 		fill = time.Duration(*w.FillTimeout)
 	}
-	c := worker.Config{Label: label, Getter: getter, Settings: s, Sweep: w.Sweep, EarlyRefresh: w.EarlyRefresh, FillTimeout: fill}
+	c := worker.Config{Label: label, Getter: getter, Settings: s, Sweep: w.Sweep, EarlyRefresh: w.EarlyRefresh, FillTimeout: fill,
+		Limiter: lim}
+	switch {
+	case w.RefreshUnread:
+		c.RefreshIfReadWithin = -1
+	case w.RefreshIfReadWithin != nil:
+		c.RefreshIfReadWithin = time.Duration(*w.RefreshIfReadWithin)
+	}
 	if w.Action == "drop" {
 		c.Action = worker.Drop
 	}

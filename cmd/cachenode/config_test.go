@@ -76,7 +76,7 @@ func TestContractConfig(t *testing.T) {
 		t.Errorf("defaults %+v", d)
 	}
 	all := rc.Workers["all_foos"]
-	def := all.workerDef("all_foos", d, nil)
+	def := all.workerDef("all_foos", d, nil, nil)
 	if def.Expires != 100000*time.Second || !*def.RelevanceInvalidation || def.RelevanceExpires != 30*time.Second || def.FillTimeout != time.Second {
 		t.Errorf("all_foos %+v", def)
 	}
@@ -160,6 +160,11 @@ func TestBadConfig(t *testing.T) {
 		{"peer_limits: {max_enqueue_bytes: lots}\n", nil, "peer_limits.max_enqueue_bytes"},
 		{"peer_limits: {idle: 1s}\n", nil, "peer_limits.idle: unknown field"},
 		{"", []string{"--insecure=maybe"}, "insecure"},
+		{"origin_limits: {max_concurrent_fills: -1}\nworkers:\n  w:\n    origin: http://x/\n", nil, "origin_limits (x:80): worker: invalid config: max_concurrent_fills must be > 0"},
+		{"origin_limits: {max_concurrent: 3}\n", nil, "line 1: origin_limits.max_concurrent: unknown field"},
+		{"origin_limits:\n  hosts:\n    \"y:80\": {max_queued_fills: 2}\nworkers:\n  w:\n    origin: http://x/\n", nil, "origin_limits.hosts.y:80: no worker's origin is on this host"},
+		{"max_concurrent_requests: -1\n", nil, "max_concurrent_requests: must be > 0"},
+		{"workers:\n  w:\n    origin: http://x/\n    refresh_unread: true\n    refresh_if_read_within: 1m\n", nil, "workers.w: give refresh_if_read_within or refresh_unread"},
 	} {
 		args := append([]string{"--name", "t", "--gossip-key", key}, tc.args...)
 		if tc.file != "" {
@@ -308,8 +313,8 @@ func TestLimitsAndOverridesConfig(t *testing.T) {
 	if rc.Node.Limits != (worker.Limits{MaxArgs: 10, MaxArgBytes: 2048}) {
 		t.Errorf("limits %+v", rc.Node.Limits)
 	}
-	w := rc.Workers["w"].workerDef("w", rc.Node.Defaults, nil)
-	v := rc.Workers["v"].workerDef("v", rc.Node.Defaults, nil)
+	w := rc.Workers["w"].workerDef("w", rc.Node.Defaults, nil, nil)
+	v := rc.Workers["v"].workerDef("v", rc.Node.Defaults, nil, nil)
 	if w.MaxExpires != 2*time.Hour || !w.OpenOverrides || v.MaxExpires != 0 || v.OpenOverrides {
 		t.Errorf("w: max_expires %v open %v; v: %v %v", w.MaxExpires, w.OpenOverrides, v.MaxExpires, v.OpenOverrides)
 	}

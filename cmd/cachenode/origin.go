@@ -166,6 +166,11 @@ func (g *originGetter) Get(ctx context.Context, args worker.Args) (worker.Value,
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		// Read a little so that the connection can be reused.
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+			// The origin asks us to slow down: the worker's limiter
+			// pauses it and the caller is told origin_busy.
+			return worker.Value{}, &worker.BackPressureError{Status: resp.StatusCode, RetryAfter: retryAfter(resp.Header.Get("Retry-After"), time.Now())}
+		}
 		// The code only: the reason phrase is the origin's text.
 		return worker.Value{}, fmt.Errorf("origin answered %d", resp.StatusCode)
 	}
@@ -180,6 +185,21 @@ func (g *originGetter) Get(ctx context.Context, args worker.Args) (worker.Value,
 		return worker.Value{}, fmt.Errorf("origin body is over the limit of %d bytes", g.maxSize)
 	}
 	return worker.Value{Data: body, ContentType: resp.Header.Get("Content-Type")}, nil
+}
+
+// retryAfter reads a Retry-After header: seconds, or an HTTP date; 0 when
+// absent or unreadable.
+func retryAfter(h string, now time.Time) time.Duration {
+	if h == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(h); err == nil {
+		return max(time.Duration(s)*time.Second, 0)
+	}
+	if t, err := http.ParseTime(h); err == nil {
+		return max(t.Sub(now), 0)
+	}
+	return 0
 }
 
 // addArg writes one argument as query parameters. Arguments that come from

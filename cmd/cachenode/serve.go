@@ -63,7 +63,8 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 		if err != nil {
 			return fail(usagef("workers.%s.origin: not a URL", label)) // the error would repeat it, secrets and all
 		}
-		if _, err := n.Cache().Register(wc.workerDef(label, n.Cache().Defaults(), metrics.WrapGetter(label, g))); err != nil {
+		host, _ := originHost(wc.origin()) // checked by resolve
+		if _, err := n.Cache().Register(wc.workerDef(label, n.Cache().Defaults(), metrics.WrapGetter(label, g), rc.Limiters[host])); err != nil {
 			return fail(usagef("workers.%s: %v", label, err))
 		}
 	}
@@ -72,7 +73,8 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 			return fail(usagef("invalidation.%s: %v", model, err))
 		}
 	}
-	api, err := httpapi.New(httpapi.Config{Node: n, Token: rc.Token, Insecure: rc.OpenHTTP, Metrics: metrics, Logger: log})
+	api, err := httpapi.New(httpapi.Config{Node: n, Token: rc.Token, Insecure: rc.OpenHTTP, Metrics: metrics, Logger: log,
+		MaxConcurrentRequests: rc.MaxConcurrentRequests})
 	if err != nil {
 		return fail(err)
 	}

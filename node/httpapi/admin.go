@@ -139,6 +139,10 @@ type WorkerInfo struct {
 	Label  string       `json:"label"`
 	Config WorkerConfig `json:"config"`
 	Stats  worker.Stats `json:"stats"`
+	// OriginLimit is the state of the limiter of the worker's origin
+	// requests (shared by the workers of one origin host); absent when
+	// they are not bounded.
+	OriginLimit *worker.LimiterStats `json:"origin_limit,omitempty"`
 }
 
 // WorkerConfig is the configuration in force of a worker, durations in Go
@@ -197,7 +201,12 @@ func workerInfo(w *worker.Worker) WorkerInfo {
 	if o, ok := c.Getter.(Originer); ok {
 		wc.Origin = o.Origin()
 	}
-	return WorkerInfo{Label: w.Label(), Config: wc, Stats: w.Stats()}
+	wi := WorkerInfo{Label: w.Label(), Config: wc, Stats: w.Stats()}
+	if l := w.Limiter(); l != nil {
+		ls := l.Stats()
+		wi.OriginLimit = &ls
+	}
+	return wi
 }
 
 func (s *Server) handleWorkers(w http.ResponseWriter, r *http.Request) {

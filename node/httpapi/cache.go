@@ -221,6 +221,7 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 			}
 			s.log.Warn("read failed", attrs...)
 		}
+		setRetryAfter(w, err)
 		writeError(w, code, word, msg)
 		return
 	}

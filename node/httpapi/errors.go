@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/node"
@@ -23,7 +25,8 @@ type Error struct {
 	// unsupported_media_type, unauthorized, body_too_large, origin_error,
 	// fill_timeout, not_found, method_not_allowed, not_ready,
 	// shutting_down, unavailable, records_unavailable, not_implemented,
-	// internal.
+	// internal, origin_busy (the origin's limit turned the read away; see
+	// Retry-After), overloaded (the node's cap on concurrent requests).
 	Code string `json:"code"`
 }
 
@@ -41,6 +44,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(buf.Bytes())
 }
 
+// setRetryAfter sets the Retry-After of an answer to err when err says when
+// to come back (origin_busy), in whole seconds, rounded up.
+func setRetryAfter(w http.ResponseWriter, err error) {
+	var busy *worker.OriginBusyError
+	if errors.As(err, &busy) {
+		secs := max(int64((busy.RetryAfter+time.Second-1)/time.Second), 1)
+		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+	}
+}
+
 func writeError(w http.ResponseWriter, status int, code, msg string) {
 	b, _ := json.Marshal(Error{Error: msg, Code: code})
 	h := w.Header()
@@ -55,6 +68,8 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 // package to the contract's status and code.
 func statusOf(err error) (int, string) {
 	switch {
+	case errors.Is(err, worker.ErrOriginBusy):
+		return http.StatusServiceUnavailable, "origin_busy"
 	case errors.Is(err, worker.ErrUnknownLabel), errors.Is(err, invalidation.ErrUnknownLabel):
 		return http.StatusNotFound, "unknown_worker"
 	case errors.Is(err, invalidation.ErrUnknownModel):

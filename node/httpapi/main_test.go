@@ -46,6 +46,10 @@ type fooDB struct {
 	foos  map[string]string // id → attr1; guarded by mu
 	rev   int               // guarded by mu
 	calls map[string]int    // key → getter runs; guarded by mu
+	// extra, when set, registers more workers on each node.
+	extra func(t *testing.T, n *node.Node)
+	// slack is the servers' Config.Slack (0: the default).
+	slack time.Duration
 }
 
 func newFooDB() *fooDB {
@@ -105,6 +109,9 @@ func (db *fooDB) register(t *testing.T, n *node.Node, m *Metrics) {
 	if err := n.RegisterRules("Foo", map[string]invalidation.Rule{"filtered": {Args: []string{"attr1"}}}); err != nil {
 		t.Fatal(err)
 	}
+	if db.extra != nil {
+		db.extra(t, n)
+	}
 }
 
 // origin is a getter that names an origin, as the command's are.
@@ -152,7 +159,7 @@ func startClusterWith(t *testing.T, size int, token string, db *fooDB, tune func
 			t.Fatal(err)
 		}
 		db.register(t, n, metrics)
-		api, err := New(Config{Node: n, Token: token, Metrics: metrics})
+		api, err := New(Config{Node: n, Token: token, Metrics: metrics, Slack: db.slack})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -31,6 +31,7 @@ type Metrics struct {
 	httpSeconds *prometheus.HistogramVec
 	httpTotal   *prometheus.CounterVec
 	invTotal    *prometheus.CounterVec
+	shed        prometheus.Counter
 
 	securityOnce sync.Once
 	attachOnce   sync.Once
@@ -82,7 +83,11 @@ func NewMetrics() *Metrics {
 		Name: "cachenode_invalidation_requests_total",
 		Help: "Invalidation requests received over HTTP, by result (applied, queued, incomplete, error).",
 	}, []string{"result"})
-	m.reg.MustRegister(m.fillSeconds, m.peerSeconds, m.httpSeconds, m.httpTotal, m.invTotal,
+	m.shed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cachenode_http_shed_total",
+		Help: "Requests answered 503 overloaded at once because the node's cap on concurrent requests was reached.",
+	})
+	m.reg.MustRegister(m.fillSeconds, m.peerSeconds, m.httpSeconds, m.httpTotal, m.invTotal, m.shed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -228,6 +233,10 @@ var (
 		{"cachenode_worker_refreshes_total", "Early (XFetch) refreshes started.", func(s worker.Stats) int64 { return s.Refreshes }},
 		{"cachenode_worker_invalidations_total", "Keys invalidated.", func(s worker.Stats) int64 { return s.Invalidations }},
 		{"cachenode_worker_discarded_total", "Fills not kept because an invalidation came while they ran.", func(s worker.Stats) int64 { return s.Discarded }},
+		{"cachenode_worker_invalidation_refreshed_total", "Owned entries an invalidation rebuilt (read recently).", func(s worker.Stats) int64 { return s.InvalidationRefreshed }},
+		{"cachenode_worker_invalidation_dropped_total", "Owned entries an invalidation dropped (not read recently).", func(s worker.Stats) int64 { return s.InvalidationDropped }},
+		{"cachenode_worker_origin_busy_total", "Fills answered origin_busy without reaching the origin (queue wait past the budget, or queue full).", func(s worker.Stats) int64 { return s.OriginBusy }},
+		{"cachenode_worker_origin_back_pressure_total", "Origin answers asking to slow down (429, 503), honoured and never cached.", func(s worker.Stats) int64 { return s.BackPressure }},
 	}
 	workerDescs = func() []*prometheus.Desc {
 		ds := make([]*prometheus.Desc, len(workerCounters))
@@ -249,6 +258,14 @@ var (
 	descRecDegr    = prometheus.NewDesc("cachenode_records_degraded", "1 while a storage fault keeps the records closed (the node serves from memory and reopens them with backoff).", nil, nil)
 	descRecUnwrit  = prometheus.NewDesc("cachenode_records_unwritten_total", "Fills of workers without delay_logging answered while the records were degraded, without the record promised before the answer.", nil, nil)
 	descRecFaults  = prometheus.NewDesc("cachenode_records_faults_total", "Storage faults that degraded the records.", nil, nil)
+
+	originLabels     = []string{"origin"}
+	descOriginLimit  = prometheus.NewDesc("cachenode_origin_limit", "Origin requests allowed in flight, per origin limiter.", originLabels, nil)
+	descOriginFlight = prometheus.NewDesc("cachenode_origin_in_flight", "Origin requests in flight now.", originLabels, nil)
+	descOriginPeak   = prometheus.NewDesc("cachenode_origin_in_flight_peak", "The most origin requests ever in flight at once.", originLabels, nil)
+	descOriginQueued = prometheus.NewDesc("cachenode_origin_queued", "Fills waiting for an origin slot, by priority (read, refresh).", []string{"origin", "priority"}, nil)
+	descOriginBusy   = prometheus.NewDesc("cachenode_origin_busy_total", "Fills turned away by the origin's limiter (origin_busy).", originLabels, nil)
+	descOriginBP     = prometheus.NewDesc("cachenode_origin_back_pressure_total", "Origin answers asking to slow down (429, 503).", originLabels, nil)
 )
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -256,17 +273,24 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	for _, d := range []*prometheus.Desc{descMembers, descRingSize, descPartitions, descRingVer, descReady,
-		descEntries, descBytes, descRecords, descRecDropped, descRecExpired, descRecDegr, descRecUnwrit, descRecFaults} {
+		descEntries, descBytes, descRecords, descRecDropped, descRecExpired, descRecDegr, descRecUnwrit, descRecFaults,
+		descOriginLimit, descOriginFlight, descOriginPeak, descOriginQueued, descOriginBusy, descOriginBP} {
 		ch <- d
 	}
 }
 
 func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	n := c.n
+	seen := make(map[*worker.Limiter]bool)
 	for _, w := range n.Cache().Workers() {
 		st := w.Stats()
 		for i, wc := range workerCounters {
 			ch <- prometheus.MustNewConstMetric(workerDescs[i], prometheus.CounterValue, float64(wc.get(st)), w.Label())
+		}
+		// A limiter shared by the workers of one origin is reported once.
+		if l := w.Limiter(); l != nil && !seen[l] {
+			seen[l] = true
+			collectLimiter(ch, l.Stats())
 		}
 	}
 	states := map[string]int{string(node.StateAlive): 0, string(node.StateDead): 0, string(node.StateLeft): 0}
@@ -301,6 +325,19 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRecDegr, prometheus.GaugeValue, degraded)
 	ch <- prometheus.MustNewConstMetric(descRecUnwrit, prometheus.CounterValue, float64(n.UnwrittenRecords()))
 	ch <- prometheus.MustNewConstMetric(descRecFaults, prometheus.CounterValue, float64(h.Faults))
+}
+
+func collectLimiter(ch chan<- prometheus.Metric, s worker.LimiterStats) {
+	gauge := func(d *prometheus.Desc, v int, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), append([]string{s.Name}, labels...)...)
+	}
+	gauge(descOriginLimit, s.Limit)
+	gauge(descOriginFlight, s.InFlight)
+	gauge(descOriginPeak, s.Peak)
+	gauge(descOriginQueued, s.QueuedReads, "read")
+	gauge(descOriginQueued, s.QueuedRefreshes, "refresh")
+	ch <- prometheus.MustNewConstMetric(descOriginBusy, prometheus.CounterValue, float64(s.Busy), s.Name)
+	ch <- prometheus.MustNewConstMetric(descOriginBP, prometheus.CounterValue, float64(s.BackPressure), s.Name)
 }
 
 var _ prometheus.Collector = (*nodeCollector)(nil)

@@ -30,6 +30,10 @@ import (
 // DefaultMaxBody is the default bound on request bodies: 1 MiB.
 const DefaultMaxBody = 1 << 20
 
+// DefaultMaxConcurrentRequests is the default cap on the reads and
+// invalidations a server handles at once.
+const DefaultMaxConcurrentRequests = 4096
+
 // Invalidator applies invalidation requests to the cluster. *node.Node
 // implements it once the node's invalidation lands; until then the server
 // answers POST /v1/invalidate with 501.
@@ -67,6 +71,13 @@ type Config struct {
 	Insecure bool
 	// Logger receives request errors. Default: discarded.
 	Logger *slog.Logger
+	// MaxConcurrentRequests caps the reads and invalidations this server
+	// handles at once; past it a request is answered at once with 503
+	// overloaded and Retry-After: 1, before it costs anything (issue 21:
+	// shed load before the node and its origins fall over). Admin, metrics
+	// and health endpoints are not counted. Default 4096; negative: no
+	// cap.
+	MaxConcurrentRequests int
 }
 
 // Server serves the HTTP API of one node. It is safe for concurrent use.
@@ -79,6 +90,7 @@ type Server struct {
 	log      *slog.Logger
 	tokenSum [sha256.Size]byte
 	draining atomic.Bool
+	inFlight atomic.Int64 // reads and invalidations being handled
 	started  time.Time
 	page     *template.Template
 }
@@ -101,6 +113,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Slack == 0 {
 		cfg.Slack = 500 * time.Millisecond
+	}
+	if cfg.MaxConcurrentRequests == 0 {
+		cfg.MaxConcurrentRequests = DefaultMaxConcurrentRequests
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -157,8 +172,8 @@ func (s *Server) HTTPServer(addr string) *http.Server {
 
 func (s *Server) routes() {
 	m := s.mux
-	m.Handle("/v1/cache/{label}", s.route("cache", "GET", s.handleCache))
-	m.Handle("/v1/invalidate", s.route("invalidate", "POST", s.guard(s.handleInvalidate)))
+	m.Handle("/v1/cache/{label}", s.route("cache", "GET", s.capped(s.handleCache)))
+	m.Handle("/v1/invalidate", s.route("invalidate", "POST", s.capped(s.guard(s.handleInvalidate))))
 	m.Handle("/admin/{$}", s.route("admin_page", "GET", s.guard(s.handlePage)))
 	m.Handle("/admin", http.RedirectHandler("/admin/", http.StatusMovedPermanently))
 	m.Handle("/admin/ring", s.route("admin_ring", "GET", s.guard(s.handleRing)))
@@ -189,6 +204,27 @@ func (s *Server) route(name, method string, h http.HandlerFunc) http.Handler {
 		}
 		h(rw, r)
 	})
+}
+
+// capped sheds the requests past MaxConcurrentRequests with a fast 503:
+// a node that queues without bound only answers later what it cannot
+// answer now, and holds memory and origin slots meanwhile.
+func (s *Server) capped(h http.HandlerFunc) http.HandlerFunc {
+	limit := int64(s.cfg.MaxConcurrentRequests)
+	if limit < 0 {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.inFlight.Add(1) > limit {
+			s.inFlight.Add(-1)
+			s.metrics.shed.Inc()
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, "overloaded", "the node is handling too many requests; retry later")
+			return
+		}
+		defer s.inFlight.Add(-1)
+		h(w, r)
+	}
 }
 
 // guard requires the token, when one is configured.

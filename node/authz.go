@@ -121,9 +121,11 @@ func (n *Node) authorizeHandoff(req *handoffReq) error {
 		if !n.ownsIn(r.ring, e.Key) && !n.ownsIn(without, e.Key) {
 			return n.refuse(opHandoff, codeNotOwned, "entry %q: this node does not own the key", e.Key)
 		}
-		if limit := now.Add(w.Policy().Expires + handoffSkew); time.Unix(0, e.Available).After(limit) {
+		// A read over HTTP may ask up to the worker's max_expires.
+		expires := max(w.Policy().Expires, w.Config().MaxExpires)
+		if limit := now.Add(expires + handoffSkew); time.Unix(0, e.Available).After(limit) {
 			return n.refuse(opHandoff, codeExpiresTooFar, "entry %q: available to %v, beyond now + expires (%v)",
-				e.Key, time.Unix(0, e.Available).UTC(), w.Policy().Expires)
+				e.Key, time.Unix(0, e.Available).UTC(), expires)
 		}
 	}
 	return nil

@@ -317,7 +317,7 @@ func (s *Store) init(db *pebble.DB) error {
 		switch {
 		case len(got) == 1 && got[0] == formatVersion:
 		case len(got) == 1 && got[0] == formatVersionV1:
-			if err := s.dropV1(); err != nil {
+			if err := s.dropV1(db); err != nil {
 				return err
 			}
 		default:
@@ -348,9 +348,9 @@ func (s *Store) init(db *pebble.DB) error {
 // database of format 1, keeps its outbox, and stamps the current format, in
 // one synced batch: a crash before it commits leaves format 1, read again
 // at the next Open. It logs one line.
-func (s *Store) dropV1() error {
+func (s *Store) dropV1(db *pebble.DB) error {
 	n := 0
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecord}, UpperBound: []byte{prefixRecord + 1}})
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecord}, UpperBound: []byte{prefixRecord + 1}})
 	if err != nil {
 		return fmt.Errorf("persist: upgrade format 1: %w", err)
 	}
@@ -360,7 +360,7 @@ func (s *Store) dropV1() error {
 	if err := it.Close(); err != nil {
 		return fmt.Errorf("persist: upgrade format 1: %w", err)
 	}
-	b := s.db.NewBatch()
+	b := db.NewBatch()
 	defer b.Close()
 	for _, t := range [][2]byte{{prefixRecord, prefixExpiry + 1}, {prefixValue, prefixValueExpiry + 1}} {
 		if err := b.DeleteRange([]byte{t[0]}, []byte{t[1]}, nil); err != nil {

@@ -48,7 +48,7 @@ type BackPressureError struct {
 }
 
 func (e *BackPressureError) Error() string {
-	return fmt.Sprintf("origin asked to slow down (status %d, retry after %v)", e.Status, e.RetryAfter)
+	return fmt.Sprintf("origin answered %d: asked to slow down, retry after %v", e.Status, e.RetryAfter)
 }
 
 // maxPause bounds how long one Retry-After of an origin stops its fills: a

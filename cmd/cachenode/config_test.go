@@ -282,7 +282,7 @@ func TestPeerTLSConfig(t *testing.T) {
 }
 
 func TestDataOnCorruptionConfig(t *testing.T) {
-	path := writeFile(t, "d.yaml", "name: d\ndata_on_corruption: fail\ndata_keep_corrupt: 3\n")
+	path := writeFile(t, "d.yaml", "name: d\ninsecure: true\ndata_on_corruption: fail\ndata_keep_corrupt: 3\n")
 	rc, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{})
 	if err != nil || rc.Node.DataOnCorruption != "fail" || rc.Node.DataKeepCorrupt != 3 {
 		t.Fatalf("data_on_corruption from the file: %+v %v", rc, err)
@@ -291,7 +291,7 @@ func TestDataOnCorruptionConfig(t *testing.T) {
 	if err != nil || rc.Node.DataOnCorruption != "move-aside" {
 		t.Errorf("--data-on-corruption wins over the file: %+v %v", rc, err)
 	}
-	_, err = loadConfig([]string{"--name=x", "--data-on-corruption=ignore"}, noEnv, &bytes.Buffer{})
+	_, err = loadConfig([]string{"--name=x", "--insecure", "--data-on-corruption=ignore"}, noEnv, &bytes.Buffer{})
 	var ue usageError
 	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "data-on-corruption") {
 		t.Errorf("a bad --data-on-corruption = %v, want a usage error naming it", err)
@@ -299,11 +299,11 @@ func TestDataOnCorruptionConfig(t *testing.T) {
 }
 
 func TestLimitsAndOverridesConfig(t *testing.T) {
-	rc, err := loadConfig([]string{"--name=x"}, noEnv, &bytes.Buffer{})
+	rc, err := loadConfig([]string{"--name=x", "--insecure"}, noEnv, &bytes.Buffer{})
 	if err != nil || rc.Node.Limits != worker.DefaultLimits() {
 		t.Errorf("default limits: %+v %v", rc.Node.Limits, err)
 	}
-	path := writeFile(t, "l.yaml", "name: l\nlimits: {max_args: 10, max_arg_bytes: 2KiB}\nworkers:\n"+
+	path := writeFile(t, "l.yaml", "name: l\ninsecure: true\nlimits: {max_args: 10, max_arg_bytes: 2KiB}\nworkers:\n"+
 		"  w:\n    origin: http://x/\n    expires: 1h\n    max_expires: 2h\n    overrides: open\n"+
 		"  v:\n    origin: http://x/\n")
 	rc, err = loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{})
@@ -327,7 +327,7 @@ func TestLimitsAndOverridesConfig(t *testing.T) {
 		"workers:\n  w:\n    origin: http://x/\n    max_expires: 0\n":   "workers.w.max_expires",
 		"workers:\n  w:\n    origin: http://x/\n    max_expires: -1s\n": "workers.w.max_expires",
 	} {
-		_, err := loadConfig([]string{"--name=t", "--config", writeFile(t, "bad.yaml", file)}, noEnv, &bytes.Buffer{})
+		_, err := loadConfig([]string{"--name=t", "--insecure", "--config", writeFile(t, "bad.yaml", file)}, noEnv, &bytes.Buffer{})
 		if _, ok := err.(usageError); !ok || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: got %v, want a usage error containing %q", file, err, want)
 		}
@@ -335,7 +335,7 @@ func TestLimitsAndOverridesConfig(t *testing.T) {
 	// A bad origin is not repeated: it may hold secrets.
 	for _, origin := range []string{"http://u:hunter2@h/%zz?k=1", "ftp://u:hunter2@h/"} {
 		file := writeFile(t, "o.yaml", "workers:\n  w:\n    origin: \""+origin+"\"\n")
-		_, err := loadConfig([]string{"--name=t", "--config", file}, noEnv, &bytes.Buffer{})
+		_, err := loadConfig([]string{"--name=t", "--insecure", "--config", file}, noEnv, &bytes.Buffer{})
 		if err == nil || strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("origin %s: %v", origin, err)
 		}

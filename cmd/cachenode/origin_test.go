@@ -68,7 +68,7 @@ func TestOriginErrorsHoldNoURL(t *testing.T) {
 		client *http.Client
 		want   string
 	}{
-		{srv.URL + "/503", nil, "origin answered 503"},
+		{srv.URL + "/503", nil, "origin answered 503: asked to slow down, retry after 0s"}, // back-pressure (issue 21): origin_busy
 		{"http://" + dead + "/x", nil, "origin unreachable: connection refused"},
 		{srv.URL + "/slow", slowClient, "origin unreachable: timeout"},
 		{srv.URL + "/hangup", nil, "origin unreachable: connection closed"},
@@ -260,6 +260,7 @@ workers:
 func TestOriginConfigFields(t *testing.T) {
 	var fc fileConfig
 	err := decodeYAML(strings.NewReader(`
+insecure: true
 origin_limits:
   max_concurrent_fills: 10
   refresh_spread: 0s

@@ -175,8 +175,10 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		if why := s.admitLocked(sc.ip); why != "" {
 			s.mu.Unlock()
-			_ = nc.Close()
+			// Counted before the close, so that a client that sees its
+			// connection closed also sees it counted.
 			s.stats.refused.Add(1)
+			_ = nc.Close()
 			s.warnf(sc.ip, "peer: refused connection", "remote", nc.RemoteAddr(), "reason", why)
 			continue
 		}

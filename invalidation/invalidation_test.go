@@ -79,6 +79,33 @@ func TestResolveUpdateAffectsBothBuckets(t *testing.T) {
 	}
 }
 
+func TestResolveArgsListField(t *testing.T) {
+	rules := NewRules()
+	if err := rules.Add("Foo", map[string]Rule{"filtered_foos": {Args: []string{"attr1", "attr2"}}}, known); err != nil {
+		t.Fatal(err)
+	}
+	ts, err := Resolve(&Request{Model: "Foo", Changes: []Change{{Op: OpCreate,
+		New: map[string]any{"attr1": []any{"1", "1.0"}, "attr2": []any{}}}}}, rules, known)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ts) != 1 || ts[0].Kind != KindMatch {
+		t.Fatalf("targets %+v", ts)
+	}
+	if got := ts[0].Match; len(got) != 1 || strings.Join(got["attr1"], ",") != "1,1.0" {
+		t.Fatalf("a list field must match any of its values, an empty one nothing: %v", got)
+	}
+	for _, c := range []struct {
+		args worker.Args
+		want bool
+	}{{worker.Args{"attr1": "1"}, true}, {worker.Args{"attr1": "1.0", "attr2": "x"}, true}, {worker.Args{"attr1": "2"}, false}} {
+		mv, _ := worker.MatchValues(c.args)
+		if Matches(mv, ts[0].Match) != c.want {
+			t.Errorf("%v matches %v: want %v", c.args, ts[0].Match, c.want)
+		}
+	}
+}
+
 func TestResolveGetters(t *testing.T) {
 	rules := NewRules()
 	rules.Add("Foo", map[string]Rule{

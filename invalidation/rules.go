@@ -20,7 +20,12 @@ type Rule struct {
 	IsEmpty bool
 	// Args names fields of the record that are the worker's arguments, for
 	// declarative rules (the config file's `args: [attr1, attr2]`): the
-	// instance getter is then {field: record[field]} for each field.
+	// instance getter is then {field: record[field]} for each field. A
+	// field whose value is a list stands for each of its values (the
+	// variants holding any of them are affected; an empty list is as if
+	// the field were absent): a record may belong to several values of an
+	// argument, and a client may send the several forms one value takes
+	// in its arguments (the Python package sends 1 and 1.0 for a float).
 	Args []string
 	// Instance returns the variants a record belongs to, used on create
 	// (with the new values) and delete (with the old ones). Nil: derived
@@ -43,9 +48,17 @@ func (r Rule) instance(rec map[string]any) Match {
 	}
 	m := make(Match, len(r.Args))
 	for _, a := range r.Args {
-		if v, ok := rec[a]; ok {
-			m[a] = []any{v}
+		v, ok := rec[a]
+		if !ok {
+			continue
 		}
+		if l, isList := v.([]any); isList {
+			if len(l) > 0 {
+				m[a] = l
+			}
+			continue
+		}
+		m[a] = []any{v}
 	}
 	return m
 }

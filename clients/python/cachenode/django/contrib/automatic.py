@@ -9,8 +9,8 @@ attrs)`` those of the new ones, where ``attrs`` maps each changed field to
 ``(old, new)``. Getters are callables or dotted paths; one that returns
 nothing means the whole label. Optional: ``is_invalidate(instance, ...)``
 (a change no rule wants is not sent) and ``args`` (the worker's argument
-names, for the cluster's rule; by default the structure_getter's parameters,
-and every field of the model when it takes ``**kwargs``).
+names, for the cluster's rule; by default the structure_getter's named
+parameters, or every field of the model when it takes only ``**kwargs``).
 
 How changes reach the cluster: pre_save reads the old row, post_save and
 post_delete record the change, and the changes of one save, or of one bulk
@@ -148,16 +148,23 @@ class Rule:
         """The worker's argument names, as the cluster's rule lists them."""
         if self.args is not None:
             return sorted(set(self.args))
+        # The named parameters of the structure_getter; a getter that only
+        # takes **kwargs may be called with any field of the model. A name
+        # left out only makes the cluster's match wider (more variants
+        # refreshed), never narrower.
         names = set()
         try:
             sig = inspect.signature(self.worker.structure_getter)
         except (TypeError, ValueError):
             return sorted(_fields_of(self.model))
+        var_kw = False
         for p in sig.parameters.values():
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
                 names.add(p.name)
             elif p.kind == p.VAR_KEYWORD:
-                names |= _fields_of(self.model)
+                var_kw = True
+        if not names and var_kw:
+            names = _fields_of(self.model)
         return sorted(names)
 
     def instance(self, instance):

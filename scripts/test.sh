@@ -14,6 +14,8 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # examples/dedicated/run.sh
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# clients/python: the Django app's tests (Debian's Django, for /usr/bin/python3)
+/usr/bin/python3 -c 'import django' >/dev/null 2>&1 || need+=(python3-django)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) ||

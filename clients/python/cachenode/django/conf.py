@@ -80,6 +80,11 @@ def get(name):
     return getattr(settings, "CACHENODE", {}).get(name, _CLIENT_DEFAULTS[name])
 
 
+def get_all():
+    """Every CACHENODE setting in force, defaults filled in."""
+    return {name: get(name) for name in _CLIENT_DEFAULTS}
+
+
 def default(field):
     """The process-wide default of a worker field: CACHENODE["DEFAULTS"], then
     the library's setting names, then the library's default."""

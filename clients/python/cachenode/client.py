@@ -329,9 +329,15 @@ class Client:
                 if reused and attempt == 0:
                     continue
                 raise
-            hdrs = {k.title(): v for k, v in r.getheaders()}
-            # http.client folds header names; keep the cluster's spelling reachable.
+            hdrs = {}
             for k, v in r.getheaders():
+                # http.client reads header bytes as Latin-1; the cluster
+                # writes UTF-8 (a key of non-ASCII arguments).
+                try:
+                    v = v.encode("latin-1").decode("utf-8")
+                except UnicodeError:
+                    pass
+                hdrs[k.title()] = v
                 hdrs.setdefault(k, v)
             if r.will_close:
                 c.close()

@@ -2,11 +2,17 @@
 and SubscriptionQuerySet. This app defines no table of its own (the
 created-cache records live on the cluster), so it needs no migration."""
 
+import contextvars
+
 from django.db import models, transaction
 
 from .contrib import automatic
 
 CHUNK = 500
+
+# Set while a bulk operation runs the ones it is made of (bulk_update runs
+# update() per batch): those record nothing, the outer one records the rows.
+_inner = contextvars.ContextVar("cachenode_inner_bulk", default=False)
 
 
 class SubscriptionModelMixin(models.Model):
@@ -39,7 +45,7 @@ class SubscriptionQuerySet(models.QuerySet):
         return out
 
     def update(self, **kwargs):
-        if not automatic.is_registered(self.model):
+        if _inner.get() or not automatic.is_registered(self.model):
             return super().update(**kwargs)
         with automatic.batch() as b:
             with transaction.atomic(using=self.db, savepoint=False):
@@ -58,7 +64,7 @@ class SubscriptionQuerySet(models.QuerySet):
     update.alters_data = True
 
     def bulk_create(self, objs, *args, **kwargs):
-        if not automatic.is_registered(self.model):
+        if _inner.get() or not automatic.is_registered(self.model):
             return super().bulk_create(objs, *args, **kwargs)
         with automatic.batch() as b:
             created = super().bulk_create(objs, *args, **kwargs)
@@ -69,13 +75,17 @@ class SubscriptionQuerySet(models.QuerySet):
     bulk_create.alters_data = True
 
     def bulk_update(self, objs, fields, *args, **kwargs):
-        if not automatic.is_registered(self.model):
+        if _inner.get() or not automatic.is_registered(self.model):
             return super().bulk_update(objs, fields, *args, **kwargs)
         objs = list(objs)
         with automatic.batch() as b:
             with transaction.atomic(using=self.db, savepoint=False):
                 before = self._rows(o.pk for o in objs)
-                n = super().bulk_update(objs, fields, *args, **kwargs)
+                token = _inner.set(True)
+                try:
+                    n = super().bulk_update(objs, fields, *args, **kwargs)
+                finally:
+                    _inner.reset(token)
             for o in objs:
                 old = before.get(o.pk)
                 if old is None:

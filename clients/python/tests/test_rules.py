@@ -48,11 +48,14 @@ class Rules(unittest.TestCase):
         saved = dict(rules)
         try:
             rules.clear()
-            automatic.register(Foo, {"filtered_foos": {"instance_getter": lambda i: {"attr1": i.attr1},
-                                                        "is_invalidate": lambda i, *a: i.attr1 > 0}})
+            # getters as dotted paths
+            automatic.register(Foo, {"filtered_foos": {"instance_getter": "tests.foo.getters.attr1_of",
+                                                        "is_invalidate": "tests.foo.getters.positive"}})
             neg, pos = Foo(attr1=-1, attr2="n"), Foo(attr1=1, attr2="p")
             self.assertEqual(build_requests(Foo, [Change("create", neg, None, values_of(neg))]), [])
-            self.assertEqual(len(build_requests(Foo, [Change("create", pos, None, values_of(pos))])), 1)
+            reqs = build_requests(Foo, [Change("create", pos, None, values_of(pos))])
+            self.assertEqual(reqs, [{"model": "foo.Foo", "changes": [{"op": "create", "new": {"attr1": ["1", "1.0"]}}],
+                                     "delay": False}])
         finally:
             rules.clear()
             rules.update(saved)

@@ -6,7 +6,6 @@ import unittest
 
 from django.db import transaction
 
-from cachenode.django import conf
 from cachenode.django.shortcuts import get_cache, get_cache_worker
 from tests import counting
 from tests.foo.models import Foo
@@ -213,6 +212,3 @@ class SeedExample(unittest.TestCase):
         with InvalidationSpy() as spy:
             foo.save()
         self.assertEqual(spy.requests, [])
-
-    def tearDown(self):
-        conf.client()  # keep the client

@@ -14,3 +14,11 @@ def failing(**kwargs):
 def echo(**kwargs):
     """The arguments as received, with their Python types."""
     return {k: [type(v).__name__, v] for k, v in sorted(kwargs.items())}
+
+
+def attr1_of(instance):
+    return {"attr1": instance.attr1}
+
+
+def positive(instance, *args):
+    return instance.attr1 > 0

@@ -17,52 +17,69 @@ import (
 	"github.com/cachenode/cachenode/worker"
 )
 
-// Bounds of the invalidation machinery.
+// Bounds of the invalidation machinery (the Tracker's are
+// invalidation.DefaultLimits).
 const (
-	seenCap         = 8192             // event IDs remembered for de-duplication
-	eventLogCap     = 256              // recent events exchanged on push/pull
-	eventLogAge     = 2 * time.Minute  // and how long they stay there
-	eventLogBytes   = 256 << 10        // at most this much state per push/pull
-	gossipMaxBytes  = 1200             // larger events are not gossiped
-	redeliverFor    = 30 * time.Second // how long a missed member is retried
+	gossipMaxBytes  = 1200 // larger events are not gossiped
 	redeliverPeriod = 200 * time.Millisecond
 	outboxPoll      = 100 * time.Millisecond
 	applyTimeout    = 30 * time.Second
 )
 
-// events is the node's invalidation state: which events it applied (so
-// that each is applied once, whatever path brings it), the recent events
-// it offers to members on push/pull (so that a member cut off during an
-// invalidation gets it when it comes back), and the gossip queue.
+// eventState is the node's shell around its invalidation.Tracker: the
+// lock that guards it and a channel per claim the Tracker has not seen
+// finished, which the deliveries that must wait for it block on.
 type eventState struct {
 	mu sync.Mutex
-	// seen has, per event ID, a channel closed when the event was applied
-	// here; ownersKey(ID) has the same for the owners' round of a
-	// broadcast (the keys this node owns). Guarded by mu.
-	seen  map[string]chan struct{}
-	order []string      // FIFO of seen IDs; guarded by mu
-	log   []loggedEvent // recent events, oldest first; guarded by mu
-	// bg holds the events that came by gossip or push/pull and wait for
-	// the background applier, which applies all that are waiting as one
-	// (a node back from a partition gets many at once and must rebuild
-	// each key once, not once per event); bgRunning says the applier
-	// runs. Guarded by mu.
-	bg        []queuedEvent
-	bgRunning bool
+	t  *invalidation.Tracker // guarded by mu
+	// done has a channel per pending claim of t, closed when the claim
+	// finishes. Guarded by mu.
+	done map[invalidation.Token]chan struct{}
 }
 
-type queuedEvent struct {
-	ev      invalidation.Event
-	payload []byte
+func newEventState() eventState {
+	return eventState{t: invalidation.NewTracker(invalidation.DefaultLimits()), done: make(map[invalidation.Token]chan struct{})}
 }
 
-// ownersKey is the key in eventState.seen of the owners' round of event id.
-func ownersKey(id string) string { return "owners/" + id }
+// claim asks the Tracker what a delivery of ev applies; wait is the
+// channel of the claim it must wait for, nil when there is none.
+func (s *eventState) claim(ev *invalidation.Event, payload []byte, owners bool) (c invalidation.Claim, wait <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c = s.t.Claim(ev, payload, owners, time.Now())
+	if c.Token != 0 {
+		s.done[c.Token] = make(chan struct{})
+	}
+	return c, s.waitLocked(c.Wait)
+}
 
+// waitLocked returns the channel of a pending claim, nil for none; s.mu
+// is held.
+func (s *eventState) waitLocked(tok invalidation.Token) chan struct{} {
+	if tok == 0 {
+		return nil
+	}
+	return s.done[tok]
+}
+
+// finish records that the claims toks are applied and wakes those
+// waiting for them.
+func (s *eventState) finish(toks ...invalidation.Token) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, tok := range toks {
+		s.t.Finish(tok)
+		if d := s.done[tok]; d != nil {
+			close(d)
+			delete(s.done, tok)
+		}
+	}
+}
+
+// loggedEvent is an event offered on push/pull, as it crosses the wire.
 type loggedEvent struct {
 	At      int64              `msgpack:"at"`
 	Payload msgpack.RawMessage `msgpack:"ev"`
-	id      string
 }
 
 // RegisterRules registers the automatic invalidation rules of a model, one
@@ -155,57 +172,38 @@ func (n *Node) broadcast(ctx context.Context, ev *invalidation.Event) (invalidat
 		defer cancel()
 	}
 	r := n.route.Load()
-	var res invalidation.Result
-	failed := make(map[string]bool)
+	others := make([]string, 0, len(r.peers))
+	for name := range r.peers {
+		others = append(others, name)
+	}
+	slices.Sort(others)
+	b := invalidation.NewBroadcast(n.cfg.Name, others)
 	dead := n.recentlyDead()
-	owners := n.fanout(ctx, r, dead, ev, payload, true)
-	for _, a := range owners {
-		res.Keys += a.keys
-		if a.err != nil && a.name != n.cfg.Name {
-			n.log.Warn("invalidation (owners' round) not acknowledged", "member", a.name, "event", ev.ID, "err", a.err)
-			failed[a.name] = true
-		}
-	}
-	var missed []*remote
-	var localErr error
-	for _, a := range n.fanout(ctx, r, dead, ev, payload, false) {
-		switch {
-		case a.name == n.cfg.Name:
-			localErr = errors.Join(owners[0].err, a.err)
-			if localErr == nil {
-				res.Nodes++
+	for round, ok := b.Round(); ok; round, ok = b.Round() {
+		for _, a := range n.fanout(ctx, r, round.To, dead, ev, payload, round.Owners) {
+			if a.err != nil && a.name != n.cfg.Name {
+				if round.Owners {
+					n.log.Warn("invalidation (owners' round) not acknowledged", "member", a.name, "event", ev.ID, "err", a.err)
+				} else {
+					n.log.Warn("invalidation not acknowledged", "member", a.name, "event", ev.ID, "err", a.err)
+				}
 			}
-		case a.err != nil:
-			n.log.Warn("invalidation not acknowledged", "member", a.name, "event", ev.ID, "err", a.err)
-			failed[a.name] = true
-			missed = append(missed, r.peers[a.name])
-		case !failed[a.name]:
-			res.Nodes++
+			b.Answer(a.name, a.keys, a.err)
 		}
-		res.Keys += a.keys
 	}
-	// A member that missed the owners' round but took the second one
-	// applied the whole event, but maybe after another member let a
-	// reader fetch its old value: it is missing too.
-	for name := range failed {
-		res.Missing = append(res.Missing, name)
-	}
-	slices.Sort(res.Missing)
-	if len(missed) > 0 {
-		n.redeliver(ev.ID, payload, missed)
-	}
-	// On the minority side of a partition the members held for dead may
-	// well be alive and serving: the invalidation did not reach them, and
-	// the caller must hear it (they get the event on push/pull at the heal).
+	var deadNames []string
 	n.mu.Lock()
-	if n.mu.isolated {
-		for name, m := range n.mu.members {
-			if m.State == StateDead {
-				res.Missing = append(res.Missing, name)
-			}
+	isolated := n.mu.isolated
+	for name, m := range n.mu.members {
+		if m.State == StateDead {
+			deadNames = append(deadNames, name)
 		}
 	}
 	n.mu.Unlock()
+	res, missed, localErr := b.Result(isolated, deadNames)
+	if len(missed) > 0 {
+		n.redeliver(ev.ID, payload, missed)
+	}
 	if localErr != nil {
 		return res, fmt.Errorf("node: invalidation here: %w", localErr)
 	}
@@ -237,15 +235,15 @@ type applied struct {
 	err  error
 }
 
-// fanout sends one round of a broadcast to every member of r at once and
-// applies it here; it returns every answer, this node's first.
+// fanout sends one round of a broadcast to the members to of r at once
+// and applies it here (this node is among to); it returns every answer.
 //
 // The members in dead were declared dead lately: they get the round too,
 // best effort, each for at most twice the probe timeout, and their answers
 // count for nothing. A member can be declared dead while it is alive and
 // serving (a stall just long enough, a suspicion it refuted too late), and
 // until it learns so it must not keep serving what this event invalidates.
-func (n *Node) fanout(ctx context.Context, r *routing, dead []*remote, ev *invalidation.Event, payload []byte, owners bool) []applied {
+func (n *Node) fanout(ctx context.Context, r *routing, to []string, dead []*remote, ev *invalidation.Event, payload []byte, owners bool) []applied {
 	op := opInvalidate
 	if owners {
 		op = opInvalidateOwners
@@ -266,9 +264,15 @@ func (n *Node) fanout(ctx context.Context, r *routing, dead []*remote, ev *inval
 			<-tried
 		}
 	}()
-	out := make([]applied, 1, len(r.peers)+1)
-	answers := make(chan applied, len(r.peers))
-	for _, p := range r.peers {
+	out := make([]applied, 1, len(to))
+	answers := make(chan applied, len(to))
+	sent := 0
+	for _, name := range to {
+		p, ok := r.peers[name]
+		if !ok {
+			continue // this node
+		}
+		sent++
 		go func() {
 			resp, err := n.call(ctx, p, op, payload)
 			var ir invalidateResp
@@ -280,7 +284,7 @@ func (n *Node) fanout(ctx context.Context, r *routing, dead []*remote, ev *inval
 	}
 	k, err := n.applyEvent(ctx, ev, payload, owners)
 	out[0] = applied{n.cfg.Name, k, err}
-	for range len(r.peers) {
+	for range sent {
 		out = append(out, <-answers)
 	}
 	return out
@@ -295,8 +299,17 @@ func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload [
 	// Back from a pause, the cache goes before anything is rebuilt in it:
 	// rebuilding entries that the drop then throws away fills them twice.
 	n.noticePause()
-	scope, done, wait := n.claimEvent(ev, payload, owners)
-	if done == nil {
+	c, wait := n.events.claim(ev, payload, owners)
+	if c.First {
+		now := time.Now()
+		for _, t := range ev.Targets {
+			n.lastInvalidation.Store(t.Label, now)
+		}
+	}
+	if c.Token == 0 {
+		if wait == nil {
+			return 0, nil
+		}
 		select {
 		case <-wait:
 			return 0, nil
@@ -304,8 +317,8 @@ func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload [
 			return 0, ctx.Err()
 		}
 	}
-	defer close(done)
-	k, err := invalidation.ApplyScope(ctx, ev, n, scope)
+	defer n.events.finish(c.Token)
+	k, err := invalidation.ApplyScope(ctx, ev, n, c.Scope)
 	if wait != nil {
 		// The owners' round is running here: this delivery is applied
 		// once it is done too.
@@ -316,65 +329,6 @@ func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload [
 		}
 	}
 	return k, err
-}
-
-// claimEvent marks ev (only its owners' part, with owners) as being
-// applied here, and returns the scope left to apply and the channel to
-// close when it is applied. done is nil when nothing is left: wait is then
-// closed when the delivery that claimed it is done. When the owners' part
-// is being applied by another delivery, wait is that delivery's channel.
-func (n *Node) claimEvent(ev *invalidation.Event, payload []byte, owners bool) (scope worker.Scope, done, wait chan struct{}) {
-	s := &n.events
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if d, dup := s.seen[ev.ID]; dup {
-		return 0, nil, d
-	}
-	ownKey := ownersKey(ev.ID)
-	ownersDone, ownersSeen := s.seen[ownKey]
-	if owners && ownersSeen {
-		return 0, nil, ownersDone
-	}
-	done = make(chan struct{})
-	scope = worker.ScopeAll
-	switch {
-	case owners:
-		scope = worker.ScopeOwned
-		s.remember(ownKey, done)
-	case ownersSeen:
-		scope, wait = worker.ScopeNear, ownersDone
-		s.remember(ev.ID, done)
-	default:
-		s.remember(ownKey, done)
-		s.remember(ev.ID, done)
-	}
-	if !ownersSeen {
-		// The first delivery of this event here.
-		now := time.Now()
-		for _, t := range ev.Targets {
-			n.lastInvalidation.Store(t.Label, now)
-		}
-	}
-	if !owners {
-		// Offered to the members on push/pull only now: an event still in
-		// its owners' round would make them drop their near-cache copies
-		// before every owner rebuilt its keys.
-		s.log = append(s.log, loggedEvent{At: time.Now().UnixNano(), Payload: payload, id: ev.ID})
-		if len(s.log) > eventLogCap {
-			s.log = s.log[1:]
-		}
-	}
-	return scope, done, wait
-}
-
-// remember records key in seen; s.mu is held.
-func (s *eventState) remember(key string, done chan struct{}) {
-	s.seen[key] = done
-	s.order = append(s.order, key)
-	if len(s.order) > seenCap {
-		delete(s.seen, s.order[0])
-		s.order = s.order[1:]
-	}
 }
 
 // OwnedRecordKeys implements invalidation.Host with the records index.
@@ -417,17 +371,23 @@ func (n *Node) handleInvalidate(ctx context.Context, payload []byte, owners bool
 }
 
 // redeliver keeps sending an event to the members that missed it, until
-// they acknowledge, leave the ring, or redeliverFor passes; small events are
-// also handed to gossip.
-func (n *Node) redeliver(id string, payload []byte, missed []*remote) {
+// they acknowledge, leave the ring, or the Tracker's RedeliverFor passes;
+// small events are also handed to gossip.
+func (n *Node) redeliver(id string, payload []byte, missed []string) {
 	if len(payload) <= gossipMaxBytes && n.bcast != nil {
 		n.bcast.QueueBroadcast(eventBroadcast{id: id, msg: payload})
+	}
+	s := &n.events
+	s.mu.Lock()
+	start := s.t.Redeliver(id, payload, missed, time.Now())
+	s.mu.Unlock()
+	if !start {
+		return // the redelivery of id that runs takes them
 	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		deadline := time.Now().Add(redeliverFor)
-		for len(missed) > 0 && time.Now().Before(deadline) {
+		for {
 			t := time.NewTimer(redeliverPeriod)
 			select {
 			case <-n.done:
@@ -436,20 +396,25 @@ func (n *Node) redeliver(id string, payload []byte, missed []*remote) {
 			case <-t.C:
 			}
 			r := n.route.Load()
-			left := missed[:0]
-			for _, p := range missed {
-				cur, alive := r.peers[p.name]
-				if !alive {
-					continue // it left or died: it drops its near cache when it comes back
-				}
+			s.mu.Lock()
+			to, payload, ok := s.t.RedeliveryRound(id, time.Now(), func(m string) bool {
+				_, alive := r.peers[m]
+				return alive // one that left or died drops its near cache when it comes back
+			})
+			s.mu.Unlock()
+			if !ok {
+				return
+			}
+			for _, name := range to {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-				_, err := n.call(ctx, cur, opInvalidate, payload)
+				_, err := n.call(ctx, r.peers[name], opInvalidate, payload)
 				cancel()
-				if err != nil {
-					left = append(left, cur)
+				if err == nil {
+					s.mu.Lock()
+					s.t.Redelivered(id, name)
+					s.mu.Unlock()
 				}
 			}
-			missed = left
 		}
 	}()
 }
@@ -472,32 +437,19 @@ func (b eventBroadcast) Finished()       {}
 // together. The events of one push/pull are queued at once, so that they
 // are applied as one.
 func (n *Node) applyBackground(payloads ...[]byte) {
-	evs := make([]queuedEvent, 0, len(payloads))
+	evs := make([]invalidation.Queued, 0, len(payloads))
 	for _, payload := range payloads {
 		var ev invalidation.Event
 		if err := unmarshal(payload, &ev); err != nil || ev.ID == "" {
 			n.log.Warn("dropping a malformed gossiped event", "err", err)
 			continue
 		}
-		evs = append(evs, queuedEvent{ev: ev, payload: payload})
+		evs = append(evs, invalidation.Queued{Event: ev, Payload: payload})
 	}
 	s := &n.events
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	queued := len(s.bg)
-next:
-	for _, q := range evs {
-		if _, dup := s.seen[q.ev.ID]; dup {
-			continue
-		}
-		for _, o := range s.bg {
-			if o.ev.ID == q.ev.ID {
-				continue next
-			}
-		}
-		s.bg = append(s.bg, q)
-	}
-	if s.bgRunning || len(s.bg) == queued {
+	if !s.t.Queue(evs) {
 		return
 	}
 	n.mu.Lock()
@@ -507,56 +459,53 @@ next:
 	}
 	n.mu.Unlock()
 	if closed {
-		s.bg = nil
+		s.t.StopApplier()
 		return
 	}
-	s.bgRunning = true
 	go n.backgroundApplier()
 }
 
 // backgroundApplier applies the queued events until none is left: all
-// those waiting at once, merged into one event per scope, so that a key
-// that several of them name is rebuilt once.
+// those waiting at once, merged by the Tracker into one event per scope,
+// so that a key that several of them name is rebuilt once.
 func (n *Node) backgroundApplier() {
 	defer n.wg.Done()
 	s := &n.events
 	for {
+		n.noticePause() // as in applyEvent
 		s.mu.Lock()
-		batch := s.bg
-		s.bg = nil
-		if len(batch) == 0 {
-			s.bgRunning = false
+		b, ok := s.t.NextBatch(time.Now())
+		waits := make([]chan struct{}, 0, len(b.Waits))
+		for _, w := range b.Waits {
+			if c := s.waitLocked(w); c != nil {
+				waits = append(waits, c)
+			}
+		}
+		for _, tok := range b.Tokens {
+			s.done[tok] = make(chan struct{})
 		}
 		s.mu.Unlock()
-		if len(batch) == 0 {
+		if !ok {
 			return
 		}
-		n.noticePause() // as in applyEvent
-		var all, near invalidation.Event
-		var dones, waits []chan struct{}
-		for _, q := range batch {
-			scope, done, wait := n.claimEvent(&q.ev, q.payload, false)
-			switch {
-			case done == nil:
-				continue // applied meanwhile, directly
-			case scope == worker.ScopeNear:
-				near.Targets = append(near.Targets, q.ev.Targets...)
-				waits = append(waits, wait)
-			default:
-				all.Targets = append(all.Targets, q.ev.Targets...)
+		if len(b.All.Targets) > 0 {
+			// The first delivery of these events here (those of b.Near
+			// had their owners' round here).
+			now := time.Now()
+			for _, t := range b.All.Targets {
+				n.lastInvalidation.Store(t.Label, now)
 			}
-			dones = append(dones, done)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), applyTimeout)
 		for _, m := range []struct {
 			ev    *invalidation.Event
 			scope worker.Scope
-		}{{&all, worker.ScopeAll}, {&near, worker.ScopeNear}} {
+		}{{&b.All, worker.ScopeAll}, {&b.Near, worker.ScopeNear}} {
 			if len(m.ev.Targets) == 0 {
 				continue
 			}
 			if _, err := invalidation.ApplyScope(ctx, m.ev, n, m.scope); err != nil {
-				n.log.Warn("gossiped invalidation failed", "events", len(batch), "err", err)
+				n.log.Warn("gossiped invalidation failed", "events", b.Events, "err", err)
 			}
 		}
 		for _, w := range waits {
@@ -566,29 +515,22 @@ func (n *Node) backgroundApplier() {
 			}
 		}
 		cancel()
-		for _, d := range dones {
-			close(d)
-		}
+		n.events.finish(b.Tokens...)
 	}
 }
 
 // localState returns the recent events for a push/pull exchange.
 func (n *Node) localState() []byte {
 	s := &n.events
-	cutoff := time.Now().Add(-eventLogAge).UnixNano()
 	s.mu.Lock()
-	var out []loggedEvent
-	size := 0
-	for i := len(s.log) - 1; i >= 0 && size < eventLogBytes; i-- {
-		if s.log[i].At < cutoff {
-			break
-		}
-		out = append(out, s.log[i])
-		size += len(s.log[i].Payload)
-	}
+	offer := s.t.Offer(time.Now())
 	s.mu.Unlock()
-	if len(out) == 0 {
+	if len(offer) == 0 {
 		return nil
+	}
+	out := make([]loggedEvent, len(offer))
+	for i, e := range offer {
+		out[i] = loggedEvent{At: e.At.UnixNano(), Payload: e.Payload}
 	}
 	b, err := msgpack.Marshal(out)
 	if err != nil {

@@ -98,7 +98,7 @@ func New(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), changed: make(chan struct{}, 1), done: make(chan struct{}),
 		rules: invalidation.NewRules(), outboxWake: make(chan struct{}, 1)}
 	n.mu.members = make(map[string]*Member)
-	n.events.seen = make(map[string]chan struct{})
+	n.events = newEventState()
 	n.pause.epoch = time.Now()
 	n.bcast = &memberlist.TransmitLimitedQueue{RetransmitMult: 3, NumNodes: func() int {
 		if r := n.route.Load(); r != nil {

@@ -220,7 +220,7 @@ func TestMissedEventsRebuildAKeyOnce(t *testing.T) {
 	}
 	get(t, n1, "filtered_foos", v) // n1, alone, serves what it has
 	n1.events.mu.Lock()
-	before := len(n1.events.log)
+	before := n1.events.t.Logged()
 	n1.events.mu.Unlock()
 	fills := db.count("filtered_foos", v)
 

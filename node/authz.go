@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/cachenode/cachenode/node/peer"
-	"github.com/cachenode/cachenode/persist"
 )
 
 // Codes of the peer requests this node refuses although the sender proved
@@ -150,44 +149,5 @@ func (n *Node) authorizeEnqueue(req *enqueueReq) error {
 	if held := n.outbox.bytes.Load(); held+int64(len(req.Payload)) > lim.MaxEnqueueBytes {
 		return n.refuse(opEnqueue, codeOutboxFull, "the outbox holds %d bytes, the limit is %d", held, lim.MaxEnqueueBytes)
 	}
-	return nil
-}
-
-// outboxBytes tracks the payload bytes of the delayed invalidations in the
-// store's outbox, which bounds what handed-over ones may add.
-type outboxBytes struct {
-	bytes atomic.Int64
-}
-
-// enqueue writes a delayed invalidation to the outbox and counts its bytes.
-func (n *Node) enqueue(due time.Time, payload []byte) (uint64, error) {
-	id, err := n.store.Enqueue(due, payload)
-	if err == nil {
-		n.outbox.bytes.Add(int64(len(payload)))
-	}
-	return id, err
-}
-
-// ack removes an applied or handed-over item from the outbox.
-func (n *Node) ack(it persist.OutboxItem) error {
-	err := n.store.Ack(it.ID)
-	if err == nil {
-		n.outbox.bytes.Add(-int64(len(it.Payload)))
-	}
-	return err
-}
-
-// countOutbox sets the outbox's byte count from what the store holds, at
-// start (items queued before a restart).
-func (n *Node) countOutbox() error {
-	items, err := n.store.Pending()
-	if err != nil {
-		return err
-	}
-	var b int64
-	for _, it := range items {
-		b += int64(len(it.Payload))
-	}
-	n.outbox.bytes.Store(b)
 	return nil
 }

@@ -73,7 +73,7 @@ func TestHandoffIsAuthorised(t *testing.T) {
 		return wireEntry{Label: "w", Key: k, Args: args, Value: []byte("<script>planted</script>"), ContentType: "text/html",
 			Owner: owner, Created: now.UnixNano(), Available: available.UnixNano()}
 	}
-	w, _ := n2.Worker("w")
+	w, _ := n2.Cache().Worker("w")
 	ok := entry(key, "n1", now.Add(w.Policy().Expires))
 	send := func(req handoffReq) ([]byte, error) {
 		body, err := msgpack.Marshal(req)

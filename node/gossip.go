@@ -104,7 +104,7 @@ func (n *Node) backgroundApplier() {
 			if len(m.ev.Targets) == 0 {
 				continue
 			}
-			if _, err := invalidation.ApplyScope(ctx, m.ev, n, m.scope); err != nil {
+			if _, err := invalidation.ApplyScope(ctx, m.ev, host{n}, m.scope); err != nil {
 				n.log.Warn("gossiped invalidation failed", "events", b.Events, "err", err)
 			}
 		}

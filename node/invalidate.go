@@ -172,7 +172,7 @@ func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload [
 		}
 	}
 	defer n.events.finish(c.Token)
-	k, err := invalidation.ApplyScope(ctx, ev, n, c.Scope)
+	k, err := invalidation.ApplyScope(ctx, ev, host{n}, c.Scope)
 	if wait != nil {
 		// The owners' round is running here: this delivery is applied
 		// once it is done too.
@@ -185,12 +185,22 @@ func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload [
 	return k, err
 }
 
+// host is the node as the invalidation.Host of the events it applies: its
+// workers and the records of the keys it owns.
+type host struct{ n *Node }
+
+var _ invalidation.Host = host{}
+
+// Worker implements invalidation.Host.
+func (h host) Worker(label string) (*worker.Worker, bool) { return h.n.cache.Worker(label) }
+
 // OwnedRecordKeys implements invalidation.Host with the records index.
 // While the records are degraded it returns no keys and no error: the
 // in-memory entries, which invalidation.ApplyScope matches too, are then
 // the whole truth (every key this node can serve is among them, those
 // filled while degraded included).
-func (n *Node) OwnedRecordKeys(label string, match map[string][]string) ([]string, error) {
+func (h host) OwnedRecordKeys(label string, match map[string][]string) ([]string, error) {
+	n := h.n
 	recs, err := n.store.Match(label, match)
 	if errors.Is(err, persist.ErrUnavailable) {
 		return nil, nil
@@ -206,11 +216,6 @@ func (n *Node) OwnedRecordKeys(label string, match map[string][]string) ([]strin
 	}
 	return keys, nil
 }
-
-// Worker implements invalidation.Host.
-func (n *Node) Worker(label string) (*worker.Worker, bool) { return n.cache.Worker(label) }
-
-var _ invalidation.Host = (*Node)(nil)
 
 func (n *Node) handleInvalidate(ctx context.Context, payload []byte, owners bool) ([]byte, error) {
 	var ev invalidation.Event

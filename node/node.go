@@ -121,7 +121,7 @@ func New(cfg Config) (*Node, error) {
 		Defaults:    cfg.Defaults,
 		Clock:       cfg.Clock,
 		Self:        cfg.Name,
-		Peers:       n,
+		Peers:       picker{n},
 		NoNearCache: cfg.NoNearCache,
 		OnFill:      n.record,
 		Logger:      n.log,
@@ -435,53 +435,6 @@ func (n *Node) Members() []Member {
 func sortMembers(ms []Member) {
 	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 }
-
-// Get returns the entry of label for args and how it was answered; see the
-// package documentation for the path it takes. Errors:
-// worker.ErrUnknownLabel, worker.ErrBadArgs, worker.ErrTooManyArgs and
-// worker.ErrArgsTooLarge (over Config.Limits, checked before anything else),
-// worker.ErrConfig (overrides),
-// errors wrapping worker.ErrFill, the context's error.
-func (n *Node) Get(ctx context.Context, label string, args worker.Args, ov worker.Settings) (*worker.Entry, worker.Status, error) {
-	w, ok := n.cache.Worker(label)
-	if !ok {
-		return nil, 0, fmt.Errorf("%w: %q", worker.ErrUnknownLabel, label)
-	}
-	if err := n.cfg.Limits.Check(args); err != nil {
-		return nil, 0, err
-	}
-	n.noticePause()
-	return w.Get(ctx, args, ov)
-}
-
-// Owner returns the name of the member that owns key in this node's ring.
-func (n *Node) Owner(key string) string {
-	r := n.route.Load()
-	if r == nil {
-		return n.cfg.Name
-	}
-	o, _ := r.ring.Owner(key)
-	return o
-}
-
-// PickPeer implements worker.PeerPicker with the current ring.
-func (n *Node) PickPeer(key string) (worker.Peer, bool) {
-	r := n.route.Load()
-	if r == nil {
-		return nil, false
-	}
-	owner, ok := r.ring.Owner(key)
-	if !ok || owner == n.cfg.Name {
-		return nil, false
-	}
-	p, ok := r.peers[owner]
-	if !ok {
-		return nil, false
-	}
-	return p, true
-}
-
-var _ worker.PeerPicker = (*Node)(nil)
 
 // record writes the created-cache record of an owned fill: before the fill
 // returns, or in the background with delay_logging.

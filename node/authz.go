@@ -35,10 +35,6 @@ const (
 	codeCountdownTooLong = "countdown_too_long"
 )
 
-// handoffSkew is the clock difference between members that a handed-off
-// entry's availability may carry beyond now plus its worker's expires.
-const handoffSkew = 5 * time.Second
-
 // refusals counts the refused peer requests by operation and code.
 type refusals struct {
 	m sync.Map // refusalKey → *atomic.Uint64
@@ -86,8 +82,8 @@ func (n *Node) PeerServerStats() peer.ServerStats {
 // authorizeHandoff checks a handoff as a whole before any entry is kept:
 // it comes from a member this node holds alive, and each entry is of a
 // registered worker, owned by its sender, of a key this node owns (in its
-// ring, or in its ring without the leaving sender), and available no longer
-// than its worker's expires from now. A handoff that fails any check is
+// ring, or in its ring without the leaving sender), with its age and
+// lifetimes, and available no longer than its worker's expires. A handoff that fails any check is
 // refused whole: a member that sends one is broken or not what it claims.
 func (n *Node) authorizeHandoff(req *handoffReq) error {
 	n.mu.Lock()
@@ -107,7 +103,6 @@ func (n *Node) authorizeHandoff(req *handoffReq) error {
 			without = w
 		}
 	}
-	now := n.cache.Clock().Now()
 	for i := range req.Entries {
 		e := &req.Entries[i]
 		w, ok := n.cache.Worker(e.Label)
@@ -120,11 +115,14 @@ func (n *Node) authorizeHandoff(req *handoffReq) error {
 		if !n.ownsIn(r.ring, e.Key) && !n.ownsIn(without, e.Key) {
 			return n.refuse(opHandoff, codeNotOwned, "entry %q: this node does not own the key", e.Key)
 		}
+		if i >= len(req.Times) {
+			return n.refuse(opHandoff, codeBadRequest, "entry %q: no age and lifetime (a member of an older version)", e.Key)
+		}
 		// A read over HTTP may ask up to the worker's max_expires.
 		expires := max(w.Policy().Expires, w.Config().MaxExpires)
-		if limit := now.Add(expires + handoffSkew); time.Unix(0, e.Available).After(limit) {
-			return n.refuse(opHandoff, codeExpiresTooFar, "entry %q: available to %v, beyond now + expires (%v)",
-				e.Key, time.Unix(0, e.Available).UTC(), expires)
+		if left := time.Duration(req.Times[i].Available); left > expires {
+			return n.refuse(opHandoff, codeExpiresTooFar, "entry %q: available for %v more, beyond its worker's expires (%v)",
+				e.Key, left, expires)
 		}
 	}
 	return nil

@@ -91,7 +91,7 @@ func (n *Node) backgroundApplier() {
 		if len(b.All.Targets) > 0 {
 			// The first delivery of these events here (those of b.Near
 			// had their owners' round here).
-			now := time.Now()
+			now := n.cache.Clock().Now()
 			for _, t := range b.All.Targets {
 				n.lastInvalidation.Store(t.Label, now)
 			}

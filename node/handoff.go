@@ -19,6 +19,7 @@ func (n *Node) handleHandoff(payload []byte) ([]byte, error) {
 		return nil, err
 	}
 	kept := 0
+	now := n.cache.Clock().Now()
 	for i := range req.Entries {
 		e := req.Entries[i].entry()
 		w, ok := n.cache.Worker(e.Label)
@@ -26,7 +27,10 @@ func (n *Node) handleHandoff(payload []byte) ([]byte, error) {
 			continue
 		}
 		e.Owner = n.cfg.Name
-		if t, ok := n.lastInvalidation.Load(e.Label); ok && e.CreatedAt.Before(t.(time.Time)) {
+		req.Times[i].place(e, now) // authorizeHandoff checked there is one per entry
+		// The entry's age was measured before the request left, so it
+		// was built up to handoffTimeout earlier than its CreatedAt here.
+		if t, ok := n.lastInvalidation.Load(e.Label); ok && e.CreatedAt.Add(-handoffTimeout).Before(t.(time.Time)) {
 			// An invalidation of this worker was applied here after the
 			// entry was built: it may be one of the values it invalidated.
 			continue
@@ -39,6 +43,10 @@ func (n *Node) handleHandoff(payload []byte) ([]byte, error) {
 	n.log.Debug("handoff received", "from", req.From, "entries", len(req.Entries), "kept", kept)
 	return msgpack.Marshal(handoffResp{Kept: kept})
 }
+
+// handoffTimeout bounds the handoff of a leaving node, from the moment it
+// measures the entries' ages to the last answer.
+const handoffTimeout = 5 * time.Second
 
 // handoff sends this node's hottest owned entries to the members that own
 // them once this node is gone, so that a rolling restart does not refill
@@ -55,7 +63,7 @@ func (n *Node) handoff() {
 	if err != nil {
 		return
 	}
-	batches := make(map[string][]wireEntry)
+	batches := make(map[string][]*worker.Entry)
 	count, bytes := 0, int64(0)
 	now := n.cache.Clock().Now()
 	// The store's iteration in eviction order holds the store's policy
@@ -84,9 +92,9 @@ func (n *Node) handoff() {
 		if !ok {
 			continue
 		}
-		batches[owner] = append(batches[owner], toWire(e, worker.Hit))
+		batches[owner] = append(batches[owner], e)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), handoffTimeout)
 	defer cancel()
 	for owner, entries := range batches {
 		p, ok := r.peers[owner]
@@ -98,7 +106,9 @@ func (n *Node) handoff() {
 }
 
 // sendHandoff sends entries in chunks that stay well under the frame limit.
-func sendHandoff(ctx context.Context, n *Node, p *remote, entries []wireEntry) {
+// The entries' durations are measured as each chunk is encoded, within
+// handoffTimeout of its answer.
+func sendHandoff(ctx context.Context, n *Node, p *remote, entries []*worker.Entry) {
 	const chunkBytes = 4 << 20
 	for len(entries) > 0 {
 		size, i := 0, 0
@@ -106,7 +116,13 @@ func sendHandoff(ctx context.Context, n *Node, p *remote, entries []wireEntry) {
 			size += len(entries[i].Value) + len(entries[i].Key) + 64
 			i++
 		}
-		body, err := msgpack.Marshal(handoffReq{From: n.cfg.Name, Entries: entries[:i]})
+		req := handoffReq{From: n.cfg.Name, Entries: make([]wireEntry, i), Times: make([]handoffTimes, i)}
+		now := n.cache.Clock().Now()
+		for j, e := range entries[:i] {
+			req.Entries[j] = toWire(e, worker.Hit)
+			req.Times[j] = timesOf(e, now)
+		}
+		body, err := msgpack.Marshal(req)
 		entries = entries[i:]
 		if err != nil {
 			n.log.Error("handoff encode", "err", err)

@@ -155,7 +155,7 @@ func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload [
 	n.noticePause()
 	c, wait := n.events.claim(ev, payload, owners)
 	if c.First {
-		now := time.Now()
+		now := n.cache.Clock().Now()
 		for _, t := range ev.Targets {
 			n.lastInvalidation.Store(t.Label, now)
 		}

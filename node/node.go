@@ -61,7 +61,8 @@ type Node struct {
 	gossipDown atomic.Bool
 	lastAck    sync.Map // member name → time.Time of its last answered probe
 	// lastInvalidation: worker label → when this node last applied an
-	// invalidation of it; handed-off entries older than that are refused.
+	// invalidation of it, on the cache's clock; handed-off entries older
+	// than that are refused.
 	lastInvalidation sync.Map
 	pause            pauseWatcher
 	// unwritten counts the fills of workers without delay_logging that

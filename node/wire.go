@@ -142,6 +142,39 @@ func (w *wireEntry) entry() *worker.Entry {
 type handoffReq struct {
 	From    string      `msgpack:"f"`
 	Entries []wireEntry `msgpack:"e"`
+	// Times holds, for each entry in order, its age and what is left of
+	// its lifetimes, measured on the sender's clock as the request was
+	// encoded. The receiver places the entries on its own clock with them
+	// and ignores the entries' instants: no time of one machine is
+	// compared with the clock of another.
+	Times []handoffTimes `msgpack:"t"`
+}
+
+// handoffTimes are the durations of a handed-off entry, in nanoseconds.
+type handoffTimes struct {
+	Age       int64  `msgpack:"a"`           // since it was built
+	Available int64  `msgpack:"x"`           // until it expires
+	Relevance *int64 `msgpack:"r,omitempty"` // until it goes stale; nil: no relevance deadline
+}
+
+// timesOf returns the durations of e at now.
+func timesOf(e *worker.Entry, now time.Time) handoffTimes {
+	t := handoffTimes{Age: int64(now.Sub(e.CreatedAt)), Available: int64(e.AvailableTo.Sub(now))}
+	if !e.RelevanceTo.IsZero() {
+		r := int64(e.RelevanceTo.Sub(now))
+		t.Relevance = &r
+	}
+	return t
+}
+
+// place sets e's instants from t, on the receiver's clock at now.
+func (t handoffTimes) place(e *worker.Entry, now time.Time) {
+	e.CreatedAt = now.Add(-time.Duration(t.Age))
+	e.AvailableTo = now.Add(time.Duration(t.Available))
+	e.RelevanceTo = time.Time{}
+	if t.Relevance != nil {
+		e.RelevanceTo = now.Add(time.Duration(*t.Relevance))
+	}
 }
 
 type handoffResp struct {

@@ -158,7 +158,7 @@ func (n *Node) redeliver(id string, payload []byte, missed []string) {
 	}
 	s := &n.events
 	s.mu.Lock()
-	start := s.t.Redeliver(id, payload, missed, time.Now())
+	start := s.t.Redeliver(id, payload, missed, n.cache.Clock().Now())
 	s.mu.Unlock()
 	if !start {
 		return // the redelivery of id that runs takes them
@@ -176,7 +176,7 @@ func (n *Node) redeliver(id string, payload []byte, missed []string) {
 			}
 			r := n.route.Load()
 			s.mu.Lock()
-			to, payload, ok := s.t.RedeliveryRound(id, time.Now(), func(m string) bool {
+			to, payload, ok := s.t.RedeliveryRound(id, n.cache.Clock().Now(), func(m string) bool {
 				_, alive := r.peers[m]
 				return alive // one that left or died drops its near cache when it comes back
 			})

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"time"
 
 	"github.com/hashicorp/memberlist"
 	"github.com/vmihailenco/msgpack/v5"
@@ -74,7 +73,7 @@ func (n *Node) backgroundApplier() {
 	for {
 		n.noticePause() // as in applyEvent
 		s.mu.Lock()
-		b, ok := s.t.NextBatch(time.Now())
+		b, ok := s.t.NextBatch(n.cache.Clock().Now())
 		waits := make([]chan struct{}, 0, len(b.Waits))
 		for _, w := range b.Waits {
 			if c := s.waitLocked(w); c != nil {
@@ -123,7 +122,7 @@ func (n *Node) backgroundApplier() {
 func (n *Node) localState() []byte {
 	s := &n.events
 	s.mu.Lock()
-	offer := s.t.Offer(time.Now())
+	offer := s.t.Offer(n.cache.Clock().Now())
 	s.mu.Unlock()
 	if len(offer) == 0 {
 		return nil

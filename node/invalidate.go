@@ -26,7 +26,8 @@ const (
 
 // eventState is the node's shell around its invalidation.Tracker: the
 // lock that guards it and a channel per claim the Tracker has not seen
-// finished, which the deliveries that must wait for it block on.
+// finished, which the deliveries that must wait for it block on. The
+// Tracker is given the time of the cache's clock (Config.Clock).
 type eventState struct {
 	mu sync.Mutex
 	t  *invalidation.Tracker // guarded by mu
@@ -41,10 +42,10 @@ func newEventState() eventState {
 
 // claim asks the Tracker what a delivery of ev applies; wait is the
 // channel of the claim it must wait for, nil when there is none.
-func (s *eventState) claim(ev *invalidation.Event, payload []byte, owners bool) (c invalidation.Claim, wait <-chan struct{}) {
+func (s *eventState) claim(ev *invalidation.Event, payload []byte, owners bool, now time.Time) (c invalidation.Claim, wait <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c = s.t.Claim(ev, payload, owners, time.Now())
+	c = s.t.Claim(ev, payload, owners, now)
 	if c.Token != 0 {
 		s.done[c.Token] = make(chan struct{})
 	}
@@ -153,7 +154,7 @@ func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload [
 	// Back from a pause, the cache goes before anything is rebuilt in it:
 	// rebuilding entries that the drop then throws away fills them twice.
 	n.noticePause()
-	c, wait := n.events.claim(ev, payload, owners)
+	c, wait := n.events.claim(ev, payload, owners, n.cache.Clock().Now())
 	if c.First {
 		now := n.cache.Clock().Now()
 		for _, t := range ev.Targets {

@@ -19,6 +19,7 @@ import (
 type Broadcast struct {
 	self    string
 	members []string // self first
+	lately  []string // declared dead lately
 	owners  bool     // the owners' round is the current one
 	done    bool
 	waiting map[string]bool // members of the current round not answered yet
@@ -34,11 +35,19 @@ type Broadcast struct {
 type Round struct {
 	Owners bool
 	To     []string
+	// Lately are the members declared dead lately: they get the round
+	// too, best effort, and their answers count for nothing. A member can
+	// be declared dead while it is alive and serving (a stall just long
+	// enough, a suspicion it refuted too late), and until it learns so it
+	// must not keep serving what the event invalidates.
+	Lately []string
 }
 
-// NewBroadcast starts a broadcast from self to the other live members.
-func NewBroadcast(self string, others []string) *Broadcast {
-	b := &Broadcast{self: self, members: append([]string{self}, others...), owners: true, failed: make(map[string]bool)}
+// NewBroadcast starts a broadcast from self to the other live members,
+// and, best effort, to the members declared dead lately.
+func NewBroadcast(self string, others, lately []string) *Broadcast {
+	b := &Broadcast{self: self, members: append([]string{self}, others...), lately: slices.Clone(lately), owners: true,
+		failed: make(map[string]bool)}
 	b.start()
 	return b
 }
@@ -57,13 +66,13 @@ func (b *Broadcast) Round() (r Round, ok bool) {
 	if b.done {
 		return Round{}, false
 	}
-	return Round{Owners: b.owners, To: slices.Clone(b.members)}, true
+	return Round{Owners: b.owners, To: slices.Clone(b.members), Lately: slices.Clone(b.lately)}, true
 }
 
 // Answer records member's answer to the current round: the keys it
 // applied and its error (nil: acknowledged). The answer of this node is
 // its local application. A member's second answer to a round, or one of
-// a member not in the broadcast, is ignored.
+// a member not in To (one of Lately among them), is ignored.
 func (b *Broadcast) Answer(member string, keys int, err error) {
 	if b.done || !b.waiting[member] {
 		return

@@ -31,7 +31,7 @@ import (
 //	redeliver ev=E to=M,N                         a broadcast's second round missed M and N
 //	round ev=E alive=M,N                          a redelivery period passed; M and N are in the ring
 //	ack ev=E member=M                             M acknowledged a redelivery of E
-//	broadcast self=S others=M,N                   start a broadcast
+//	broadcast self=S others=M,N [lately=D]        start a broadcast (D: declared dead lately)
 //	answer member=M [keys=K] [err]                M answered the current round
 //	result [isolated] [dead=M,N]                  the broadcast's outcome
 func TestTracker(t *testing.T) {
@@ -184,7 +184,7 @@ func (s *scenario) step(t *testing.T, d *datadriven.TestData) string {
 	case "broadcast":
 		var self string
 		d.ScanArgs(t, "self", &self)
-		s.b = NewBroadcast(self, list(d, "others"))
+		s.b = NewBroadcast(self, list(d, "others"), list(d, "lately"))
 		return s.roundOf()
 	case "answer":
 		var m string
@@ -216,13 +216,19 @@ func (s *scenario) step(t *testing.T, d *datadriven.TestData) string {
 
 func (s *scenario) roundOf() string {
 	r, ok := s.b.Round()
+	var out string
 	switch {
 	case !ok:
 		return "broadcast done"
 	case r.Owners:
-		return "send the owners' round to " + strings.Join(r.To, ",")
+		out = "send the owners' round to " + strings.Join(r.To, ",")
+	default:
+		out = "send the near-copy round to " + strings.Join(r.To, ",")
 	}
-	return "send the near-copy round to " + strings.Join(r.To, ",")
+	if len(r.Lately) > 0 {
+		out += "; best effort to " + strings.Join(r.Lately, ",")
+	}
+	return out
 }
 
 func scopeName(s worker.Scope) string {

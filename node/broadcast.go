@@ -36,10 +36,15 @@ func (n *Node) broadcast(ctx context.Context, ev *invalidation.Event) (invalidat
 		others = append(others, name)
 	}
 	slices.Sort(others)
-	b := invalidation.NewBroadcast(n.cfg.Name, others)
-	dead := n.recentlyDead()
+	lately := n.recentlyDead()
+	names := make([]string, 0, len(lately))
+	for name := range lately {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	b := invalidation.NewBroadcast(n.cfg.Name, others, names)
 	for round, ok := b.Round(); ok; round, ok = b.Round() {
-		for _, a := range n.fanout(ctx, r, round.To, dead, ev, payload, round.Owners) {
+		for _, a := range n.fanout(ctx, r, lately, round, ev, payload) {
 			if a.err != nil && a.name != n.cfg.Name {
 				if round.Owners {
 					n.log.Warn("invalidation (owners' round) not acknowledged", "member", a.name, "event", ev.ID, "err", a.err)
@@ -70,18 +75,18 @@ func (n *Node) broadcast(ctx context.Context, ev *invalidation.Event) (invalidat
 }
 
 // recentDeadFor is how long after a member was declared dead broadcasts
-// still try it (see fanout).
+// still try it (see invalidation.Round).
 const recentDeadFor = 10 * time.Second
 
 // recentlyDead returns the members declared dead (not left) within
 // recentDeadFor.
-func (n *Node) recentlyDead() []*remote {
+func (n *Node) recentlyDead() map[string]*remote {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	var out []*remote
+	out := make(map[string]*remote)
 	for name, m := range n.mu.members {
 		if name != n.cfg.Name && m.State == StateDead && m.Peer != "" && time.Since(m.Since) < recentDeadFor {
-			out = append(out, &remote{n: n, name: name, addr: m.Peer})
+			out[name] = &remote{n: n, name: name, addr: m.Peer}
 		}
 	}
 	return out
@@ -94,18 +99,21 @@ type applied struct {
 	err  error
 }
 
-// fanout sends one round of a broadcast to the members to of r at once
-// and applies it here (this node is among to); it returns every answer.
-//
-// The members in dead were declared dead lately: they get the round too,
-// best effort, each for at most twice the probe timeout, and their answers
-// count for nothing. A member can be declared dead while it is alive and
-// serving (a stall just long enough, a suspicion it refuted too late), and
-// until it learns so it must not keep serving what this event invalidates.
-func (n *Node) fanout(ctx context.Context, r *routing, to []string, dead []*remote, ev *invalidation.Event, payload []byte, owners bool) []applied {
+// fanout sends one round of a broadcast to its members (r's peers, and
+// lately's for those declared dead lately) at once and applies it here;
+// it returns the answers of this node and of the members of round.To.
+// The members declared dead lately are tried for at most twice the probe
+// timeout each; fanout returns once they answered or that time passed.
+func (n *Node) fanout(ctx context.Context, r *routing, lately map[string]*remote, round invalidation.Round, ev *invalidation.Event, payload []byte) []applied {
 	op := opInvalidate
-	if owners {
+	if round.Owners {
 		op = opInvalidateOwners
+	}
+	var dead []*remote
+	for _, name := range round.Lately {
+		if p, ok := lately[name]; ok {
+			dead = append(dead, p)
+		}
 	}
 	tried := make(chan struct{}, len(dead))
 	for _, p := range dead {
@@ -123,10 +131,10 @@ func (n *Node) fanout(ctx context.Context, r *routing, to []string, dead []*remo
 			<-tried
 		}
 	}()
-	out := make([]applied, 1, len(to))
-	answers := make(chan applied, len(to))
+	out := make([]applied, 1, len(round.To))
+	answers := make(chan applied, len(round.To))
 	sent := 0
-	for _, name := range to {
+	for _, name := range round.To {
 		p, ok := r.peers[name]
 		if !ok {
 			continue // this node
@@ -141,7 +149,7 @@ func (n *Node) fanout(ctx context.Context, r *routing, to []string, dead []*remo
 			answers <- applied{p.name, ir.Keys, err}
 		}()
 	}
-	k, err := n.applyEvent(ctx, ev, payload, owners)
+	k, err := n.applyEvent(ctx, ev, payload, round.Owners)
 	out[0] = applied{n.cfg.Name, k, err}
 	for range sent {
 		out = append(out, <-answers)

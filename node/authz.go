@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/cachenode/cachenode/node/peer"
-	"github.com/cachenode/cachenode/persist"
 )
 
 // Codes of the peer requests this node refuses although the sender proved
@@ -35,10 +34,6 @@ const (
 	// now plus PeerLimits.MaxEnqueueCountdown.
 	codeCountdownTooLong = "countdown_too_long"
 )
-
-// handoffSkew is the clock difference between members that a handed-off
-// entry's availability may carry beyond now plus its worker's expires.
-const handoffSkew = 5 * time.Second
 
 // refusals counts the refused peer requests by operation and code.
 type refusals struct {
@@ -87,8 +82,8 @@ func (n *Node) PeerServerStats() peer.ServerStats {
 // authorizeHandoff checks a handoff as a whole before any entry is kept:
 // it comes from a member this node holds alive, and each entry is of a
 // registered worker, owned by its sender, of a key this node owns (in its
-// ring, or in its ring without the leaving sender), and available no longer
-// than its worker's expires from now. A handoff that fails any check is
+// ring, or in its ring without the leaving sender), with its age and
+// lifetimes, and available no longer than its worker's expires. A handoff that fails any check is
 // refused whole: a member that sends one is broken or not what it claims.
 func (n *Node) authorizeHandoff(req *handoffReq) error {
 	n.mu.Lock()
@@ -108,7 +103,6 @@ func (n *Node) authorizeHandoff(req *handoffReq) error {
 			without = w
 		}
 	}
-	now := n.cache.Clock().Now()
 	for i := range req.Entries {
 		e := &req.Entries[i]
 		w, ok := n.cache.Worker(e.Label)
@@ -121,11 +115,14 @@ func (n *Node) authorizeHandoff(req *handoffReq) error {
 		if !n.ownsIn(r.ring, e.Key) && !n.ownsIn(without, e.Key) {
 			return n.refuse(opHandoff, codeNotOwned, "entry %q: this node does not own the key", e.Key)
 		}
+		if i >= len(req.Times) {
+			return n.refuse(opHandoff, codeBadRequest, "entry %q: no age and lifetime (a member of an older version)", e.Key)
+		}
 		// A read over HTTP may ask up to the worker's max_expires.
 		expires := max(w.Policy().Expires, w.Config().MaxExpires)
-		if limit := now.Add(expires + handoffSkew); time.Unix(0, e.Available).After(limit) {
-			return n.refuse(opHandoff, codeExpiresTooFar, "entry %q: available to %v, beyond now + expires (%v)",
-				e.Key, time.Unix(0, e.Available).UTC(), expires)
+		if left := time.Duration(req.Times[i].Available); left > expires {
+			return n.refuse(opHandoff, codeExpiresTooFar, "entry %q: available for %v more, beyond its worker's expires (%v)",
+				e.Key, left, expires)
 		}
 	}
 	return nil
@@ -150,44 +147,5 @@ func (n *Node) authorizeEnqueue(req *enqueueReq) error {
 	if held := n.outbox.bytes.Load(); held+int64(len(req.Payload)) > lim.MaxEnqueueBytes {
 		return n.refuse(opEnqueue, codeOutboxFull, "the outbox holds %d bytes, the limit is %d", held, lim.MaxEnqueueBytes)
 	}
-	return nil
-}
-
-// outboxBytes tracks the payload bytes of the delayed invalidations in the
-// store's outbox, which bounds what handed-over ones may add.
-type outboxBytes struct {
-	bytes atomic.Int64
-}
-
-// enqueue writes a delayed invalidation to the outbox and counts its bytes.
-func (n *Node) enqueue(due time.Time, payload []byte) (uint64, error) {
-	id, err := n.store.Enqueue(due, payload)
-	if err == nil {
-		n.outbox.bytes.Add(int64(len(payload)))
-	}
-	return id, err
-}
-
-// ack removes an applied or handed-over item from the outbox.
-func (n *Node) ack(it persist.OutboxItem) error {
-	err := n.store.Ack(it.ID)
-	if err == nil {
-		n.outbox.bytes.Add(-int64(len(it.Payload)))
-	}
-	return err
-}
-
-// countOutbox sets the outbox's byte count from what the store holds, at
-// start (items queued before a restart).
-func (n *Node) countOutbox() error {
-	items, err := n.store.Pending()
-	if err != nil {
-		return err
-	}
-	var b int64
-	for _, it := range items {
-		b += int64(len(it.Payload))
-	}
-	n.outbox.bytes.Store(b)
 	return nil
 }

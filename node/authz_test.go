@@ -73,9 +73,13 @@ func TestHandoffIsAuthorised(t *testing.T) {
 		return wireEntry{Label: "w", Key: k, Args: args, Value: []byte("<script>planted</script>"), ContentType: "text/html",
 			Owner: owner, Created: now.UnixNano(), Available: available.UnixNano()}
 	}
-	w, _ := n2.Worker("w")
+	w, _ := n2.Cache().Worker("w")
 	ok := entry(key, "n1", now.Add(w.Policy().Expires))
 	send := func(req handoffReq) ([]byte, error) {
+		// The entries' durations, as a sender measures them.
+		for _, e := range req.Entries {
+			req.Times = append(req.Times, handoffTimes{Age: now.UnixNano() - e.Created, Available: e.Available - now.UnixNano()})
+		}
 		body, err := msgpack.Marshal(req)
 		if err != nil {
 			t.Fatal(err)
@@ -110,6 +114,58 @@ func TestHandoffIsAuthorised(t *testing.T) {
 	}
 	if e, found := n2.Cache().Lookup(key); !found || e.Owner != "n2" {
 		t.Fatalf("the well-formed handoff was not kept as n2's own entry: %v %v", e, found)
+	}
+}
+
+// TestHandoffTimesAreTheReceivers: a handed-off entry is placed on the
+// receiver's clock by the age and lifetime its sender measured, whatever
+// the sender's clock says: an entry from a member whose clock is an hour
+// behind is kept and expires when its lifetime says, and one built before
+// an invalidation the receiver applied is refused although the sender's
+// clock, an hour ahead, dates it after.
+func TestHandoffTimesAreTheReceivers(t *testing.T) {
+	g := newCounting(0)
+	c := newCluster(t, 3, withWorker(g, patient))
+	n1, n2 := c.nodes[0], c.nodes[1]
+	var keys []string
+	for k := 0; len(keys) < 2 && k < 1000; k++ {
+		if kk, _ := worker.KeyOf("w", worker.Args{"id": k}); n1.Owner(kk) == "n2" {
+			keys = append(keys, kk)
+		}
+	}
+	now := time.Now()
+	// handoff hands key to n2 as n1 would with its clock off by skew: the
+	// entry's instants skewed, its durations true.
+	handoff := func(key string, skew, age, left time.Duration) {
+		t.Helper()
+		req := handoffReq{From: "n1",
+			Entries: []wireEntry{{Label: "w", Key: key, Value: []byte("handed"), Owner: "n1",
+				Created: now.Add(skew - age).UnixNano(), Available: now.Add(skew + left).UnixNano()}},
+			Times: []handoffTimes{{Age: int64(age), Available: int64(left)}}}
+		body, err := msgpack.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := n1.client.Call(ctx, n2.PeerAddr(), opHandoff, body); err != nil {
+			t.Fatalf("handoff of %s: %v", key, err)
+		}
+	}
+	handoff(keys[0], -time.Hour, time.Second, time.Minute)
+	e, ok := n2.Cache().Lookup(keys[0])
+	if !ok {
+		t.Fatalf("an entry from a member whose clock is an hour behind was not kept (or is expired here)")
+	}
+	if left := time.Until(e.AvailableTo); left < 50*time.Second || left > time.Minute {
+		t.Fatalf("the handed-off entry is available for %v more here; its sender gave it a minute", left)
+	}
+	if _, err := n2.Invalidate(context.Background(), invalidation.Request{Label: "w", Args: worker.Args{"id": -1}}); err != nil {
+		t.Fatal(err)
+	}
+	handoff(keys[1], time.Hour, time.Minute, time.Minute)
+	if e, ok := n2.Cache().Lookup(keys[1]); ok {
+		t.Fatalf("an entry built a minute before an invalidation here was kept (%q): its sender's clock, an hour ahead, dated it after", e.Value)
 	}
 }
 

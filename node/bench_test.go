@@ -76,7 +76,7 @@ func benchCluster(b *testing.B, size int, g *countingGetter, noNear func(i int) 
 // remoteArgs returns count argument sets whose keys asker does not own.
 func remoteArgs(b *testing.B, asker *Node, count int) []worker.Args {
 	b.Helper()
-	w, _ := asker.Worker("w")
+	w, _ := asker.Cache().Worker("w")
 	var out []worker.Args
 	for i := 0; len(out) < count; i++ {
 		a := worker.Args{"id": i}
@@ -161,7 +161,7 @@ func BenchmarkColdFill(b *testing.B) {
 	g := newCounting(0)
 	c := benchCluster(b, 3, g, nil)
 	asker := c.nodes[0]
-	w, _ := asker.Worker("w")
+	w, _ := asker.Cache().Worker("w")
 	ctx := context.Background()
 	next := 0
 	for b.Loop() {

@@ -19,7 +19,7 @@ func TestFetchForANonOwnerIsForwardedOnce(t *testing.T) {
 	g := newCounting(0)
 	c := newCluster(t, 3, withWorker(g, worker.Settings{}))
 	n2, n3 := c.nodes[1], c.nodes[2]
-	w2, _ := n2.Worker("w")
+	w2, _ := n2.Cache().Worker("w")
 	var args worker.Args
 	var key string
 	for i := range 1000 {

@@ -400,7 +400,7 @@ func waitLogged(t *testing.T, n *Node, want int) {
 	waitFor(t, 15*time.Second, "the events to be applied", func() bool {
 		n.events.mu.Lock()
 		defer n.events.mu.Unlock()
-		return len(n.events.log) == want && !n.events.bgRunning
+		return n.events.t.Logged() == want && !n.events.t.Running()
 	})
 }
 

@@ -31,7 +31,7 @@ func TestFetchOverLimitsRefused(t *testing.T) {
 		code string
 		want error
 	}{{wide, codeTooManyArgs, worker.ErrTooManyArgs}, {large, codeArgsTooLarge, worker.ErrArgsTooLarge}} {
-		w2, _ := n2.Worker("w")
+		w2, _ := n2.Cache().Worker("w")
 		key, err := w2.Key(tc.args)
 		if err != nil {
 			t.Fatal(err)

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -330,4 +332,35 @@ func (p pings) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, pay
 func (n *Node) suspectAfter(members int) time.Duration {
 	m := n.cfg.Membership
 	return 2*time.Duration(max(members-1, 1))*m.ProbeInterval + m.ProbeTimeout + m.ProbeInterval
+}
+
+// markLeaving records that a member announced a graceful leave, so that its
+// departure is recorded as "left", not "dead".
+func (n *Node) markLeaving(name string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if m, ok := n.mu.members[name]; ok {
+		m.leaving = true
+	}
+}
+
+// announceLeave tells every member directly that this node is leaving, and
+// publishes it in the metadata for members the direct message missed.
+func (n *Node) announceLeave() {
+	n.leaving.Store(true)
+	r := n.route.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.Membership.LeaveTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, p := range r.peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.call(ctx, p, opLeaving, []byte(n.cfg.Name))
+		}()
+	}
+	wg.Wait()
+	if err := n.ml.UpdateNode(n.cfg.Membership.LeaveTimeout); err != nil {
+		n.log.Debug("leave announcement", "err", err)
+	}
 }

@@ -61,7 +61,8 @@ type Node struct {
 	gossipDown atomic.Bool
 	lastAck    sync.Map // member name → time.Time of its last answered probe
 	// lastInvalidation: worker label → when this node last applied an
-	// invalidation of it; handed-off entries older than that are refused.
+	// invalidation of it, on the cache's clock; handed-off entries older
+	// than that are refused.
 	lastInvalidation sync.Map
 	pause            pauseWatcher
 	// unwritten counts the fills of workers without delay_logging that
@@ -98,7 +99,7 @@ func New(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), changed: make(chan struct{}, 1), done: make(chan struct{}),
 		rules: invalidation.NewRules(), outboxWake: make(chan struct{}, 1)}
 	n.mu.members = make(map[string]*Member)
-	n.events.seen = make(map[string]chan struct{})
+	n.events = newEventState()
 	n.pause.epoch = time.Now()
 	n.bcast = &memberlist.TransmitLimitedQueue{RetransmitMult: 3, NumNodes: func() int {
 		if r := n.route.Load(); r != nil {
@@ -121,7 +122,7 @@ func New(cfg Config) (*Node, error) {
 		Defaults:    cfg.Defaults,
 		Clock:       cfg.Clock,
 		Self:        cfg.Name,
-		Peers:       n,
+		Peers:       picker{n},
 		NoNearCache: cfg.NoNearCache,
 		OnFill:      n.record,
 		Logger:      n.log,
@@ -435,53 +436,6 @@ func (n *Node) Members() []Member {
 func sortMembers(ms []Member) {
 	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 }
-
-// Get returns the entry of label for args and how it was answered; see the
-// package documentation for the path it takes. Errors:
-// worker.ErrUnknownLabel, worker.ErrBadArgs, worker.ErrTooManyArgs and
-// worker.ErrArgsTooLarge (over Config.Limits, checked before anything else),
-// worker.ErrConfig (overrides),
-// errors wrapping worker.ErrFill, the context's error.
-func (n *Node) Get(ctx context.Context, label string, args worker.Args, ov worker.Settings) (*worker.Entry, worker.Status, error) {
-	w, ok := n.cache.Worker(label)
-	if !ok {
-		return nil, 0, fmt.Errorf("%w: %q", worker.ErrUnknownLabel, label)
-	}
-	if err := n.cfg.Limits.Check(args); err != nil {
-		return nil, 0, err
-	}
-	n.noticePause()
-	return w.Get(ctx, args, ov)
-}
-
-// Owner returns the name of the member that owns key in this node's ring.
-func (n *Node) Owner(key string) string {
-	r := n.route.Load()
-	if r == nil {
-		return n.cfg.Name
-	}
-	o, _ := r.ring.Owner(key)
-	return o
-}
-
-// PickPeer implements worker.PeerPicker with the current ring.
-func (n *Node) PickPeer(key string) (worker.Peer, bool) {
-	r := n.route.Load()
-	if r == nil {
-		return nil, false
-	}
-	owner, ok := r.ring.Owner(key)
-	if !ok || owner == n.cfg.Name {
-		return nil, false
-	}
-	p, ok := r.peers[owner]
-	if !ok {
-		return nil, false
-	}
-	return p, true
-}
-
-var _ worker.PeerPicker = (*Node)(nil)
 
 // record writes the created-cache record of an owned fill: before the fill
 // returns, or in the background with delay_logging.

@@ -220,7 +220,7 @@ func TestMissedEventsRebuildAKeyOnce(t *testing.T) {
 	}
 	get(t, n1, "filtered_foos", v) // n1, alone, serves what it has
 	n1.events.mu.Lock()
-	before := len(n1.events.log)
+	before := n1.events.t.Logged()
 	n1.events.mu.Unlock()
 	fills := db.count("filtered_foos", v)
 
@@ -247,7 +247,7 @@ func TestNoWaitForADialFromBeforeTheHeal(t *testing.T) {
 	g := newCounting(0)
 	c := startCluster(&cluster{t: t, setup: withWorker(g, worker.Settings{}), membership: LocalMembership(), hooks: map[string]*cutter{}}, 3)
 	n1, n3 := c.nodes[0], c.nodes[2]
-	w1, _ := n1.Worker("w")
+	w1, _ := n1.Cache().Worker("w")
 	var args worker.Args
 	for i := range 1000 {
 		a := worker.Args{"id": i}

@@ -93,7 +93,8 @@ func TestBinaryInsecureStartsAndWarns(t *testing.T) {
 }
 
 // e2eEntry and e2eHandoff are the node's handoff request on the wire
-// (node/wire.go, node/codec.go: an entry is an array in field order), as a
+// (node/wire.go: an entry is an array in field order; the times the node
+// also sends are left out: the refusals tested come before them), as a
 // member sends it.
 type e2eEntry struct {
 	_msgpack    struct{} `msgpack:",as_array"`

@@ -209,20 +209,7 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	e, st, err := s.node.Get(ctx, label, q.Args, q.Overrides)
 	if err != nil {
-		code, word := statusOf(err)
-		msg := err.Error()
-		if word == "origin_error" {
-			msg = fillMessage(label, err)
-		}
-		if word == "internal" || word == "origin_error" {
-			attrs := []any{"label", label, "err", err}
-			if o, ok := wk.Config().Getter.(Originer); ok {
-				attrs = append(attrs, "origin", o.Origin()) // redacted by the getter
-			}
-			s.log.Warn("read failed", attrs...)
-		}
-		setRetryAfter(w, err)
-		writeError(w, code, word, msg)
+		s.readFailed(w, label, wk, err)
 		return
 	}
 	owner := e.Owner
@@ -266,6 +253,25 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodHead {
 		w.Write(e.Value)
 	}
+}
+
+// readFailed answers a read of label that failed with err, and logs the
+// failures that are the node's or the origin's.
+func (s *Server) readFailed(w http.ResponseWriter, label string, wk *worker.Worker, err error) {
+	code, word := statusOf(err)
+	msg := err.Error()
+	if word == "origin_error" {
+		msg = fillMessage(label, err)
+	}
+	if word == "internal" || word == "origin_error" {
+		attrs := []any{"label", label, "err", err}
+		if o, ok := wk.Config().Getter.(Originer); ok {
+			attrs = append(attrs, "origin", o.Origin()) // redacted by the getter
+		}
+		s.log.Warn("read failed", attrs...)
+	}
+	setRetryAfter(w, err)
+	writeError(w, code, word, msg)
 }
 
 // fillMessage is the getter's own message inside a fill error of label

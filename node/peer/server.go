@@ -447,40 +447,9 @@ func (sc *serverConn) readLoop() error {
 				f.payload = bytes.Clone(f.payload)
 				_, _ = br.Discard(peeked)
 			}
-			// Back-pressure: with MaxConcurrentPerConn handlers running,
-			// stop reading this connection until one returns (after
-			// sending the answers that are ready).
-			select {
-			case sc.sem <- struct{}{}:
-			default:
-				if err := flush(); err != nil {
-					return err
-				}
-				select {
-				case sc.sem <- struct{}{}:
-				case <-sc.ctx.Done():
-					return sc.ctx.Err()
-				}
+			if err := sc.startHandler(f, tr.last, flush); err != nil {
+				return err
 			}
-			ctx := &reqCtx{parent: sc.ctx}
-			if f.budget > 0 {
-				// The clock reading of the read that completed this frame
-				// is later than the moment the client computed the budget,
-				// so this deadline is never before the client's.
-				ctx.deadline = tr.last.Add(time.Duration(f.budget) * time.Millisecond)
-			}
-			sc.mu.Lock()
-			_, dup := sc.mu.inflight[f.id]
-			if !dup {
-				sc.mu.inflight[f.id] = ctx
-			}
-			sc.mu.Unlock()
-			if dup {
-				<-sc.sem
-				return fmt.Errorf("%w: request id %d is already in flight", ErrProtocol, f.id)
-			}
-			sc.wg.Add(1)
-			go sc.handle(ctx, f)
 		case kindCancel:
 			sc.mu.Lock()
 			ctx, ok := sc.mu.inflight[f.id]
@@ -494,6 +463,47 @@ func (sc *serverConn) readLoop() error {
 			return fmt.Errorf("%w: a client sent a frame of kind %d", ErrProtocol, f.kind)
 		}
 	}
+}
+
+// startHandler runs the handler of request f in its own goroutine, once
+// fewer than MaxConcurrentPerConn run; last is the time of the read that
+// completed f, flush sends the fast answers ready.
+func (sc *serverConn) startHandler(f frame, last time.Time, flush func() error) error {
+	// Back-pressure: with MaxConcurrentPerConn handlers running,
+	// stop reading this connection until one returns (after
+	// sending the answers that are ready).
+	select {
+	case sc.sem <- struct{}{}:
+	default:
+		if err := flush(); err != nil {
+			return err
+		}
+		select {
+		case sc.sem <- struct{}{}:
+		case <-sc.ctx.Done():
+			return sc.ctx.Err()
+		}
+	}
+	ctx := &reqCtx{parent: sc.ctx}
+	if f.budget > 0 {
+		// The clock reading of the read that completed this frame
+		// is later than the moment the client computed the budget,
+		// so this deadline is never before the client's.
+		ctx.deadline = last.Add(time.Duration(f.budget) * time.Millisecond)
+	}
+	sc.mu.Lock()
+	_, dup := sc.mu.inflight[f.id]
+	if !dup {
+		sc.mu.inflight[f.id] = ctx
+	}
+	sc.mu.Unlock()
+	if dup {
+		<-sc.sem
+		return fmt.Errorf("%w: request id %d is already in flight", ErrProtocol, f.id)
+	}
+	sc.wg.Add(1)
+	go sc.handle(ctx, f)
+	return nil
 }
 
 // active returns now while requests of the connection are running, else

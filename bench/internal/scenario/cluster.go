@@ -255,7 +255,7 @@ func (c *Cluster) Close() error {
 // first, whose keys are owned (in the ring of asker) by a member for which
 // want returns true.
 func KeysOwnedBy(asker *node.Node, prefix string, count int, want func(owner string) bool) ([]worker.Args, error) {
-	w, ok := asker.Worker(Label)
+	w, ok := asker.Cache().Worker(Label)
 	if !ok {
 		return nil, errors.New("scenario: bench worker missing")
 	}

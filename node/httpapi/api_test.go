@@ -37,7 +37,7 @@ func TestParseQuery(t *testing.T) {
 				RelevanceInvalidation: &yes, RelevanceExpires: time.Minute, DelayInvalidation: &yes, DelayCountdown: worker.Duration(0)}}},
 		{raw: "_tick=0", err: "_tick: must be > 0"},
 		{raw: "_tick=-1s", err: "negative"},
-		{raw: "_tick=soon", err: "_tick: want a duration"},
+		{raw: "_tick=soon", err: `_tick: bad duration "soon"`},
 		{raw: "_tick_amount=0", err: "_tick_amount"},
 		{raw: "_is_concurrent=maybe", err: "_is_concurrent"},
 		{raw: "_nope=1", err: "unknown override"},

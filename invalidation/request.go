@@ -11,8 +11,10 @@ import (
 var (
 	// ErrBadRequest is wrapped by every validation error of a Request.
 	ErrBadRequest = errors.New("invalidation: bad request")
-	// ErrUnknownLabel is returned for a label no worker has.
-	ErrUnknownLabel = errors.New("invalidation: unknown label")
+	// ErrUnknownLabel is returned for a label no worker has. It is
+	// worker.ErrUnknownLabel, the one sentinel of an unknown label for a
+	// read and an invalidation alike.
+	ErrUnknownLabel = worker.ErrUnknownLabel
 	// ErrUnknownModel is returned for a model that has no rules.
 	ErrUnknownModel = errors.New("invalidation: unknown model")
 )

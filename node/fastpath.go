@@ -72,7 +72,11 @@ func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.En
 	if err != nil {
 		var re *peer.RemoteError
 		if errors.As(err, &re) && re.Code == codeFill {
-			return nil, 0, fmt.Errorf("%w: owner %s: %s", worker.ErrFill, p.name, re.Message)
+			sentinel := worker.ErrFill
+			if re.Detail == detailTimeout {
+				sentinel = worker.ErrFillTimeout
+			}
+			return nil, 0, fmt.Errorf("%w: owner %s: %s", sentinel, p.name, re.Message)
 		}
 		if errors.As(err, &re) && re.Code == codeOriginBusy {
 			ms, _ := strconv.ParseInt(re.Message, 10, 64)

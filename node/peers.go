@@ -78,7 +78,11 @@ func (n *Node) handleFetch(ctx context.Context, payload []byte, final bool) ([]b
 		case errors.As(err, &busy):
 			return nil, &peer.RemoteError{Code: codeOriginBusy, Message: strconv.FormatInt(busy.RetryAfter.Milliseconds(), 10)}
 		case errors.Is(err, worker.ErrFill):
-			return nil, &peer.RemoteError{Code: codeFill, Message: err.Error()}
+			re := &peer.RemoteError{Code: codeFill, Message: err.Error()}
+			if errors.Is(err, worker.ErrFillTimeout) {
+				re.Detail = detailTimeout
+			}
+			return nil, re
 		case errors.Is(err, worker.ErrBadArgs), errors.Is(err, worker.ErrConfig):
 			return nil, &peer.RemoteError{Code: codeBadRequest, Message: err.Error()}
 		}

@@ -1,7 +1,9 @@
 package worker
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -74,5 +76,31 @@ func TestDurationEncodings(t *testing.T) {
 	}
 	if err := yaml.Unmarshal([]byte("z: 12XB\n"), &z); err == nil || !strings.Contains(err.Error(), `line 1: bad size "12XB"`) {
 		t.Errorf("bad YAML size: %v", err)
+	}
+}
+
+// TestFillTimeoutSentinel: a getter that runs past its FillTimeout fails
+// with ErrFillTimeout (which is an ErrFill); one that fails otherwise with
+// ErrFill alone.
+func TestFillTimeoutSentinel(t *testing.T) {
+	c, _ := newTestCache(t, CacheConfig{})
+	slow, err := c.Register(Config{Label: "slow", FillTimeout: time.Millisecond, Getter: GetterFunc(func(ctx context.Context, _ Args) (Value, error) {
+		<-ctx.Done()
+		return Value{}, ctx.Err()
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failing, err := c.Register(Config{Label: "failing", Getter: GetterFunc(func(context.Context, Args) (Value, error) {
+		return Value{}, errors.New("no")
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := slow.Get(context.Background(), Args{}, Settings{}); !errors.Is(err, ErrFillTimeout) || !errors.Is(err, ErrFill) {
+		t.Errorf("slow getter: %v, want ErrFillTimeout", err)
+	}
+	if _, _, err := failing.Get(context.Background(), Args{}, Settings{}); !errors.Is(err, ErrFill) || errors.Is(err, ErrFillTimeout) {
+		t.Errorf("failing getter: %v, want ErrFill and not ErrFillTimeout", err)
 	}
 }

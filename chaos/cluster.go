@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/cachenode/cachenode/node/client"
 )
 
 // cluster is the set of node processes of one scenario, the network they
@@ -272,7 +274,7 @@ func (c *cluster) waitConverged(ctx context.Context, since time.Time, want map[s
 func (c *cluster) converged(ctx context.Context, want map[string][]string) bool {
 	type answer struct {
 		name string
-		v    ringView
+		v    client.RingInfo
 		err  error
 	}
 	answers := make(chan answer, len(want))
@@ -291,7 +293,7 @@ func (c *cluster) converged(ctx context.Context, want map[string][]string) bool 
 			ok = false
 			continue
 		}
-		if !slices.Equal(a.v.ringMembers(), want[a.name]) || !a.v.Ready {
+		if !slices.Equal(ringMembers(a.v), want[a.name]) || !a.v.Ready {
 			ok = false
 			continue
 		}

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/cachenode/cachenode/node/client"
 )
 
 // procState is what the harness did to a node process last.
@@ -295,19 +297,10 @@ func (n *node) lastLog() string {
 	return l[len(l)-1]
 }
 
-// ringView is what a node answers on /admin/ring.
-type ringView struct {
-	Self    string `json:"self"`
-	Ready   bool   `json:"ready"`
-	Version uint64 `json:"version"`
-	// Partitions is the owner of every partition: its distinct names are
-	// the members of the node's ring. (A member's state may read
-	// "suspect" while it is still in the ring and gets requests.)
-	Partitions []string `json:"partitions"`
-}
-
-// ringMembers returns the members of the node's ring, sorted.
-func (v ringView) ringMembers() []string {
+// ringMembers returns the members of a node's ring, sorted: the distinct
+// owners of its partitions. (A member's state may read "suspect" while it
+// is still in the ring and gets requests.)
+func ringMembers(v client.RingInfo) []string {
 	var out []string
 	for _, o := range v.Partitions {
 		if !slices.Contains(out, o) {
@@ -318,8 +311,8 @@ func (v ringView) ringMembers() []string {
 	return out
 }
 
-func (n *node) ring(ctx context.Context, hc *http.Client) (ringView, error) {
-	var v ringView
+func (n *node) ring(ctx context.Context, hc *http.Client) (client.RingInfo, error) {
+	var v client.RingInfo
 	err := getJSON(ctx, hc, n.URL()+"/admin/ring", &v)
 	return v, err
 }

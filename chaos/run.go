@@ -221,15 +221,52 @@ func (vs *violations) add(invariant, known string, count int, format string, arg
 // evaluate checks the invariants on what the clients, the writer, the
 // origin and the node logs saw.
 func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *writer, reads []obs, end time.Time) {
-	start := s.start
-	res.Start = start.UTC()
-	res.Duration = end.Sub(start).Seconds()
-	var vs violations
-	defer func() { res.Violations = vs.list }()
+	e := &evaluation{res: res, s: s, c: c, w: w, reads: reads, start: s.start, end: end}
+	defer func() { res.Violations = e.vs.list }()
+	res.Start = e.start.UTC()
+	res.Duration = end.Sub(e.start).Seconds()
 	for _, n := range c.nodes() {
 		res.Nodes = append(res.Nodes, n.Name)
 	}
-	for _, ev := range s.events {
+	e.ws = failureWindows(s.events, end)
+	e.fills, e.spans, e.bad = o.snapshot()
+	e.evd = newEvidence(w.ops, s.events, reads, e.fills)
+
+	e.convergence()
+	e.availability() // invariant 3
+	e.invalidations()
+	ls := e.fillsPerKey() // invariant 1
+	if ls == nil {
+		return // the logs could not be read: the ring changes are unknown
+	}
+	e.staleReads() // invariant 2
+	e.finalState()
+	e.records()        // invariant 4
+	e.logsAndExits(ls) // invariant 5
+}
+
+// evaluation is what the checks of one run's invariants share: the run,
+// what the harness observed, and the violations found so far.
+type evaluation struct {
+	res        *scenarioResult
+	s          *scenarioRun
+	c          *cluster
+	w          *writer
+	reads      []obs
+	start, end time.Time
+	ws         []window // failure-detection windows
+	fills      []fill
+	spans      map[string][]verSpan
+	bad        []string // malformed origin requests
+	evd        *evidence
+	vs         violations
+}
+
+// convergence lists the fault steps and checks that every step that must
+// converge did.
+func (e *evaluation) convergence() {
+	res, start := e.res, e.start
+	for _, ev := range e.s.events {
 		res.Faults = append(res.Faults, faultRow{At: ev.At.Sub(start).Seconds(), Step: ev.Kind, Targets: strings.Join(ev.Targets, ","),
 			Converge: ev.Converge.Seconds(), Converged: ev.Converged, Note: ev.Note})
 		switch ev.Kind {
@@ -237,25 +274,26 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 			res.FaultCount++
 		}
 		if ev.MustConverge && !ev.Converged {
-			vs.add("convergence", "", 1, "%s %s at %.1fs: %s", ev.Kind, strings.Join(ev.Targets, ","), ev.At.Sub(start).Seconds(), ev.Note)
+			e.vs.add("convergence", "", 1, "%s %s at %.1fs: %s", ev.Kind, strings.Join(ev.Targets, ","), ev.At.Sub(start).Seconds(), ev.Note)
 		}
 	}
-	ws := failureWindows(s.events, end)
-	fills, spans, bad := o.snapshot()
-	evd := newEvidence(w.ops, s.events, reads, fills)
+}
 
-	// Invariant 3: availability.
+// availability (invariant 3): every read outside the failure-detection
+// windows succeeds, and no read returns another key's value.
+func (e *evaluation) availability() {
+	res := e.res
 	res.ErrorKinds = map[string]int{}
-	for _, r := range reads {
-		if r.Start.After(end) {
+	for _, r := range e.reads {
+		if r.Start.After(e.end) {
 			continue // the final sweep
 		}
-		if n := c.byName(r.Node); n != nil && n.wasDown(r.Start, r.End) {
+		if n := e.c.byName(r.Node); n != nil && n.wasDown(r.Start, r.End) {
 			res.ReadsToFailedNode++
 			continue
 		}
 		res.Reads++
-		outside := !inWindow(ws, r.Start, r.End)
+		outside := !inWindow(e.ws, r.Start, r.End)
 		if outside {
 			res.ReadsOutside++
 		}
@@ -272,7 +310,7 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 			if outside {
 				res.ErrorsOutside++
 				if len(res.ErrorSamples) < 10 {
-					res.ErrorSamples = append(res.ErrorSamples, fmt.Sprintf("%.2fs %s %s: %s", r.Start.Sub(start).Seconds(), r.Node, r.Key, kind))
+					res.ErrorSamples = append(res.ErrorSamples, fmt.Sprintf("%.2fs %s %s: %s", r.Start.Sub(e.start).Seconds(), r.Node, r.Key, kind))
 				}
 			}
 		}
@@ -280,14 +318,18 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 	res.Availability = pct(res.Reads-res.Errors, res.Reads)
 	res.AvailabilityOutside = pct(res.ReadsOutside-res.ErrorsOutside, res.ReadsOutside)
 	if res.ErrorsOutside > 0 {
-		vs.add("availability", "", res.ErrorsOutside, "%d of %d reads failed outside the failure-detection windows, e.g. %s",
+		e.vs.add("availability", "", res.ErrorsOutside, "%d of %d reads failed outside the failure-detection windows, e.g. %s",
 			res.ErrorsOutside, res.ReadsOutside, strings.Join(res.ErrorSamples[:min(3, len(res.ErrorSamples))], "; "))
 	}
-	vs.add("values", "", res.WrongValues, "%d reads returned another key's value", res.WrongValues)
+	e.vs.add("values", "", res.WrongValues, "%d reads returned another key's value", res.WrongValues)
+}
 
-	// Invalidations.
+// invalidations lists the writer's changes and checks that a node
+// accepted each; it measures the synchronous ones' latency.
+func (e *evaluation) invalidations() {
+	res, start := e.res, e.start
 	var lat []time.Duration
-	for _, op := range w.ops {
+	for _, op := range e.w.ops {
 		row := changeRow{At: op.Bumped.Sub(start).Seconds(), Kind: op.Kind, Versions: op.Versions, Posts: op.Attempts,
 			Via: strings.Join(op.Via, " "), LastErr: op.LastErr}
 		if op.Acked {
@@ -302,7 +344,7 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 		res.Invalidations.Attempts += op.Attempts
 		if !op.Acked {
 			res.Invalidations.NotAccepted++
-			vs.add("invalidation", "", 1, "%s of %v at %.1fs not accepted by any node in 20 s (last: %s)",
+			e.vs.add("invalidation", "", 1, "%s of %v at %.1fs not accepted by any node in 20 s (last: %s)",
 				op.Kind, op.Keys, op.Bumped.Sub(start).Seconds(), op.LastErr)
 			continue
 		}
@@ -311,21 +353,26 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 		}
 	}
 	res.Invalidations.P50, res.Invalidations.P99, res.Invalidations.Max = quantiles(lat)
+}
 
-	// Invariant 1: fills.
-	for _, b := range bad {
-		vs.add("origin", "", 1, "malformed request %s", b)
+// fillsPerKey (invariant 1): every key version is filled no more often
+// than its owners' changes allow. It returns the scan of the node logs
+// that the later checks use, or nil when the logs could not be read.
+func (e *evaluation) fillsPerKey() *logScan {
+	res := e.res
+	for _, b := range e.bad {
+		e.vs.add("origin", "", 1, "malformed request %s", b)
 	}
-	ls, err := scanLogs(c.nodes())
+	ls, err := scanLogs(e.c.nodes())
 	if err != nil {
 		res.Harness = append(res.Harness, "reading logs: "+err.Error())
-		return
+		return nil
 	}
 	if ls.lines == 0 {
 		res.Harness = append(res.Harness, `no "member alive" lines in the node logs: the log format changed, ring changes cannot be followed`)
 	}
 	own := newOwners()
-	checks, total, fallbacks, allowed, fbOutside := checkFills(fills, spans, w.ops, reads, ls, own, ws, s.cuts, start, end, time.Now())
+	checks, total, fallbacks, allowed, fbOutside := checkFills(e.fills, e.spans, e.w.ops, e.reads, ls, own, e.ws, e.s.cuts, e.start, e.end, time.Now())
 	res.Fills, res.FallbackFills, res.AllowedFills, res.FallbackOutside = total, fallbacks, allowed, len(fbOutside)
 	overLimit := map[string][]fillCheck{}
 	for _, fc := range checks {
@@ -347,25 +394,30 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 			continue
 		}
 		fc := fcs[0]
-		vs.add("fills", known, len(fcs), "%d key versions filled more often than allowed, e.g. %s v%d: %d fills (%d fallback, %d within 100 ms of the same node's previous one, %d by a node not the owner in its own ring) by %s, allowed %d (%d invalidations sent, %d ring changes moved it)",
+		e.vs.add("fills", known, len(fcs), "%d key versions filled more often than allowed, e.g. %s v%d: %d fills (%d fallback, %d within 100 ms of the same node's previous one, %d by a node not the owner in its own ring) by %s, allowed %d (%d invalidations sent, %d ring changes moved it)",
 			len(fcs), fc.Key, fc.Version, fc.Fills, fc.Fallback, fc.Burst, fc.NotOwner, fc.By, fc.Allowed, fc.Sends, fc.Moves)
 	}
 	if len(fbOutside) > 0 {
-		vs.add("fills", "", len(fbOutside), "%d fallback fills outside the failure-detection windows (owner unreachable while the cluster was whole), e.g. %s",
+		e.vs.add("fills", "", len(fbOutside), "%d fallback fills outside the failure-detection windows (owner unreachable while the cluster was whole), e.g. %s",
 			len(fbOutside), fbOutside[0])
 	}
 	// A check of the key encoding the harness computes owners with.
-	for _, r := range reads {
+	for _, r := range e.reads {
 		if r.CKey != "" && r.CKey != own.cacheKey(r.Key) {
 			res.Harness = append(res.Harness, fmt.Sprintf("X-Cache-Key %q differs from the harness's key %q", r.CKey, own.cacheKey(r.Key)))
 			break
 		}
 	}
+	return ls
+}
 
-	// Invariant 2: stale reads, and the final state.
+// staleReads (invariant 2): no read returns a version older than an
+// acknowledged synchronous invalidation, unless a cut-off excuses it.
+func (e *evaluation) staleReads() {
+	res := e.res
 	stale := map[string][]staleRead{}
 	var classes []string
-	for _, sr := range checkStale(reads, w.ops, s.cuts, start, evd) {
+	for _, sr := range checkStale(e.reads, e.w.ops, e.s.cuts, e.start, e.evd) {
 		if sr.Exempt {
 			res.CutOffStale++
 			continue
@@ -382,14 +434,20 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 	slices.Sort(classes)
 	for _, k := range classes {
 		sr := stale[k][0]
-		vs.add("stale", k, len(stale[k]), "%d reads returned a version older than an acknowledged synchronous invalidation, e.g. %s at %.2fs: %s v%d (X-Cache %s), v%d acknowledged %.2fs before",
+		e.vs.add("stale", k, len(stale[k]), "%d reads returned a version older than an acknowledged synchronous invalidation, e.g. %s at %.2fs: %s v%d (X-Cache %s), v%d acknowledged %.2fs before",
 			len(stale[k]), sr.Node, sr.At, sr.Key, sr.Got, sr.Cache, sr.Want, sr.AckedAgo)
 	}
+}
+
+// finalState (invariant 2, after recovery): every node serves the
+// current version of every key.
+func (e *evaluation) finalState() {
+	res := e.res
 	finals := map[string][]finalStale{}
-	classes = classes[:0]
+	var classes []string
 	for i, f := range res.FinalStale {
 		if f.Err == "" {
-			f.Known = evd.staleKnown(f.Node, f.Key, f.Got, end)
+			f.Known = e.evd.staleKnown(f.Node, f.Key, f.Got, e.end)
 			res.FinalStale[i] = f
 		}
 		if _, seen := finals[f.Known]; !seen {
@@ -399,32 +457,39 @@ func evaluate(res *scenarioResult, s *scenarioRun, c *cluster, o *origin, w *wri
 	}
 	slices.Sort(classes)
 	for _, k := range classes {
-		vs.add("final", k, len(finals[k]), "%d (node, key) pairs not serving the current version after recovery, e.g. %s", len(finals[k]), finals[k][0])
+		e.vs.add("final", k, len(finals[k]), "%d (node, key) pairs not serving the current version after recovery, e.g. %s", len(finals[k]), finals[k][0])
 	}
+}
 
-	// Invariant 4: records.
-	res.Records = s.records
-	for _, rc := range s.records {
+// records (invariant 4): a node restarted after kill -9 or a full disk
+// keeps every record it acknowledged.
+func (e *evaluation) records() {
+	e.res.Records = e.s.records
+	for _, rc := range e.s.records {
 		if rc.QueryErr != "" {
-			vs.add("records", "", 1, "%s after restart: %s", rc.Node, rc.QueryErr)
+			e.vs.add("records", "", 1, "%s after restart: %s", rc.Node, rc.QueryErr)
 		}
 		what := "in kill -9"
 		if rc.Fault != "" {
 			what = "on a full disk, once freed"
 		}
-		vs.add("records", "", len(rc.Missing), "%s lost %d of %d acknowledged records %s, e.g. %s", rc.Node, len(rc.Missing), rc.Acked, what, strings.Join(rc.Missing, " "))
+		e.vs.add("records", "", len(rc.Missing), "%s lost %d of %d acknowledged records %s, e.g. %s", rc.Node, len(rc.Missing), rc.Acked, what, strings.Join(rc.Missing, " "))
 	}
+}
 
-	// Invariant 5: logs and exits.
+// logsAndExits (invariant 5): no node logs a panic or exits badly. It
+// also lists the nodes' log directories for the report.
+func (e *evaluation) logsAndExits(ls *logScan) {
+	res := e.res
 	res.Panics, res.LogErrors = ls.panics, ls.errors
 	if len(res.Panics) > 0 {
-		vs.add("logs", "", len(res.Panics), "%d lines report a panic, e.g. %s", len(res.Panics), res.Panics[0])
+		e.vs.add("logs", "", len(res.Panics), "%d lines report a panic, e.g. %s", len(res.Panics), res.Panics[0])
 	}
 	for _, b := range res.BadExits {
-		vs.add("exit", "", 1, "%s", b)
+		e.vs.add("exit", "", 1, "%s", b)
 	}
 	logDirs := map[string]bool{}
-	for _, n := range c.nodes() {
+	for _, n := range e.c.nodes() {
 		logDirs[n.dir] = true
 	}
 	for d := range logDirs {

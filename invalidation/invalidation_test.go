@@ -171,7 +171,8 @@ func TestRequestValidation(t *testing.T) {
 
 func TestDurationJSON(t *testing.T) {
 	var r Request
-	for in, want := range map[string]string{`{"label":"a","countdown":"1.5s"}`: "1.5s", `{"label":"a","countdown":2}`: "2s"} {
+	for in, want := range map[string]string{`{"label":"a","countdown":"1.5s"}`: "1.5s", `{"label":"a","countdown":2}`: "2s",
+		`{"label":"a","countdown":"2.5"}`: "2.5s", `{"label":"a","countdown":0.25}`: "250ms"} {
 		if err := jsonUnmarshal(in, &r); err != nil {
 			t.Fatal(err)
 		}
@@ -179,7 +180,9 @@ func TestDurationJSON(t *testing.T) {
 			t.Errorf("%s: %s", in, got)
 		}
 	}
-	if err := jsonUnmarshal(`{"label":"a","countdown":"soon"}`, &r); err == nil {
-		t.Error("bad countdown accepted")
+	for _, in := range []string{`"soon"`, `-1`, `"-2s"`, `1e12`, `true`} {
+		if err := jsonUnmarshal(`{"label":"a","countdown":`+in+`}`, &r); err == nil {
+			t.Errorf("countdown %s accepted", in)
+		}
 	}
 }

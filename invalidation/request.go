@@ -1,10 +1,8 @@
 package invalidation
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/cachenode/cachenode/worker"
 )
@@ -13,8 +11,10 @@ import (
 var (
 	// ErrBadRequest is wrapped by every validation error of a Request.
 	ErrBadRequest = errors.New("invalidation: bad request")
-	// ErrUnknownLabel is returned for a label no worker has.
-	ErrUnknownLabel = errors.New("invalidation: unknown label")
+	// ErrUnknownLabel is returned for a label no worker has. It is
+	// worker.ErrUnknownLabel, the one sentinel of an unknown label for a
+	// read and an invalidation alike.
+	ErrUnknownLabel = worker.ErrUnknownLabel
 	// ErrUnknownModel is returned for a model that has no rules.
 	ErrUnknownModel = errors.New("invalidation: unknown model")
 )
@@ -59,52 +59,10 @@ const (
 	OpDelete = "delete"
 )
 
-// Duration is a time.Duration that reads "5s"-style strings or plain
-// seconds from JSON and YAML.
-type Duration time.Duration
-
-// UnmarshalJSON accepts "1.5s", "100ms" or a number of seconds.
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var v any
-	if err := json.Unmarshal(b, &v); err != nil {
-		return err
-	}
-	p, err := ParseDuration(v)
-	if err != nil {
-		return err
-	}
-	*d = Duration(p)
-	return nil
-}
-
-// MarshalJSON writes the Go form ("5s").
-func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
-
-// ParseDuration reads a duration given as a Go duration string or a number
-// of seconds.
-func ParseDuration(v any) (time.Duration, error) {
-	switch x := v.(type) {
-	case string:
-		d, err := time.ParseDuration(x)
-		if err != nil {
-			return 0, fmt.Errorf("bad duration %q (want e.g. 5s, 100ms, or seconds)", x)
-		}
-		if d < 0 {
-			return 0, fmt.Errorf("negative duration %q", x)
-		}
-		return d, nil
-	case float64:
-		if x < 0 || x > 1e9 {
-			return 0, fmt.Errorf("duration %v seconds out of range", x)
-		}
-		return time.Duration(x * float64(time.Second)), nil
-	case int:
-		return ParseDuration(float64(x))
-	case nil:
-		return 0, nil
-	}
-	return 0, fmt.Errorf("bad duration %v", v)
-}
+// Duration is the countdown's type: a Go duration ("5s") or seconds (2.5,
+// "2.5") in JSON, read by worker.ParseDuration like every duration of the
+// config file and of the HTTP overrides.
+type Duration = worker.ConfigDuration
 
 // Validate checks the shape of r; errors wrap ErrBadRequest.
 func (r *Request) Validate() error {

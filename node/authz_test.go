@@ -255,7 +255,8 @@ func TestOpenNodeRefusedWithoutKey(t *testing.T) {
 		{"with a key", Config{Name: "a", GossipKey: make([]byte, 32)}, true},
 		{"insecure", Config{Name: "a", Insecure: true}, true},
 	} {
-		_, err := tc.cfg.withDefaults()
+		tc.cfg.EnsureDefaults()
+		err := tc.cfg.Validate()
 		if tc.ok && err != nil {
 			t.Errorf("%s: %v", tc.name, err)
 		}

@@ -1,18 +1,21 @@
 package node
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/cachenode/cachenode/node/peer"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/cachenode/cachenode/node/peer"
+	"github.com/cachenode/cachenode/persist"
 	"github.com/cachenode/cachenode/ring"
 	"github.com/cachenode/cachenode/worker"
 )
@@ -163,7 +166,8 @@ func DefaultPeerLimits() PeerLimits {
 	}
 }
 
-func (l PeerLimits) withDefaults() (PeerLimits, error) {
+// ensureDefaults fills the zero fields of l.
+func (l *PeerLimits) ensureDefaults() {
 	d := DefaultPeerLimits()
 	orDefault(&l.MaxConns, d.MaxConns)
 	orDefault(&l.MaxConnsPerIP, d.MaxConnsPerIP)
@@ -171,19 +175,22 @@ func (l PeerLimits) withDefaults() (PeerLimits, error) {
 	orDefault(&l.MaxEnqueueItem, d.MaxEnqueueItem)
 	orDefault(&l.MaxEnqueueBytes, d.MaxEnqueueBytes)
 	orDefault(&l.MaxEnqueueCountdown, d.MaxEnqueueCountdown)
+}
+
+func (l PeerLimits) validate() error {
 	switch {
 	case l.IdleTimeout <= peer.DefaultClientIdleTimeout:
 		// Members close their own quiet connections after the client's
 		// idle timeout; a server closing first could cut a call.
-		return l, fmt.Errorf("%w: peer_limits.idle_timeout must be above %v, got %v", ErrConfig, peer.DefaultClientIdleTimeout, l.IdleTimeout)
+		return fieldErr("peer_limits.idle_timeout", "must be above %v, got %v", peer.DefaultClientIdleTimeout, l.IdleTimeout)
 	case l.MaxEnqueueItem < 0:
-		return l, fmt.Errorf("%w: peer_limits.max_enqueue_item must be > 0", ErrConfig)
+		return fieldErr("peer_limits.max_enqueue_item", "must be > 0")
 	case l.MaxEnqueueBytes < 0:
-		return l, fmt.Errorf("%w: peer_limits.max_enqueue_bytes must be > 0", ErrConfig)
+		return fieldErr("peer_limits.max_enqueue_bytes", "must be > 0")
 	case l.MaxEnqueueCountdown < 0:
-		return l, fmt.Errorf("%w: peer_limits.max_enqueue_countdown must be > 0", ErrConfig)
+		return fieldErr("peer_limits.max_enqueue_countdown", "must be > 0")
 	}
-	return l, nil
+	return nil
 }
 
 // orDefault sets *v to def when it is zero.
@@ -194,10 +201,16 @@ func orDefault[T comparable](v *T, def T) {
 	}
 }
 
-// Membership is the gossip and failure-detection tuning of a node.
+// Membership is the gossip and failure-detection tuning of a node. Its
+// zero fields are filled one by one from the preset that Preset names, so
+// that a Membership{Preset: "local", ProbeInterval: time.Second} is
+// LocalMembership with a slower probe.
 type Membership struct {
-	// Preset names the memberlist base configuration: "lan" (the default)
-	// or "local".
+	// Preset names the base: "lan" (the default) for LANMembership, or
+	// "local" for LocalMembership. The zero fields below take the preset's
+	// values, and memberlist's parameters that Membership does not expose
+	// (TCP timeout, indirect checks, retransmits) its base configuration:
+	// memberlist.DefaultLANConfig or DefaultLocalConfig.
 	Preset string
 	// ProbeInterval is how often a random member is probed; ProbeTimeout
 	// how long a probe waits for an ack before indirect probes.
@@ -207,7 +220,8 @@ type Membership struct {
 	SuspicionMult int
 	// SuspicionMaxTimeoutMult bounds the suspicion timeout when no other
 	// member confirms the suspicion: at most SuspicionMaxTimeoutMult times
-	// the timeout above (memberlist's default 6). 0 means 6.
+	// the timeout above (6 in the lan preset, memberlist's default; 2 in
+	// the local one).
 	SuspicionMaxTimeoutMult int
 	// GossipInterval is the period of gossip rounds.
 	GossipInterval time.Duration
@@ -228,15 +242,16 @@ type Membership struct {
 // member is declared dead after about 5-6 s in a 5-node cluster.
 func LANMembership() Membership {
 	return Membership{
-		Preset:           "lan",
-		ProbeInterval:    time.Second,
-		ProbeTimeout:     500 * time.Millisecond,
-		SuspicionMult:    4,
-		GossipInterval:   200 * time.Millisecond,
-		PushPullInterval: 5 * time.Second,
-		LeaveTimeout:     2 * time.Second,
-		JoinBackoff:      200 * time.Millisecond,
-		JoinBackoffMax:   10 * time.Second,
+		Preset:                  "lan",
+		ProbeInterval:           time.Second,
+		ProbeTimeout:            500 * time.Millisecond,
+		SuspicionMult:           4,
+		SuspicionMaxTimeoutMult: 6,
+		GossipInterval:          200 * time.Millisecond,
+		PushPullInterval:        5 * time.Second,
+		LeaveTimeout:            2 * time.Second,
+		JoinBackoff:             200 * time.Millisecond,
+		JoinBackoffMax:          10 * time.Second,
 	}
 }
 
@@ -261,102 +276,204 @@ func LocalMembership() Membership {
 	}
 }
 
-func (c Config) withDefaults() (Config, error) {
-	if c.Name == "" {
-		return c, fmt.Errorf("%w: name is required", ErrConfig)
+// presets are the Membership presets by name.
+var presets = map[string]func() Membership{"lan": LANMembership, "local": LocalMembership}
+
+// ensureDefaults fills the zero fields of m from its preset (lan when
+// none is named; an unknown name is left for validate to report).
+func (m *Membership) ensureDefaults() {
+	if m.Preset == "" {
+		m.Preset = "lan"
 	}
-	if c.Gossip == "" {
-		c.Gossip = "0.0.0.0:7946"
+	base := LANMembership()
+	if p, ok := presets[m.Preset]; ok {
+		base = p()
 	}
-	if c.Peer == "" {
-		c.Peer = "0.0.0.0:7947"
-	}
-	for field, addr := range map[string]string{"gossip": c.Gossip, "peer": c.Peer, "advertise": c.Advertise, "peer_advertise": c.PeerAdvertise} {
-		if addr == "" {
-			continue
+	orDefault(&m.ProbeInterval, base.ProbeInterval)
+	orDefault(&m.ProbeTimeout, base.ProbeTimeout)
+	orDefault(&m.SuspicionMult, base.SuspicionMult)
+	orDefault(&m.SuspicionMaxTimeoutMult, base.SuspicionMaxTimeoutMult)
+	orDefault(&m.GossipInterval, base.GossipInterval)
+	orDefault(&m.PushPullInterval, base.PushPullInterval)
+	orDefault(&m.LeaveTimeout, base.LeaveTimeout)
+	orDefault(&m.JoinBackoff, base.JoinBackoff)
+	orDefault(&m.JoinBackoffMax, base.JoinBackoffMax)
+}
+
+func (m Membership) validate() error {
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{{"probe_interval", m.ProbeInterval}, {"probe_timeout", m.ProbeTimeout}, {"gossip_interval", m.GossipInterval},
+		{"push_pull_interval", m.PushPullInterval}, {"leave_timeout", m.LeaveTimeout}} {
+		if d.v < 0 {
+			return fieldErr("membership."+d.field, "must be > 0, got %v", d.v)
 		}
-		if _, _, err := splitHostPort(addr); err != nil {
-			return c, fmt.Errorf("%w: %s: %v", ErrConfig, field, err)
-		}
 	}
-	if c.Memory == 0 {
-		c.Memory = 256 << 20
-	}
-	if c.Memory < 0 {
-		return c, fmt.Errorf("%w: memory must be > 0", ErrConfig)
-	}
-	switch len(c.GossipKey) {
-	case 0, 16, 24, 32:
-	default:
-		return c, fmt.Errorf("%w: gossip_key must be 16, 24 or 32 bytes, got %d", ErrConfig, len(c.GossipKey))
-	}
-	if len(c.GossipKeys) > 0 && len(c.GossipKey) == 0 {
-		return c, fmt.Errorf("%w: gossip_key: further keys need a primary key", ErrConfig)
-	}
-	keys := make([][]byte, 0, len(c.GossipKeys))
-	for i, k := range c.GossipKeys {
-		switch len(k) {
-		case 16, 24, 32:
-		default:
-			return c, fmt.Errorf("%w: gossip_key: key %d of the ring must be 16, 24 or 32 bytes, got %d", ErrConfig, i+2, len(k))
-		}
-		keys = append(keys, append([]byte(nil), k...))
-	}
-	c.GossipKeys = keys
-	var err error
-	if c.PeerLimits, err = c.PeerLimits.withDefaults(); err != nil {
-		return c, err
-	}
-	if c.Membership == (Membership{}) {
-		c.Membership = LANMembership()
-	}
-	m := c.Membership
 	switch {
-	case m.Preset != "lan" && m.Preset != "local":
-		return c, fmt.Errorf("%w: membership.preset must be lan or local, got %q", ErrConfig, m.Preset)
-	case m.ProbeInterval <= 0, m.ProbeTimeout <= 0, m.GossipInterval <= 0, m.PushPullInterval <= 0:
-		return c, fmt.Errorf("%w: membership intervals must be > 0", ErrConfig)
-	case m.SuspicionMult <= 0:
-		return c, fmt.Errorf("%w: membership.suspicion_mult must be > 0", ErrConfig)
+	case presets[m.Preset] == nil:
+		return fieldErr("membership.preset", "must be lan or local, got %q", m.Preset)
+	case m.SuspicionMult < 0:
+		return fieldErr("membership.suspicion_mult", "must be > 0")
 	case m.SuspicionMaxTimeoutMult < 0:
-		return c, fmt.Errorf("%w: membership.suspicion_max_timeout_mult must be >= 0", ErrConfig)
-	case m.JoinBackoff <= 0 || m.JoinBackoffMax < m.JoinBackoff:
-		return c, fmt.Errorf("%w: membership.join_backoff must be > 0 and <= join_backoff_max", ErrConfig)
+		return fieldErr("membership.suspicion_max_timeout_mult", "must be > 0")
+	case m.JoinBackoff < 0 || m.JoinBackoffMax < m.JoinBackoff:
+		return fieldErr("membership.join_backoff", "must be > 0 and <= join_backoff_max")
 	}
-	if c.Ring == (ring.Config{}) {
-		c.Ring = ring.DefaultConfig()
-	}
-	if _, err := ring.New(c.Ring, nil); err != nil {
-		return c, fmt.Errorf("%w: ring: %v", ErrConfig, err)
-	}
-	if err := c.Limits.Validate(); err != nil {
-		return c, fmt.Errorf("%w: %v", ErrConfig, err)
-	}
+	return nil
+}
+
+// Defaults of Config.
+const (
+	DefaultGossip         = "0.0.0.0:7946"
+	DefaultPeer           = "0.0.0.0:7947"
+	DefaultMemory         = 256 << 20
+	DefaultHandoffEntries = 10000
+	DefaultHandoffBytes   = 64 << 20
+	// MinMemory is the least Memory a node accepts: below it a value
+	// such as 256 is taken for a typo of 256MiB.
+	MinMemory = 1 << 20
+)
+
+// EnsureDefaults fills the zero fields of c with the defaults their docs
+// give; Membership is filled field by field from its preset. It does not
+// validate (Validate does) and does not copy: New works on a copy of the
+// caller's Config and calls EnsureDefaults and then Validate on it. A
+// program that builds a Config from its own sources (cmd/cachenode does:
+// file, environment, flags) calls the two to report a bad value before it
+// opens anything.
+func (c *Config) EnsureDefaults() {
+	orDefault(&c.Gossip, DefaultGossip)
+	orDefault(&c.Peer, DefaultPeer)
+	orDefault(&c.Memory, DefaultMemory)
+	orDefault(&c.DataOnCorruption, persist.CorruptionMoveAside)
+	orDefault(&c.DataKeepCorrupt, 1)
+	orDefault(&c.DataReopenBackoff, persist.DefaultReopenBackoff)
+	c.PeerLimits.ensureDefaults()
+	c.Membership.ensureDefaults()
+	orDefault(&c.Ring, ring.DefaultConfig())
+	orDefault(&c.Defaults, worker.DefaultPolicy())
 	c.Limits = c.Limits.WithDefaults()
-	if c.HandoffEntries == 0 {
-		c.HandoffEntries = 10000
-	}
-	if c.HandoffBytes == 0 {
-		c.HandoffBytes = 64 << 20
-	}
+	orDefault(&c.HandoffEntries, DefaultHandoffEntries)
+	orDefault(&c.HandoffBytes, DefaultHandoffBytes)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Clock == nil {
 		c.Clock = worker.SystemClock()
 	}
+}
+
+// Validate reports the first field of c that is out of range, as a
+// *ConfigError naming it (it wraps ErrConfig, and ErrInsecure for a node
+// open to the network without a secret). Call it after EnsureDefaults: a
+// zero field that EnsureDefaults would fill may be out of range.
+func (c *Config) Validate() error {
+	if c.Name == "" {
+		return fieldErr("name", "required")
+	}
+	for _, f := range []struct{ field, addr string }{{"gossip", c.Gossip}, {"advertise", c.Advertise}, {"peer", c.Peer},
+		{"peer_advertise", c.PeerAdvertise}, {"http", c.HTTP}} {
+		if f.addr == "" {
+			continue
+		}
+		if err := checkHostPort(f.addr); err != nil {
+			return fieldErr(f.field, "%v", err)
+		}
+	}
+	for _, j := range c.Join {
+		if err := checkHostPort(j); err != nil {
+			return fieldErr("join", "%v", err)
+		}
+	}
+	if c.Memory < MinMemory {
+		return fieldErr("memory", "%d bytes is too small (at least 1MiB)", c.Memory)
+	}
+	switch c.DataOnCorruption {
+	case persist.CorruptionMoveAside, persist.CorruptionFail:
+	default:
+		return fieldErr("data_on_corruption", "%q is not one of %s, %s", c.DataOnCorruption, persist.CorruptionMoveAside, persist.CorruptionFail)
+	}
+	if c.DataReopenBackoff < 0 {
+		return fieldErr("data_reopen_backoff", "must be > 0")
+	}
+	switch len(c.GossipKey) {
+	case 0, 16, 24, 32:
+	default:
+		return fieldErr("gossip_key", "must be 16, 24 or 32 bytes, got %d", len(c.GossipKey))
+	}
+	if len(c.GossipKeys) > 0 && len(c.GossipKey) == 0 {
+		return fieldErr("gossip_key", "further keys need a primary key")
+	}
+	for i, k := range c.GossipKeys {
+		switch len(k) {
+		case 16, 24, 32:
+		default:
+			return fieldErr("gossip_key", "key %d of the ring must be 16, 24 or 32 bytes, got %d", i+2, len(k))
+		}
+	}
+	if err := c.PeerLimits.validate(); err != nil {
+		return err
+	}
+	if err := c.Membership.validate(); err != nil {
+		return err
+	}
+	if _, err := ring.New(c.Ring, nil); err != nil {
+		return fieldErr("ring", "%v", err)
+	}
+	if err := c.Defaults.Validate(); err != nil {
+		return fieldErr("defaults", "%v", err)
+	}
+	if err := c.Limits.Validate(); err != nil {
+		return fieldErr("limits", "%v", err)
+	}
+	// Last: a bad address is reported as such, not as an open one.
+	return c.checkExposure()
+}
+
+// clone returns a copy of c that shares no slice or TLS config with it.
+func (c Config) clone() Config {
 	if c.PeerTLS != nil {
 		c.PeerTLS = c.PeerTLS.Clone()
 	}
-	c.Join = append([]string(nil), c.Join...)
-	c.GossipKey = append([]byte(nil), c.GossipKey...)
+	c.Join = slices.Clone(c.Join)
+	c.GossipKey = bytes.Clone(c.GossipKey)
 	if len(c.GossipKey) == 0 {
 		c.GossipKey = nil
 	}
-	if err := c.checkExposure(); err != nil {
-		return c, err
+	keys := make([][]byte, 0, len(c.GossipKeys))
+	for _, k := range c.GossipKeys {
+		keys = append(keys, bytes.Clone(k))
 	}
-	return c, nil
+	c.GossipKeys = keys
+	return c
+}
+
+// A ConfigError is a field of a Config that is out of range. It wraps
+// ErrConfig, and also ErrInsecure when the node would be open to the
+// network.
+type ConfigError struct {
+	// Field is the field's name as the config file writes it:
+	// "memory", "membership.probe_interval", "peer_limits.idle_timeout".
+	Field string
+	// Problem says what is wrong with it and, where it helps, the fix.
+	Problem string
+
+	insecure bool
+}
+
+func (e *ConfigError) Error() string { return ErrConfig.Error() + ": " + e.Field + ": " + e.Problem }
+
+// Unwrap returns ErrConfig, and ErrInsecure for an open node.
+func (e *ConfigError) Unwrap() []error {
+	if e.insecure {
+		return []error{ErrConfig, ErrInsecure}
+	}
+	return []error{ErrConfig}
+}
+
+func fieldErr(field, format string, args ...any) error {
+	return &ConfigError{Field: field, Problem: fmt.Sprintf(format, args...)}
 }
 
 // ErrInsecure is wrapped (with ErrConfig) by the error of a node that
@@ -372,8 +489,8 @@ func (c Config) checkExposure() error {
 	}
 	for _, f := range []struct{ field, addr string }{{"gossip", c.Gossip}, {"peer", c.Peer}} {
 		if !IsLoopback(f.addr) {
-			return fmt.Errorf("%w: %w: %s %s is not a loopback address and there is no gossip key or peer TLS, so anyone who reaches it could join the cluster, read every value and plant or wipe values: set gossip_key (make one with: cachenode keygen FILE) or tls.peer, or bind %s to 127.0.0.1, or set insecure: true to run open",
-				ErrConfig, ErrInsecure, f.field, f.addr, f.field)
+			return &ConfigError{Field: f.field, insecure: true, Problem: fmt.Sprintf("%s is not a loopback address and there is no gossip key or peer TLS, so anyone who reaches it could join the cluster, read every value and plant or wipe values: set gossip_key (make one with: cachenode keygen FILE) or tls.peer, or bind %s to 127.0.0.1, or set insecure: true to run open",
+				f.addr, f.field)}
 		}
 	}
 	return nil
@@ -394,14 +511,21 @@ func IsLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// checkHostPort reports an address that is not HOST:PORT with a numeric
+// port (an empty host, every interface, is HOST:PORT).
+func checkHostPort(addr string) error {
+	_, _, err := splitHostPort(addr)
+	return err
+}
+
 func splitHostPort(addr string) (string, int, error) {
 	host, ps, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", 0, err
+		return "", 0, fmt.Errorf("%q is not HOST:PORT", addr)
 	}
 	port, err := strconv.Atoi(ps)
 	if err != nil || port < 0 || port > 65535 {
-		return "", 0, fmt.Errorf("bad port in %q", addr)
+		return "", 0, fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, ps)
 	}
 	return host, port, nil
 }

@@ -118,7 +118,11 @@ func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.En
 	if err != nil {
 		var re *peer.RemoteError
 		if errors.As(err, &re) && re.Code == codeFill {
-			return nil, 0, fmt.Errorf("%w: owner %s: %s", worker.ErrFill, p.name, re.Message)
+			sentinel := worker.ErrFill
+			if re.Detail == detailTimeout {
+				sentinel = worker.ErrFillTimeout
+			}
+			return nil, 0, fmt.Errorf("%w: owner %s: %s", sentinel, p.name, re.Message)
 		}
 		if errors.As(err, &re) && re.Code == codeOriginBusy {
 			ms, _ := strconv.ParseInt(re.Message, 10, 64)
@@ -230,7 +234,11 @@ func (n *Node) handleFetch(ctx context.Context, payload []byte, final bool) ([]b
 		case errors.As(err, &busy):
 			return nil, &peer.RemoteError{Code: codeOriginBusy, Message: strconv.FormatInt(busy.RetryAfter.Milliseconds(), 10)}
 		case errors.Is(err, worker.ErrFill):
-			return nil, &peer.RemoteError{Code: codeFill, Message: err.Error()}
+			re := &peer.RemoteError{Code: codeFill, Message: err.Error()}
+			if errors.Is(err, worker.ErrFillTimeout) {
+				re.Detail = detailTimeout
+			}
+			return nil, re
 		case errors.Is(err, worker.ErrBadArgs), errors.Is(err, worker.ErrConfig):
 			return nil, &peer.RemoteError{Code: codeBadRequest, Message: err.Error()}
 		}

@@ -90,12 +90,15 @@ type Node struct {
 
 // New validates cfg and builds a node: the cache (register workers on
 // Cache() before or after Start) and the records store. It does not touch
-// the network.
+// the network. It works on a copy of cfg, with [Config.EnsureDefaults]
+// and [Config.Validate], and never changes the caller's struct.
 func New(cfg Config) (*Node, error) {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
+	cfg = cfg.clone()
+	cfg.EnsureDefaults()
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	var err error
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), changed: make(chan struct{}, 1), done: make(chan struct{}),
 		rules: invalidation.NewRules(), outboxWake: make(chan struct{}, 1)}
 	n.mu.members = make(map[string]*Member)

@@ -38,7 +38,10 @@ const (
 const (
 	codeUnknownWorker = "unknown_worker"
 	codeFill          = "fill_error"
-	codeBadRequest    = "bad_request"
+	// detailTimeout, the Detail of a codeFill, says that the owner's
+	// getter ran past its deadline (worker.ErrFillTimeout).
+	detailTimeout  = "timeout"
+	codeBadRequest = "bad_request"
 	// codeOriginBusy: the owner's origin limiter turned the fill away; the
 	// message is the Retry-After in milliseconds. The asker does not fill
 	// the key itself, which would go around the owner's limit.

@@ -26,6 +26,11 @@ var (
 	// ErrFill wraps the error (or panic) of a getter. Such errors are
 	// returned to every caller that waited for the fill and are never cached.
 	ErrFill = errors.New("worker: getter failed")
+	// ErrFillTimeout wraps ErrFill for a getter that ran past its deadline
+	// (the wait budget, or the worker's FillTimeout), here or on the
+	// key's owner: the HTTP API's fill_timeout, where other fill errors
+	// are origin_error.
+	ErrFillTimeout = fmt.Errorf("%w: timed out", ErrFill)
 )
 
 // CacheConfig configures a [Cache].

@@ -669,26 +669,10 @@ func (w *Worker) fallback(ctx context.Context, p Peer, key string, args Args, po
 	return e, Fallback, nil
 }
 
+// isFillError reports whether err is the owner's answer: its getter
+// failed or its origin was busy. The caller then fills nothing itself.
 func isFillError(err error) bool {
-	for err != nil {
-		if err == ErrFill || err == ErrOriginBusy {
-			return true
-		}
-		switch x := err.(type) {
-		case interface{ Unwrap() error }:
-			err = x.Unwrap()
-		case interface{ Unwrap() []error }:
-			for _, e := range x.Unwrap() {
-				if isFillError(e) {
-					return true
-				}
-			}
-			return false
-		default:
-			return false
-		}
-	}
-	return false
+	return errors.Is(err, ErrFill) || errors.Is(err, ErrOriginBusy)
 }
 
 // overridesOf expresses pol as overrides of base, so that the owner runs a
@@ -792,7 +776,11 @@ func (w *Worker) fill(ctx context.Context, key string, args Args, pol Policy, s 
 	}()
 	v, gerr := w.cfg.Getter.Get(ctx, args)
 	if gerr != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrFill, w.cfg.Label, gerr)
+		sentinel := ErrFill
+		if errors.Is(gerr, context.DeadlineExceeded) {
+			sentinel = ErrFillTimeout
+		}
+		return nil, fmt.Errorf("%w: %s: %w", sentinel, w.cfg.Label, gerr)
 	}
 	w.stats.fills.Add(1)
 	end := clock.Now()

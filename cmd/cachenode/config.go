@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,9 +22,9 @@ import (
 
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/node"
-	"github.com/cachenode/cachenode/persist"
 	"github.com/cachenode/cachenode/ring"
 	"github.com/cachenode/cachenode/worker"
+	"go.yaml.in/yaml/v3"
 )
 
 // fileConfig is the YAML config file. Every field can be left out.
@@ -39,9 +40,9 @@ type fileConfig struct {
 	Data          optString `yaml:"data"`
 	// DataOnCorruption: move-aside (default) or fail; DataKeepCorrupt: how
 	// many moved-aside directories are kept (default 1, negative none).
-	DataOnCorruption string `yaml:"data_on_corruption"`
-	DataKeepCorrupt  int    `yaml:"data_keep_corrupt"`
-	Memory           Size   `yaml:"memory"`
+	DataOnCorruption string            `yaml:"data_on_corruption"`
+	DataKeepCorrupt  int               `yaml:"data_keep_corrupt"`
+	Memory           worker.ConfigSize `yaml:"memory"`
 	// NearCache keeps copies of values fetched from their owners. Default true.
 	NearCache  *bool  `yaml:"near_cache"`
 	GossipKey  string `yaml:"gossip_key"`
@@ -75,12 +76,14 @@ type limitsConfig struct {
 	// MaxArgs bounds the arguments of one read. Default 64.
 	MaxArgs *int `yaml:"max_args"`
 	// MaxArgBytes bounds their bytes (names and values). Default 8KiB.
-	MaxArgBytes *Size `yaml:"max_arg_bytes"`
+	MaxArgBytes *worker.ConfigSize `yaml:"max_arg_bytes"`
 }
 
-// build returns the limits, with the defaults for what is not given.
+// build returns the limits given (node.Config.EnsureDefaults fills the
+// others); a bound given as 0 is refused, as worker.Limits would read it
+// as "the default".
 func (l limitsConfig) build() (worker.Limits, error) {
-	out := worker.DefaultLimits()
+	var out worker.Limits
 	if l.MaxArgs != nil {
 		if *l.MaxArgs < 1 {
 			return out, fmt.Errorf("limits.max_args: must be >= 1, got %d", *l.MaxArgs)
@@ -111,7 +114,7 @@ type originLimit struct {
 	MaxQueuedFills int `yaml:"max_queued_fills"`
 	// RefreshSpread spreads the rebuilds of an invalidation or a sweep
 	// over this long per 1,000 keys. Default 1s.
-	RefreshSpread *Duration `yaml:"refresh_spread"`
+	RefreshSpread *worker.ConfigDuration `yaml:"refresh_spread"`
 }
 
 // over returns o with the fields that h sets replaced.
@@ -183,37 +186,59 @@ type optString struct {
 	Value string
 }
 
-func (o *optString) setScalar(s string) error {
-	*o = optString{Set: true, Value: s}
+// UnmarshalYAML reads a scalar.
+func (o *optString) UnmarshalYAML(n *yaml.Node) error {
+	if err := n.Decode(&o.Value); err != nil {
+		return err
+	}
+	o.Set = true
 	return nil
+}
+
+// readNulls reads data: with nothing after it as data: "" (in memory), as
+// the config file always has.
+func (fc *fileConfig) readNulls(root *yaml.Node) {
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if k, v := root.Content[i], root.Content[i+1]; k.Value == "data" && v.ShortTag() == "!!null" {
+			fc.Data = optString{Set: true}
+		}
+	}
 }
 
 type membershipConfig struct {
-	Preset           string    `yaml:"preset"`
-	ProbeInterval    *Duration `yaml:"probe_interval"`
-	ProbeTimeout     *Duration `yaml:"probe_timeout"`
-	SuspicionMult    *int      `yaml:"suspicion_mult"`
-	SuspicionMaxMult *int      `yaml:"suspicion_max_timeout_mult"`
-	GossipInterval   *Duration `yaml:"gossip_interval"`
-	PushPullInterval *Duration `yaml:"push_pull_interval"`
-	LeaveTimeout     *Duration `yaml:"leave_timeout"`
+	Preset           string                 `yaml:"preset"`
+	ProbeInterval    *worker.ConfigDuration `yaml:"probe_interval"`
+	ProbeTimeout     *worker.ConfigDuration `yaml:"probe_timeout"`
+	SuspicionMult    *int                   `yaml:"suspicion_mult"`
+	SuspicionMaxMult *int                   `yaml:"suspicion_max_timeout_mult"`
+	GossipInterval   *worker.ConfigDuration `yaml:"gossip_interval"`
+	PushPullInterval *worker.ConfigDuration `yaml:"push_pull_interval"`
+	LeaveTimeout     *worker.ConfigDuration `yaml:"leave_timeout"`
 }
 
-func (m *membershipConfig) setScalar(s string) error {
-	m.Preset = s
-	return nil
-}
-
-func (m membershipConfig) build() (node.Membership, error) {
-	var out node.Membership
-	switch m.Preset {
-	case "", "lan":
-		out = node.LANMembership()
-	case "local":
-		out = node.LocalMembership()
+// UnmarshalYAML reads a preset's name (membership: local) or a mapping of
+// the fields.
+func (m *membershipConfig) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		m.Preset = n.Value
+		return nil
+	case yaml.MappingNode:
+		// Node.Decode does not check the fields as the file's decoder does.
+		if err := strictMapping(n, reflect.TypeFor[membershipConfig]()); err != nil {
+			return err
+		}
 	default:
-		return out, fmt.Errorf("membership: unknown preset %q (want lan or local)", m.Preset)
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: want a preset (lan or local) or a mapping of fields", n.Line)}}
 	}
+	type fields membershipConfig // without this method
+	return n.Decode((*fields)(m))
+}
+
+// build returns the fields given; node.Config.EnsureDefaults fills the
+// others from the preset.
+func (m membershipConfig) build() node.Membership {
+	out := node.Membership{Preset: m.Preset}
 	setDur(&out.ProbeInterval, m.ProbeInterval)
 	setDur(&out.ProbeTimeout, m.ProbeTimeout)
 	setDur(&out.GossipInterval, m.GossipInterval)
@@ -225,10 +250,10 @@ func (m membershipConfig) build() (node.Membership, error) {
 	if m.SuspicionMaxMult != nil {
 		out.SuspicionMaxTimeoutMult = *m.SuspicionMaxMult
 	}
-	return out, nil
+	return out
 }
 
-func setDur(dst *time.Duration, d *Duration) {
+func setDur(dst *time.Duration, d *worker.ConfigDuration) {
 	if d != nil {
 		*dst = time.Duration(*d)
 	}
@@ -237,27 +262,26 @@ func setDur(dst *time.Duration, d *Duration) {
 // peerLimitsConfig is node.PeerLimits in the config file; absent fields
 // keep their defaults.
 type peerLimitsConfig struct {
-	MaxConns            int       `yaml:"max_conns"`
-	MaxConnsPerIP       int       `yaml:"max_conns_per_ip"`
-	IdleTimeout         *Duration `yaml:"idle_timeout"`
-	MaxEnqueueItem      Size      `yaml:"max_enqueue_item"`
-	MaxEnqueueBytes     Size      `yaml:"max_enqueue_bytes"`
-	MaxEnqueueCountdown *Duration `yaml:"max_enqueue_countdown"`
+	MaxConns            int                    `yaml:"max_conns"`
+	MaxConnsPerIP       int                    `yaml:"max_conns_per_ip"`
+	IdleTimeout         *worker.ConfigDuration `yaml:"idle_timeout"`
+	MaxEnqueueItem      worker.ConfigSize      `yaml:"max_enqueue_item"`
+	MaxEnqueueBytes     worker.ConfigSize      `yaml:"max_enqueue_bytes"`
+	MaxEnqueueCountdown *worker.ConfigDuration `yaml:"max_enqueue_countdown"`
 }
 
+// build returns the limits given; a duration given as 0 is refused, as
+// node.PeerLimits would read it as "the default".
 func (p peerLimitsConfig) build() (node.PeerLimits, error) {
 	l := node.PeerLimits{MaxConns: p.MaxConns, MaxConnsPerIP: p.MaxConnsPerIP,
 		MaxEnqueueItem: int(p.MaxEnqueueItem), MaxEnqueueBytes: int64(p.MaxEnqueueBytes)}
-	for name, d := range map[string]*Duration{"idle_timeout": p.IdleTimeout, "max_enqueue_countdown": p.MaxEnqueueCountdown} {
+	for name, d := range map[string]*worker.ConfigDuration{"idle_timeout": p.IdleTimeout, "max_enqueue_countdown": p.MaxEnqueueCountdown} {
 		if d != nil && *d <= 0 {
 			return l, fmt.Errorf("peer_limits.%s: must be > 0", name)
 		}
 	}
 	setDur(&l.IdleTimeout, p.IdleTimeout)
 	setDur(&l.MaxEnqueueCountdown, p.MaxEnqueueCountdown)
-	if p.MaxEnqueueItem < 0 || p.MaxEnqueueBytes < 0 {
-		return l, errors.New("peer_limits: sizes must be > 0")
-	}
 	return l, nil
 }
 
@@ -309,16 +333,16 @@ func (t tlsConfig) peerTLS() (*tls.Config, error) {
 // policyConfig holds the worker fields of the original library; unset
 // fields inherit.
 type policyConfig struct {
-	Expires               *Duration `yaml:"expires"`
-	Tick                  *Duration `yaml:"tick"`
-	TickAmount            *int      `yaml:"tick_amount"`
-	IsConcurrent          *bool     `yaml:"is_concurrent"`
-	RelevanceInvalidation *bool     `yaml:"relevance_invalidation"`
-	RelevanceExpires      *Duration `yaml:"relevance_expires"`
-	DelayInvalidation     *bool     `yaml:"delay_invalidation"`
-	DelayCountdown        *Duration `yaml:"delay_countdown"`
-	DelayLogging          *bool     `yaml:"delay_logging"`
-	CachedEntity          *bool     `yaml:"cached_entity"`
+	Expires               *worker.ConfigDuration `yaml:"expires"`
+	Tick                  *worker.ConfigDuration `yaml:"tick"`
+	TickAmount            *int                   `yaml:"tick_amount"`
+	IsConcurrent          *bool                  `yaml:"is_concurrent"`
+	RelevanceInvalidation *bool                  `yaml:"relevance_invalidation"`
+	RelevanceExpires      *worker.ConfigDuration `yaml:"relevance_expires"`
+	DelayInvalidation     *bool                  `yaml:"delay_invalidation"`
+	DelayCountdown        *worker.ConfigDuration `yaml:"delay_countdown"`
+	DelayLogging          *bool                  `yaml:"delay_logging"`
+	CachedEntity          *bool                  `yaml:"cached_entity"`
 }
 
 func (p policyConfig) settings() worker.Settings {
@@ -343,7 +367,7 @@ func (p policyConfig) settings() worker.Settings {
 
 // check rejects zero durations that the worker would read as "inherit".
 func (p policyConfig) check(path string) error {
-	for name, d := range map[string]*Duration{"expires": p.Expires, "tick": p.Tick, "relevance_expires": p.RelevanceExpires} {
+	for name, d := range map[string]*worker.ConfigDuration{"expires": p.Expires, "tick": p.Tick, "relevance_expires": p.RelevanceExpires} {
 		if d != nil && *d <= 0 {
 			return fmt.Errorf("%s.%s: must be > 0", path, name)
 		}
@@ -365,26 +389,26 @@ type workerConfig struct {
 	Label string `yaml:"label"`
 	// KeyGen names the key encoding; only "canonical" exists for workers
 	// declared in the config file.
-	KeyGen        string    `yaml:"key_gen"`
-	Action        string    `yaml:"action"`
-	Sweep         bool      `yaml:"sweep"`
-	SweepInterval *Duration `yaml:"sweep_interval"`
-	EarlyRefresh  float64   `yaml:"early_refresh"`
+	KeyGen        string                 `yaml:"key_gen"`
+	Action        string                 `yaml:"action"`
+	Sweep         bool                   `yaml:"sweep"`
+	SweepInterval *worker.ConfigDuration `yaml:"sweep_interval"`
+	EarlyRefresh  float64                `yaml:"early_refresh"`
 	// FillTimeout bounds one origin request. Default: the wait budget,
 	// tick × tick_amount.
-	FillTimeout *Duration `yaml:"fill_timeout"`
+	FillTimeout *worker.ConfigDuration `yaml:"fill_timeout"`
 	// MaxSize bounds the origin's body. Default 16 MiB.
-	MaxSize Size `yaml:"max_size"`
+	MaxSize worker.ConfigSize `yaml:"max_size"`
 	// MaxExpires bounds the _expires of an HTTP read. Default: the
 	// worker's expires.
-	MaxExpires *Duration `yaml:"max_expires"`
+	MaxExpires *worker.ConfigDuration `yaml:"max_expires"`
 	// Overrides is "admin" (the default: _is_concurrent=false and _delay_*
 	// need the admin token) or "open" (any client may send them).
 	Overrides string `yaml:"overrides"`
 	// RefreshIfReadWithin: an invalidation rebuilds the entries read within
 	// this window (and since their last rebuild) and drops the others.
 	// Default 5m.
-	RefreshIfReadWithin *Duration `yaml:"refresh_if_read_within"`
+	RefreshIfReadWithin *worker.ConfigDuration `yaml:"refresh_if_read_within"`
 	// RefreshUnread rebuilds every entry on invalidation, read or not.
 	// Default false.
 	RefreshUnread bool `yaml:"refresh_unread"`
@@ -493,8 +517,12 @@ func envName(flagName string) string {
 }
 
 // resolve merges the file's config with the values of flags and
-// environment (by flag name) and validates the result. Errors name the
-// field: a flag's name when it came from a flag, the config key otherwise.
+// environment (by flag name), fills the defaults and validates the result
+// with node.Config's EnsureDefaults and Validate. What resolve checks
+// itself is what node.Config does not hold (the HTTP listener, the token,
+// the workers) or cannot tell (a bound given as 0 in the file, which
+// node.Config reads as "the default"). Errors name the field: a flag's
+// name when it came from a flag, the config key otherwise.
 func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 	str := func(name string, file string) string {
 		if v, ok := set[name]; ok {
@@ -513,51 +541,31 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 		nc.Name = h
 	}
 	nc.Gossip = str("gossip", fc.Gossip)
-	if nc.Gossip == "" {
-		nc.Gossip = "0.0.0.0:7946"
-	}
 	nc.Advertise = str("advertise", fc.Advertise)
 	nc.Peer = str("peer", fc.Peer)
-	if nc.Peer == "" {
-		nc.Peer = "0.0.0.0:7947"
-	}
 	nc.PeerAdvertise = fc.PeerAdvertise
+	// The HTTP listener is this program's, not the node's.
 	rc.HTTP = str("http", fc.HTTP)
 	if rc.HTTP == "" {
 		rc.HTTP = "127.0.0.1:8080"
 	}
 	rc.HTTPAdvertise = fc.HTTPAdvertise
-	for field, addr := range map[string]string{"gossip": nc.Gossip, "advertise": nc.Advertise, "peer": nc.Peer,
-		"peer_advertise": nc.PeerAdvertise, "http": rc.HTTP, "http_advertise": rc.HTTPAdvertise} {
-		if addr == "" {
-			continue
-		}
-		if err := checkHostPort(addr); err != nil {
-			return nil, usagef("%s: %v", field, err)
+	for field, addr := range map[string]string{"http": rc.HTTP, "http_advertise": rc.HTTPAdvertise} {
+		if _, _, err := net.SplitHostPort(addr); addr != "" && err != nil {
+			return nil, usagef("%s: %q is not HOST:PORT", field, addr)
 		}
 	}
 	nc.Join = fc.Join
 	if v, ok := set["join"]; ok {
 		nc.Join = splitList(v)
 	}
-	for _, j := range nc.Join {
-		if err := checkHostPort(j); err != nil {
-			return nil, usagef("join: %v", err)
-		}
-	}
 	nc.Memory = int64(fc.Memory)
 	if v, ok := set["memory"]; ok {
-		m, err := parseSize(v)
+		m, err := worker.ParseSize(v)
 		if err != nil {
 			return nil, usagef("memory: %v", err)
 		}
 		nc.Memory = m
-	}
-	if nc.Memory == 0 {
-		nc.Memory = 256 << 20
-	}
-	if nc.Memory < 1<<20 {
-		return nil, usagef("memory: %d bytes is too small (at least 1MiB)", nc.Memory)
 	}
 	switch v, ok := set["data"]; {
 	case ok:
@@ -567,11 +575,7 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 	default:
 		nc.Data = filepath.Join("cachenode-data", nc.Name)
 	}
-	switch nc.DataOnCorruption = str("data-on-corruption", fc.DataOnCorruption); nc.DataOnCorruption {
-	case "", persist.CorruptionMoveAside, persist.CorruptionFail:
-	default:
-		return nil, usagef("data-on-corruption: %q is not one of move-aside, fail", nc.DataOnCorruption)
-	}
+	nc.DataOnCorruption = str("data-on-corruption", fc.DataOnCorruption)
 	nc.DataKeepCorrupt = fc.DataKeepCorrupt
 	if keyFile := str("gossip-key", fc.GossipKey); keyFile != "" {
 		keys, err := readKeys(keyFile)
@@ -598,19 +602,13 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 	if err := rc.Level.UnmarshalText([]byte(lvl)); err != nil || !slices.Contains([]string{"debug", "info", "warn", "error"}, strings.ToLower(lvl)) {
 		return nil, usagef("log-level: %q is not one of debug, info, warn, error", lvl)
 	}
-	m, err := fc.Membership.build()
-	if err != nil {
-		return nil, usagef("%v", err)
-	}
-	nc.Membership = m
+	nc.Membership = fc.Membership.build()
 	nc.NoNearCache = fc.NearCache != nil && !*fc.NearCache
 	nc.Ring = ring.Config{PartitionCount: fc.Ring.PartitionCount, ReplicationFactor: fc.Ring.ReplicationFactor, Load: fc.Ring.Load}
-	if _, err := ring.New(nc.Ring, nil); err != nil {
-		return nil, usagef("ring: %v", err)
-	}
 	if (rc.TLS.Cert == "") != (rc.TLS.Key == "") {
 		return nil, usagef("tls: give both cert and key")
 	}
+	var err error
 	if nc.PeerTLS, err = rc.TLS.peerTLS(); err != nil {
 		return nil, usagef("%v", err)
 	}
@@ -628,15 +626,18 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 		}
 		rc.Insecure = b
 	}
-	if err := checkExposure(rc); err != nil {
-		return nil, err
-	}
+	nc.Insecure = rc.Insecure
 	if err := fc.Defaults.check("defaults"); err != nil {
 		return nil, usageError{err.Error()}
 	}
 	nc.Defaults = worker.DefaultPolicy().With(fc.Defaults.settings())
-	if err := nc.Defaults.Validate(); err != nil {
-		return nil, usagef("defaults: %v", err)
+
+	nc.EnsureDefaults()
+	if err := nc.Validate(); err != nil {
+		return nil, nodeConfigError(err, set, nc)
+	}
+	if err := checkOpenHTTP(rc); err != nil {
+		return nil, err
 	}
 	for _, label := range sortedKeys(fc.Workers) {
 		if err := checkWorker(label, fc.Workers[label], nc.Defaults); err != nil {
@@ -668,26 +669,37 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 	return rc, nil
 }
 
-// checkExposure refuses a node whose ports beyond loopback lack the
-// secret that guards them, unless insecure says so: gossip and peer need a
-// gossip key or peer TLS, HTTP an admin token (its invalidations and admin
-// pages would be open to anyone who reaches it).
-func checkExposure(rc *runConfig) error {
-	nc := &rc.Node
-	rc.OpenHTTP = !node.IsLoopback(rc.HTTP) && rc.Token == ""
-	if rc.Insecure {
-		nc.Insecure = true
-		return nil
+// nodeConfigError words an error of node.Config.Validate as a usage error
+// naming the flag when the value came from one (--data-on-corruption, not
+// data_on_corruption), and an open gossip or peer port with the flags
+// that close it.
+func nodeConfigError(err error, set map[string]string, nc *node.Config) error {
+	var ce *node.ConfigError
+	if !errors.As(err, &ce) {
+		return usagef("%v", err)
 	}
-	if nc.GossipKey == nil && nc.PeerTLS == nil {
-		for _, f := range []struct{ field, addr string }{{"gossip", nc.Gossip}, {"peer", nc.Peer}} {
-			if !node.IsLoopback(f.addr) {
-				return usagef("%s: %s is not a loopback address and there is no gossip_key or tls.peer, so anyone who reaches it could join the cluster and read, plant or wipe values: make a key with `cachenode keygen FILE` and give --gossip-key FILE (gossip_key: FILE), or bind --%s to 127.0.0.1, or pass --insecure (insecure: true) to run open",
-					f.field, f.addr, f.field)
-			}
+	field := ce.Field
+	if flag := strings.ReplaceAll(field, "_", "-"); slices.Contains(flagNames, flag) && set[flag] != "" {
+		field = flag
+	}
+	if errors.Is(err, node.ErrInsecure) {
+		addr := nc.Gossip
+		if ce.Field == "peer" {
+			addr = nc.Peer
 		}
+		return usagef("%s: %s is not a loopback address and there is no gossip_key or tls.peer, so anyone who reaches it could join the cluster and read, plant or wipe values: make a key with `cachenode keygen FILE` and give --gossip-key FILE (gossip_key: FILE), or bind --%s to 127.0.0.1, or pass --insecure (insecure: true) to run open",
+			ce.Field, addr, ce.Field)
 	}
-	if rc.OpenHTTP {
+	return usagef("%s: %s", field, ce.Problem)
+}
+
+// checkOpenHTTP refuses an HTTP port beyond loopback without an admin
+// token (its invalidations and admin pages would be open to anyone who
+// reaches it), unless insecure says so. The gossip and peer ports are
+// node.Config.Validate's (see nodeConfigError).
+func checkOpenHTTP(rc *runConfig) error {
+	rc.OpenHTTP = !node.IsLoopback(rc.HTTP) && rc.Token == ""
+	if rc.OpenHTTP && !rc.Insecure {
 		return usagef("http: %s is not a loopback address and there is no admin_token_file, so anyone who reaches it could invalidate every value and use the admin pages: give --admin-token-file FILE (admin_token_file: FILE), or bind --http to 127.0.0.1, or pass --insecure (insecure: true) to run open",
 			rc.HTTP)
 	}
@@ -794,23 +806,6 @@ func rulesOf(rs map[string]ruleConfig) map[string]invalidation.Rule {
 		out[label] = invalidation.Rule{IsEmpty: r.IsEmpty, Args: slices.Clone(r.Args)}
 	}
 	return out
-}
-
-func checkHostPort(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q is not HOST:PORT", addr)
-	}
-	_ = host
-	if port == "" {
-		return fmt.Errorf("%q has no port", addr)
-	}
-	for _, c := range port {
-		if c < '0' || c > '9' {
-			return fmt.Errorf("%q: port %q is not a number", addr, port)
-		}
-	}
-	return nil
 }
 
 // readKeys reads a gossip keyring: one key per line, the primary first

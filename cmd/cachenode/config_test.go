@@ -107,6 +107,10 @@ func TestPrecedence(t *testing.T) {
 	if err != nil || rc.Node.Data != filepath.Join("cachenode-data", "x") || rc.Node.Membership.Preset != "lan" {
 		t.Errorf("default data dir: %q %v", rc.Node.Data, err)
 	}
+	path = writeFile(t, "n.yaml", "name: n\ninsecure: true\ndata:\n")
+	if rc, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{}); err != nil || rc.Node.Data != "" {
+		t.Errorf("data: with nothing after it keeps records in memory: %q %v", rc.Node.Data, err)
+	}
 	path = writeFile(t, "m.yaml", "name: m\nmembership: local\ninsecure: true\n")
 	if rc, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{}); err != nil || rc.Node.Membership.Preset != "local" {
 		t.Errorf("membership: local: %v", err)
@@ -139,7 +143,7 @@ func TestBadConfig(t *testing.T) {
 		{"defaults:\n  tick: -1s\n", nil, "line 2: defaults.tick: negative duration"},
 		{"defaults:\n  tikc: 1s\n", nil, "line 2: defaults.tikc: unknown field"},
 		{"memory: 12XB\n", nil, `line 1: memory: bad size "12XB"`},
-		{"membership: wan\n", nil, "membership: unknown preset"},
+		{"membership: wan\n", nil, `membership.preset: must be lan or local, got "wan"`},
 		{"membership: {preset: local, probe: 1s}\n", nil, "line 1: membership.probe: unknown field"},
 		{"invalidation:\n  Foo:\n    nope: {is_empty: true}\n", nil, "invalidation.Foo.nope: no worker"},
 		{"invalidation:\n  Foo:\n    w: {is_empty: yes, argz: [a]}\n", nil, "invalidation.Foo.w.argz: unknown field"},
@@ -164,6 +168,11 @@ func TestBadConfig(t *testing.T) {
 		{"origin_limits: {max_concurrent: 3}\n", nil, "line 1: origin_limits.max_concurrent: unknown field"},
 		{"origin_limits:\n  hosts:\n    \"y:80\": {max_queued_fills: 2}\nworkers:\n  w:\n    origin: http://x/\n", nil, "origin_limits.hosts.y:80: no worker's origin is on this host"},
 		{"max_concurrent_requests: -1\n", nil, "max_concurrent_requests: must be > 0"},
+		{"workers:\n  w: 3\n", nil, "line 2: workers.w: want a mapping of fields"},
+		{"membership: [lan]\n", nil, "line 1: membership: want a preset (lan or local) or a mapping of fields"},
+		{"peer_limits: {idle_timeout: 1m, max_enqueue_countdown: soon}\n", nil, `line 1: peer_limits.max_enqueue_countdown: bad duration "soon"`},
+		{"", []string{"--memory", "1000"}, "memory: 1000 bytes is too small"},
+		{"", []string{"--data-on-corruption", "ignore"}, `data-on-corruption: "ignore" is not one of move-aside, fail`},
 		{"workers:\n  w:\n    origin: http://x/\n    refresh_unread: true\n    refresh_if_read_within: 1m\n", nil, "workers.w: give refresh_if_read_within or refresh_unread"},
 	} {
 		args := append([]string{"--name", "t", "--gossip-key", key}, tc.args...)
@@ -197,29 +206,6 @@ func TestExitCodes(t *testing.T) {
 	errb.Reset()
 	if code := run([]string{"--help"}, &out, &errb); code != 0 || !strings.Contains(errb.String(), "-admin-token-file") {
 		t.Errorf("--help: exit %d %q", code, errb.String())
-	}
-}
-
-func TestSizesAndDurations(t *testing.T) {
-	for in, want := range map[string]int64{"0": 0, "1024": 1024, "1KiB": 1024, "256MiB": 256 << 20, "1.5 GiB": 3 << 29, "2TiB": 2 << 40, "7B": 7} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v", in, got, err)
-		}
-	}
-	for _, in := range []string{"", "-1", "1KB", "MiB", "1e30GiB", "NaN"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q) accepted", in)
-		}
-	}
-	for in, want := range map[string]time.Duration{"100ms": 100 * time.Millisecond, "1h": time.Hour, "30": 30 * time.Second, "0.5": 500 * time.Millisecond, "0": 0} {
-		if got, err := parseDuration(in); err != nil || got != want {
-			t.Errorf("parseDuration(%q) = %v, %v", in, got, err)
-		}
-	}
-	for _, in := range []string{"", "soon", "-1s", "-5", "NaN"} {
-		if _, err := parseDuration(in); err == nil {
-			t.Errorf("parseDuration(%q) accepted", in)
-		}
 	}
 }
 

@@ -150,7 +150,7 @@ func listenPreferred(addr string) (net.Listener, error) {
 
 func demoConfig(name, httpAddr, origin string) *runConfig {
 	t := true
-	rel := Duration(30 * time.Second)
+	rel := worker.ConfigDuration(30 * time.Second)
 	defaults := worker.DefaultPolicy()
 	// A first read on a slow machine (a race-built binary on a busy CI
 	// runner) may need more than the default second to start everything up.
@@ -163,9 +163,9 @@ func demoConfig(name, httpAddr, origin string) *runConfig {
 		HTTP: httpAddr,
 		Workers: map[string]workerConfig{
 			"all_foos": {Origin: origin + "/foos",
-				policyConfig: policyConfig{Expires: ptr(Duration(time.Hour)), RelevanceInvalidation: &t, RelevanceExpires: &rel}},
+				policyConfig: policyConfig{Expires: ptr(worker.ConfigDuration(time.Hour)), RelevanceInvalidation: &t, RelevanceExpires: &rel}},
 			"filtered_foos": {Origin: origin + "/foos/filter",
-				policyConfig: policyConfig{Expires: ptr(Duration(time.Hour))}},
+				policyConfig: policyConfig{Expires: ptr(worker.ConfigDuration(time.Hour))}},
 		},
 		Rules: map[string]map[string]ruleConfig{
 			"Foo": {"all_foos": {IsEmpty: true}, "filtered_foos": {Args: []string{"attr1", "attr2"}}},

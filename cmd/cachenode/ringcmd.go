@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/cachenode/cachenode/node/client"
 	"github.com/cachenode/cachenode/node/httpapi"
 )
 
@@ -59,7 +60,7 @@ func ringCmd(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func fetchRing(base, token string) (*httpapi.RingInfo, error) {
+func fetchRing(base, token string) (*client.RingInfo, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+"/admin/ring", nil)
@@ -85,14 +86,14 @@ func fetchRing(base, token string) (*httpapi.RingInfo, error) {
 		}
 		return nil, fmt.Errorf("%s", resp.Status)
 	}
-	var info httpapi.RingInfo
+	var info client.RingInfo
 	if err := json.Unmarshal(body, &info); err != nil {
 		return nil, fmt.Errorf("bad answer: %v", err)
 	}
 	return &info, nil
 }
 
-func printRing(w io.Writer, info *httpapi.RingInfo) {
+func printRing(w io.Writer, info *client.RingInfo) {
 	ready := "ready"
 	if !info.Ready {
 		ready = "not ready"

@@ -1,157 +1,231 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"reflect"
+	"regexp"
 	"slices"
-	"strconv"
 	"strings"
-	"time"
 
 	"go.yaml.in/yaml/v3"
 )
 
-// decodeYAML decodes a config document into v strictly: an unknown or
-// repeated field is an error, and every error is one line naming the line
-// and the field's path (workers.all_foos.expires).
+// decodeYAML decodes a config document into v with yaml.v3's strict mode
+// (KnownFields): an unknown or repeated field is an error. The durations
+// and sizes read themselves (worker.ConfigDuration, worker.ConfigSize), as
+// do the fields written either as a scalar or as a mapping or list
+// (membership, join). The first error is returned as one line naming the
+// line and the field's path: "line 4: workers.all_foos.expires: bad
+// duration ...".
 func decodeYAML(r io.Reader, v any) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
 	var doc yaml.Node
-	if err := yaml.NewDecoder(r).Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil // an empty file is an empty config
-		}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
 		return errors.New(oneLine(err))
 	}
-	return decodeNode(&doc, reflect.ValueOf(v).Elem(), "")
-}
-
-// scalarSetter is implemented by config types that read a scalar their own
-// way (durations, sizes, presets).
-type scalarSetter interface {
-	setScalar(s string) error
-}
-
-func decodeNode(n *yaml.Node, v reflect.Value, path string) error {
-	switch n.Kind {
-	case yaml.DocumentNode:
-		if len(n.Content) == 0 {
-			return nil
-		}
-		return decodeNode(n.Content[0], v, path)
-	case yaml.AliasNode:
-		return decodeNode(n.Alias, v, path)
+	if len(doc.Content) == 0 {
+		return nil // an empty file is an empty config
 	}
-	where := func(err error) error {
-		p := path
-		if p == "" {
-			p = "(top level)"
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		var te *yaml.TypeError
+		if !errors.As(err, &te) || len(te.Errors) == 0 {
+			return errors.New(oneLine(err))
 		}
-		return fmt.Errorf("line %d: %s: %v", n.Line, p, err)
+		return errors.New(explain(te.Errors[0], index(doc.Content[0], nil), reflect.TypeOf(v).Elem()))
 	}
-	if v.Kind() == reflect.Pointer {
-		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-			return nil
-		}
-		if v.IsNil() {
-			v.Set(reflect.New(v.Type().Elem()))
-		}
-		return decodeNode(n, v.Elem(), path)
-	}
-	if ss, ok := v.Addr().Interface().(scalarSetter); ok && n.Kind == yaml.ScalarNode {
-		if err := ss.setScalar(n.Value); err != nil {
-			return where(err)
-		}
-		return nil
-	}
-	switch v.Kind() {
-	case reflect.Struct:
-		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-			return nil
-		}
-		if n.Kind != yaml.MappingNode {
-			return where(errors.New("want a mapping of fields"))
-		}
-		fields, names := structFields(v)
-		seen := map[string]bool{}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, val := n.Content[i], n.Content[i+1]
-			name := k.Value
-			f, ok := fields[name]
-			if !ok {
-				return fmt.Errorf("line %d: %s: unknown field (known: %s)", k.Line, joinPath(path, name), strings.Join(names, ", "))
-			}
-			if seen[name] {
-				return fmt.Errorf("line %d: %s: given twice", k.Line, joinPath(path, name))
-			}
-			seen[name] = true
-			if err := decodeNode(val, f, joinPath(path, name)); err != nil {
-				return err
-			}
-		}
-		return nil
-	case reflect.Map:
-		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-			return nil
-		}
-		if n.Kind != yaml.MappingNode {
-			return where(errors.New("want a mapping"))
-		}
-		if v.IsNil() {
-			v.Set(reflect.MakeMap(v.Type()))
-		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, val := n.Content[i], n.Content[i+1]
-			if v.MapIndex(reflect.ValueOf(k.Value)).IsValid() {
-				return fmt.Errorf("line %d: %s: given twice", k.Line, joinPath(path, k.Value))
-			}
-			elem := reflect.New(v.Type().Elem()).Elem()
-			if err := decodeNode(val, elem, joinPath(path, k.Value)); err != nil {
-				return err
-			}
-			v.SetMapIndex(reflect.ValueOf(k.Value), elem)
-		}
-		return nil
-	}
-	if err := n.Decode(v.Addr().Interface()); err != nil {
-		return where(errors.New(stripLine(oneLine(err))))
+	if n, ok := v.(nullReader); ok {
+		n.readNulls(doc.Content[0])
 	}
 	return nil
 }
 
-// structFields maps the yaml names of v's fields (those of ",inline"
-// fields included) to the fields.
-func structFields(v reflect.Value) (map[string]reflect.Value, []string) {
-	fields := map[string]reflect.Value{}
-	var names []string
-	t := v.Type()
-	for i := range t.NumField() {
-		tag := t.Field(i).Tag.Get("yaml")
-		name, opt, _ := strings.Cut(tag, ",")
-		if opt == "inline" {
-			sub, subNames := structFields(v.Field(i))
-			for k, f := range sub {
-				fields[k] = f
-			}
-			names = append(names, subNames...)
-			continue
-		}
-		if name == "" || name == "-" {
-			continue
-		}
-		fields[name] = v.Field(i)
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	return fields, names
+// nullReader is a config type with a field whose null (a key with nothing
+// after it) means something: yaml.v3 calls no unmarshaler for a null, and
+// leaves the field as if it were absent.
+type nullReader interface {
+	readNulls(root *yaml.Node)
 }
 
-func joinPath(path, name string) string {
-	if path == "" {
-		return name
+// entry is a key of the document: its path (and the path's parts), its
+// node and its value's.
+type entry struct {
+	path       string
+	parts      []string
+	key, value *yaml.Node
+}
+
+// index lists the keys of the mappings under n, in document order.
+func index(n *yaml.Node, parts []string) []entry {
+	var out []entry
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := append(slices.Clip(parts), k.Value)
+			out = append(out, entry{strings.Join(p, "."), p, k, v})
+			out = append(out, index(v, p)...)
+		}
+	case yaml.SequenceNode:
+		for _, c := range n.Content {
+			out = append(out, index(c, parts)...)
+		}
 	}
-	return path + "." + name
+	return out
+}
+
+var (
+	lineRE    = regexp.MustCompile(`^line (\d+): (.*)$`)
+	unknownRE = regexp.MustCompile(`^field (\S+) not found in type `)
+	twiceRE   = regexp.MustCompile(`^mapping key "(.*)" already defined at line (\d+)$`)
+	typeRE    = regexp.MustCompile("^cannot unmarshal (!!\\w+)(?: `(.*)`)? into (\\S+)$")
+)
+
+// explain rewrites one of yaml.v3's errors ("line 4: field expirse not
+// found in type main.workerConfig") as one naming the field's path and,
+// for an unknown field, the known ones: "line 4: workers.w.expirse:
+// unknown field (known: ...)". root is the type decoded into.
+func explain(msg string, keys []entry, root reflect.Type) string {
+	m := lineRE.FindStringSubmatch(msg)
+	if m == nil {
+		return msg
+	}
+	line, what := m[1], m[2]
+	at := func(match func(entry) bool) entry {
+		for _, e := range keys {
+			if fmt.Sprint(e.key.Line) == line && match(e) {
+				return e
+			}
+		}
+		for _, e := range keys { // a value on its own line: a list's, a block scalar's
+			if fmt.Sprint(e.value.Line) == line && match(e) {
+				return e
+			}
+		}
+		return entry{}
+	}
+	var e entry
+	switch {
+	case unknownRE.MatchString(what):
+		name := unknownRE.FindStringSubmatch(what)[1]
+		e = at(func(e entry) bool { return e.key.Value == name })
+		what = "unknown field"
+		if e.parts == nil {
+			break
+		}
+		if known := fieldsAt(root, e.parts[:len(e.parts)-1]); len(known) > 0 {
+			what += " (known: " + strings.Join(known, ", ") + ")"
+		}
+	case twiceRE.MatchString(what):
+		t := twiceRE.FindStringSubmatch(what)
+		e = at(func(e entry) bool { return e.key.Value == t[1] })
+		what = "given twice (first at line " + t[2] + ")"
+	default:
+		// A value the field's type refuses: find it by its text.
+		value := ""
+		if t := typeRE.FindStringSubmatch(what); t != nil {
+			value = t[2]
+			what = wantType(t[1], t[2], t[3])
+		}
+		e = at(func(e entry) bool {
+			return e.value.Kind == yaml.ScalarNode && (value == "" && strings.Contains(what, fmt.Sprintf("%q", e.value.Value)) ||
+				value != "" && e.value.Value == value)
+		})
+		if e.parts == nil {
+			e = at(func(entry) bool { return true })
+		}
+	}
+	if e.parts == nil {
+		e.path = "(top level)"
+	}
+	return "line " + line + ": " + e.path + ": " + what
+}
+
+// wantType words yaml.v3's "cannot unmarshal !!str `x` into T" without
+// the Go types of this program.
+func wantType(tag, value, into string) string {
+	got := fmt.Sprintf("%s `%s`", tag, value)
+	switch tag {
+	case "!!map":
+		got = "a mapping"
+	case "!!seq":
+		got = "a list"
+	}
+	switch {
+	case strings.HasPrefix(into, "map["):
+		return "want a mapping, got " + got
+	case strings.HasPrefix(into, "[]"):
+		return "want a list, got " + got
+	case strings.HasPrefix(into, "main."):
+		return "want a mapping of fields, got " + got
+	}
+	return "cannot unmarshal " + got + " into " + into
+}
+
+// fieldsAt lists the YAML names of the fields of the struct at path (map
+// keys included) under t, for the error of an unknown field.
+func fieldsAt(t reflect.Type, path []string) []string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if len(path) > 0 {
+		switch t.Kind() {
+		case reflect.Map:
+			return fieldsAt(t.Elem(), path[1:])
+		case reflect.Struct:
+			for i := range t.NumField() {
+				f := t.Field(i)
+				name, opt, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+				if opt == "inline" {
+					if names := fieldsAt(f.Type, []string{}); slices.Contains(names, path[0]) {
+						return fieldsAt(f.Type, path)
+					}
+				} else if name == path[0] {
+					return fieldsAt(f.Type, path[1:])
+				}
+			}
+		}
+		return nil
+	}
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	var names []string
+	for i := range t.NumField() {
+		name, opt, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		switch {
+		case opt == "inline":
+			names = append(names, fieldsAt(t.Field(i).Type, nil)...)
+		case name != "" && name != "-":
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// strictMapping reports the keys of mapping n that are not fields of the
+// struct type t, as yaml.v3's strict mode words them, for the types whose
+// UnmarshalYAML decodes a mapping themselves (Node.Decode is not strict).
+func strictMapping(n *yaml.Node, t reflect.Type) error {
+	known := fieldsAt(t, nil)
+	var errs []string
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; !slices.Contains(known, k.Value) {
+			errs = append(errs, fmt.Sprintf("line %d: field %s not found in type %s", k.Line, k.Value, t))
+		}
+	}
+	if errs != nil {
+		return &yaml.TypeError{Errors: errs}
+	}
+	return nil
 }
 
 // oneLine flattens yaml's multi-line errors.
@@ -164,85 +238,17 @@ func oneLine(err error) string {
 	return strings.Join(strings.Fields(s), " ")
 }
 
-// stripLine drops yaml's "line N: " prefix, as the caller adds its own.
-func stripLine(s string) string {
-	if rest, ok := strings.CutPrefix(s, "line "); ok {
-		if _, after, ok := strings.Cut(rest, ": "); ok {
-			return after
-		}
-	}
-	return s
-}
-
-// Duration is a config duration: a Go duration ("100ms", "1h") or plain
-// seconds (30, 0.5).
-type Duration time.Duration
-
-func (d *Duration) setScalar(s string) error {
-	p, err := parseDuration(s)
-	if err != nil {
-		return err
-	}
-	*d = Duration(p)
-	return nil
-}
-
-func parseDuration(s string) (time.Duration, error) {
-	s = strings.TrimSpace(s)
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		f, ferr := strconv.ParseFloat(s, 64)
-		if ferr != nil || f != f || f > 1e9 || f < -1e9 {
-			return 0, fmt.Errorf("bad duration %q (want a Go duration such as 100ms or 1h, or seconds)", s)
-		}
-		d = time.Duration(f * float64(time.Second))
-	}
-	if d < 0 {
-		return 0, fmt.Errorf("negative duration %q", s)
-	}
-	return d, nil
-}
-
-// Size is a config size in bytes: a plain number of bytes or a number with
-// one of the units B, KiB, MiB, GiB, TiB ("256MiB", "1.5 GiB").
-type Size int64
-
-func (z *Size) setScalar(s string) error {
-	p, err := parseSize(s)
-	if err != nil {
-		return err
-	}
-	*z = Size(p)
-	return nil
-}
-
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	units := []struct {
-		suffix string
-		mult   float64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
-	mult := 1.0
-	for _, u := range units {
-		if num, ok := strings.CutSuffix(t, u.suffix); ok {
-			t, mult = strings.TrimSpace(num), u.mult
-			break
-		}
-	}
-	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f != f || f < 0 || f*mult > 1<<62 {
-		return 0, fmt.Errorf("bad size %q (want bytes, or a number with KiB, MiB or GiB, e.g. 256MiB)", s)
-	}
-	return int64(f * mult), nil
-}
-
 // addrList is a list of addresses, written as a YAML list or as one
 // comma-separated string.
 type addrList []string
 
-func (a *addrList) setScalar(s string) error {
-	*a = splitList(s)
-	return nil
+// UnmarshalYAML reads a list, or a scalar split at commas.
+func (a *addrList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*a = splitList(n.Value)
+		return nil
+	}
+	return n.Decode((*[]string)(a))
 }
 
 func splitList(s string) []string {

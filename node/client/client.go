@@ -81,24 +81,6 @@ type view struct {
 	names   []string          // alive members with an HTTP address, sorted
 }
 
-// ringInfo is the part of GET /admin/ring the client reads.
-type ringInfo struct {
-	Ready          bool   `json:"ready"`
-	Version        uint64 `json:"version"`
-	PartitionCount int    `json:"partition_count"`
-	Ring           struct {
-		PartitionCount    int     `json:"partition_count"`
-		ReplicationFactor int     `json:"replication_factor"`
-		Load              float64 `json:"load"`
-	} `json:"ring"`
-	Members []struct {
-		Name  string `json:"name"`
-		HTTP  string `json:"http"`
-		State string `json:"state"`
-	} `json:"members"`
-	Partitions []string `json:"partitions"`
-}
-
 // Errors of the client.
 var (
 	// ErrNoNodes is returned when no node of the cluster could be reached.
@@ -225,7 +207,7 @@ func (c *Client) fetchView(ctx context.Context, base string) (*view, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, errorOf(resp, body, base)
 	}
-	var info ringInfo
+	var info RingInfo
 	if err := json.Unmarshal(body, &info); err != nil {
 		return nil, fmt.Errorf("client: %s/admin/ring: %w", base, err)
 	}
@@ -245,7 +227,7 @@ func (c *Client) fetchView(ctx context.Context, base string) (*view, error) {
 		}
 	}
 	slices.Sort(v.names)
-	r, err := ring.New(ring.Config{PartitionCount: info.Ring.PartitionCount, ReplicationFactor: info.Ring.ReplicationFactor, Load: info.Ring.Load}, alive)
+	r, err := ring.New(info.Ring.Config(), alive)
 	if err != nil {
 		return nil, fmt.Errorf("client: ring of %s: %w", base, err)
 	}

@@ -3,9 +3,6 @@ package client_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -18,6 +15,7 @@ import (
 	"github.com/cachenode/cachenode/node"
 	"github.com/cachenode/cachenode/node/client"
 	"github.com/cachenode/cachenode/node/httpapi"
+	"github.com/cachenode/cachenode/node/nodetest"
 	"github.com/cachenode/cachenode/worker"
 )
 
@@ -65,57 +63,45 @@ func (c *counter) runs(k string) int {
 
 func startCluster(t *testing.T, size int, token string, c *counter) []*member {
 	t.Helper()
-	m := node.LocalMembership()
-	m.ProbeInterval, m.ProbeTimeout, m.SuspicionMult = time.Second, 500*time.Millisecond, 6
-	var ms []*member
-	for i := range size {
-		srv := httptest.NewUnstartedServer(nil)
-		cfg := node.Config{Name: fmt.Sprintf("n%d", i+1), Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0",
-			HTTP: srv.Listener.Addr().String(), Membership: m, Memory: 16 << 20,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		if len(ms) > 0 {
-			cfg.Join = []string{ms[0].node.GossipAddr()}
-		}
-		n, err := node.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := n.Cache().Register(worker.Config{Label: "items", Getter: c.get("items"), Settings: worker.Settings{Expires: time.Hour}}); err != nil {
-			t.Fatal(err)
-		}
-		api, err := httpapi.New(httpapi.Config{Node: n, Token: token})
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv.Config = api.HTTPServer("")
-		srv.Start()
-		if err := n.Start(); err != nil {
-			t.Fatal(err)
-		}
-		mb := &member{node: n, srv: srv}
-		ms = append(ms, mb)
-		t.Cleanup(mb.stop)
+	ms := make([]*member, size)
+	cl, err := nodetest.Start(context.Background(), nodetest.Config{Size: size, Memory: 16 << 20,
+		Configure: func(i int, cfg *node.Config) {
+			ms[i] = &member{srv: httptest.NewUnstartedServer(nil)}
+			cfg.HTTP = ms[i].srv.Listener.Addr().String()
+		},
+		Setup: func(i int, n *node.Node) error {
+			if _, err := n.Cache().Register(worker.Config{Label: "items", Getter: c.get("items"), Settings: worker.Settings{Expires: time.Hour}}); err != nil {
+				return err
+			}
+			api, err := httpapi.New(httpapi.Config{Node: n, Token: token})
+			if err != nil {
+				return err
+			}
+			ms[i].node = n
+			ms[i].srv.Config = api.HTTPServer("")
+			ms[i].srv.Start()
+			t.Cleanup(ms[i].stop)
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	waitRing(t, ms, size)
+	t.Cleanup(func() { cl.Close() })
 	return ms
 }
 
-func waitRing(t *testing.T, ms []*member, size int) {
+// waitRing waits until the members ms agree on a ring of exactly them.
+func waitRing(t *testing.T, ms []*member) {
 	t.Helper()
+	nodes := make([]*node.Node, len(ms))
+	for i, m := range ms {
+		nodes[i] = m.node
+	}
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ok := true
-		for _, m := range ms {
-			r := m.node.Ring()
-			if !m.node.Ready() || r == nil || r.Len() != size || r.Version() != ms[0].node.Ring().Version() {
-				ok = false
-			}
-		}
-		if ok {
-			return
-		}
+	for !nodetest.Converged(nodes, nil) {
 		if time.Now().After(deadline) {
-			t.Fatalf("no agreement on a ring of %d", size)
+			t.Fatalf("no agreement on a ring of %d", len(ms))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -216,7 +202,7 @@ func TestRingRefreshWhenANodeLeaves(t *testing.T) {
 		t.Fatal(err)
 	}
 	ms[1].stop() // n2 leaves gracefully
-	waitRing(t, []*member{ms[0], ms[2]}, 2)
+	waitRing(t, []*member{ms[0], ms[2]})
 	for i := range 40 {
 		r, err := cl.Get(ctx, "items", client.Args{"k": i})
 		if err != nil {

@@ -6,56 +6,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cachenode/cachenode/node/client"
 	"github.com/cachenode/cachenode/persist"
-	"github.com/cachenode/cachenode/ring"
 	"github.com/cachenode/cachenode/worker"
 )
 
-// RingInfo is the answer of GET /admin/ring.
-type RingInfo struct {
-	// Self is the name of the node that answered.
-	Self string `json:"self"`
-	// Ready is the node's readiness (/readyz).
-	Ready bool `json:"ready"`
-	// Version identifies the ring (its member set and config); members
-	// that agree on the ring report the same version and partitions.
-	Version        uint64 `json:"version"`
-	PartitionCount int    `json:"partition_count"`
-	// Ring is the ring configuration, so that a client can build the same
-	// ring (ring.New over the alive members).
-	Ring RingConfig `json:"ring"`
-	// Members is what this node knows of every member, sorted by name.
-	Members []MemberInfo `json:"members"`
-	// Partitions is the owner's name of every partition, by partition id.
-	Partitions []string `json:"partitions"`
-	// Records is the state of this node's records store.
-	Records RecordsInfo `json:"records"`
-}
-
-// RecordsInfo is the state of a node's created-cache records in RingInfo.
-type RecordsInfo struct {
-	// State is "ok", or "degraded" while a storage fault (a full,
-	// read-only or failing disk) keeps the records closed: the node serves
-	// and fills from memory meanwhile, and reopens them with backoff.
-	State string `json:"state"`
-	// Since is when the fault began; Cause is the fault or the last reopen
-	// attempt's error. Both are absent when State is "ok".
-	Since *time.Time `json:"since,omitempty"`
-	Cause string     `json:"cause,omitempty"`
-	// ReopenAttempts counts the failed reopens of the current fault.
-	ReopenAttempts uint64 `json:"reopen_attempts,omitempty"`
-	// Unwritten counts the fills answered without the synchronous record
-	// their worker promises, because the records were degraded.
-	Unwritten uint64 `json:"unwritten"`
-	// MovedAside lists where corrupt records databases were moved since
-	// the node started (it then started with no records).
-	MovedAside []string `json:"moved_aside,omitempty"`
-}
-
 // recordsInfo reads the state of the node's records.
-func (s *Server) recordsInfo() RecordsInfo {
+func (s *Server) recordsInfo() client.RecordsInfo {
 	h := s.node.Records()
-	ri := RecordsInfo{State: "ok", Unwritten: s.node.UnwrittenRecords(), MovedAside: h.MovedAside}
+	ri := client.RecordsInfo{State: "ok", Unwritten: s.node.UnwrittenRecords(), MovedAside: h.MovedAside}
 	if h.Degraded {
 		since := h.Since
 		ri.State, ri.Since, ri.Cause, ri.ReopenAttempts = "degraded", &since, h.Cause, h.ReopenAttempts
@@ -63,49 +22,19 @@ func (s *Server) recordsInfo() RecordsInfo {
 	return ri
 }
 
-// RingConfig is ring.Config in JSON.
-type RingConfig struct {
-	PartitionCount    int     `json:"partition_count"`
-	ReplicationFactor int     `json:"replication_factor"`
-	Load              float64 `json:"load"`
-}
-
-// Config returns the ring.Config of c.
-func (c RingConfig) Config() ring.Config {
-	return ring.Config{PartitionCount: c.PartitionCount, ReplicationFactor: c.ReplicationFactor, Load: c.Load}
-}
-
-// MemberInfo is one member in RingInfo.
-type MemberInfo struct {
-	Name   string `json:"name"`
-	Gossip string `json:"gossip"`
-	Peer   string `json:"peer"`
-	HTTP   string `json:"http"`
-	// State is alive, dead or left.
-	State string    `json:"state"`
-	Since time.Time `json:"since"`
-	// Partitions is the number of partitions the member owns in this
-	// node's ring.
-	Partitions int `json:"partitions"`
-	// Keys is the number of keys the member owns and holds in memory. A
-	// node only knows its own count: it is null for the other members
-	// (ask their /admin/ring).
-	Keys *int `json:"keys"`
-}
-
 // ringInfo reads the node's view of the ring.
-func (s *Server) ringInfo() RingInfo {
+func (s *Server) ringInfo() client.RingInfo {
 	n := s.node
-	info := RingInfo{Self: n.Name(), Ready: n.Ready(), Members: []MemberInfo{}, Partitions: []string{}, Records: s.recordsInfo()}
+	info := client.RingInfo{Self: n.Name(), Ready: n.Ready(), Members: []client.MemberInfo{}, Partitions: []string{}, Records: s.recordsInfo()}
 	r := n.Ring()
 	if r != nil {
 		c := r.Config()
 		info.Version, info.PartitionCount = r.Version(), r.PartitionCount()
-		info.Ring = RingConfig{PartitionCount: c.PartitionCount, ReplicationFactor: c.ReplicationFactor, Load: c.Load}
+		info.Ring = client.RingConfig{PartitionCount: c.PartitionCount, ReplicationFactor: c.ReplicationFactor, Load: c.Load}
 		info.Partitions = r.Partitions()
 	}
 	for _, m := range n.Members() {
-		mi := MemberInfo{Name: m.Name, Gossip: m.Gossip, Peer: m.Peer, HTTP: m.HTTP, State: string(m.State), Since: m.Since}
+		mi := client.MemberInfo{Name: m.Name, Gossip: m.Gossip, Peer: m.Peer, HTTP: m.HTTP, State: string(m.State), Since: m.Since}
 		if r != nil {
 			mi.Partitions = len(r.PartitionsOf(m.Name))
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/cachenode/cachenode/invalidation"
+	"github.com/cachenode/cachenode/node/client"
 	"github.com/cachenode/cachenode/worker"
 )
 
@@ -37,7 +38,7 @@ func TestParseQuery(t *testing.T) {
 				RelevanceInvalidation: &yes, RelevanceExpires: time.Minute, DelayInvalidation: &yes, DelayCountdown: worker.Duration(0)}}},
 		{raw: "_tick=0", err: "_tick: must be > 0"},
 		{raw: "_tick=-1s", err: "negative"},
-		{raw: "_tick=soon", err: "_tick: want a duration"},
+		{raw: "_tick=soon", err: `_tick: bad duration "soon"`},
 		{raw: "_tick_amount=0", err: "_tick_amount"},
 		{raw: "_is_concurrent=maybe", err: "_is_concurrent"},
 		{raw: "_nope=1", err: "unknown override"},
@@ -184,7 +185,7 @@ func TestAPI(t *testing.T) {
 	})
 
 	t.Run("admin json", func(t *testing.T) {
-		var ri RingInfo
+		var ri client.RingInfo
 		a := call(t, "GET", n1.url+"/admin/ring", token, "")
 		if a.code != 200 || json.Unmarshal(a.body, &ri) != nil {
 			t.Fatalf("ring: %d %s", a.code, a.body)
@@ -206,7 +207,7 @@ func TestAPI(t *testing.T) {
 		if sum != 271 {
 			t.Errorf("members own %d partitions in all", sum)
 		}
-		var ri2 RingInfo
+		var ri2 client.RingInfo
 		json.Unmarshal(call(t, "GET", n2.url+"/admin/ring", token, "").body, &ri2)
 		if ri2.Version != ri.Version || !reflect.DeepEqual(ri2.Partitions, ri.Partitions) {
 			t.Errorf("members that agree on the ring report different partitions")

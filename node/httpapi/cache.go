@@ -82,8 +82,8 @@ func (q *Query) setOverride(name, v string) error {
 	case "_relevance_expires":
 		return parsePositiveDuration(v, &s.RelevanceExpires)
 	case "_delay_countdown":
-		var d time.Duration
-		if err := parseDuration(v, &d); err != nil {
+		d, err := worker.ParseDuration(v)
+		if err != nil {
 			return err
 		}
 		s.DelayCountdown = &d
@@ -116,28 +116,14 @@ func parseBool(v string, dst **bool) error {
 	return nil
 }
 
-// parseDuration reads a Go duration ("1.5s", "100ms") or seconds ("2.5").
-func parseDuration(v string, dst *time.Duration) error {
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		f, ferr := strconv.ParseFloat(v, 64)
-		if ferr != nil || f != f || f > 1e9 {
-			return fmt.Errorf("want a duration such as 100ms or 5s, or seconds, got %q", v)
-		}
-		d = time.Duration(f * float64(time.Second))
-	}
-	if d < 0 {
-		return fmt.Errorf("negative duration %q", v)
-	}
-	*dst = d
-	return nil
-}
-
+// parsePositiveDuration reads a duration override that must be above 0.
 func parsePositiveDuration(v string, dst *time.Duration) error {
-	if err := parseDuration(v, dst); err != nil {
+	d, err := worker.ParseDuration(v)
+	if err != nil {
 		return err
 	}
-	if *dst <= 0 {
+	*dst = d
+	if d <= 0 {
 		return fmt.Errorf("must be > 0, got %q", v)
 	}
 	return nil

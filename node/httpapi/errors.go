@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cachenode/cachenode/invalidation"
@@ -70,7 +69,7 @@ func statusOf(err error) (int, string) {
 	switch {
 	case errors.Is(err, worker.ErrOriginBusy):
 		return http.StatusServiceUnavailable, "origin_busy"
-	case errors.Is(err, worker.ErrUnknownLabel), errors.Is(err, invalidation.ErrUnknownLabel):
+	case errors.Is(err, worker.ErrUnknownLabel):
 		return http.StatusNotFound, "unknown_worker"
 	case errors.Is(err, invalidation.ErrUnknownModel):
 		return http.StatusNotFound, "unknown_model"
@@ -80,13 +79,12 @@ func statusOf(err error) (int, string) {
 		return http.StatusBadRequest, "args_too_large"
 	case errors.Is(err, worker.ErrBadArgs), errors.Is(err, worker.ErrConfig), errors.Is(err, invalidation.ErrBadRequest):
 		return http.StatusBadRequest, "bad_request"
-	case errors.Is(err, worker.ErrFill):
+	case errors.Is(err, worker.ErrFillTimeout):
 		// A fill that ran past its deadline (the wait budget, or the
-		// worker's fill timeout) is a timeout, wherever it ran: an owner's
-		// error crosses the peer transport as text, hence the second test.
-		if errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), context.DeadlineExceeded.Error()) {
-			return http.StatusGatewayTimeout, "fill_timeout"
-		}
+		// worker's fill timeout), here or on the owner (the peer
+		// transport carries it as a code).
+		return http.StatusGatewayTimeout, "fill_timeout"
+	case errors.Is(err, worker.ErrFill):
 		return http.StatusBadGateway, "origin_error"
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout, "fill_timeout"

@@ -13,6 +13,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
 	"github.com/cachenode/cachenode/node"
+	"github.com/cachenode/cachenode/node/client"
 )
 
 // diskFault is an errorfs.Injector: while set, it fails the operations of
@@ -80,7 +81,7 @@ func TestRecordsDegradedUnderStorageFaults(t *testing.T) {
 			waitUntil(t, "the records degraded in /metrics", func() bool {
 				return strings.Contains(string(call(t, "GET", m.url+"/metrics", "", "").body), "cachenode_records_degraded 1")
 			})
-			var ring RingInfo
+			var ring client.RingInfo
 			if err := json.Unmarshal(call(t, "GET", m.url+"/admin/ring", "", "").body, &ring); err != nil || ring.Records.State != "degraded" || ring.Records.Cause == "" {
 				t.Errorf("/admin/ring records = %+v (%v), want degraded with a cause", ring.Records, err)
 			}
@@ -131,9 +132,9 @@ func TestRecordsDegradedUnderStorageFaults(t *testing.T) {
 	}
 }
 
-func ringOf(t *testing.T, m *member) RingInfo {
+func ringOf(t *testing.T, m *member) client.RingInfo {
 	t.Helper()
-	var ring RingInfo
+	var ring client.RingInfo
 	if err := json.Unmarshal(call(t, "GET", m.url+"/admin/ring", "", "").body, &ring); err != nil {
 		t.Fatal(err)
 	}

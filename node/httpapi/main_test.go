@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/node"
+	"github.com/cachenode/cachenode/node/nodetest"
 	"github.com/cachenode/cachenode/worker"
 )
 
@@ -27,16 +27,6 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreTopFunction("github.com/hashicorp/go-metrics.(*InmemSink).run"),
 		goleak.IgnoreAnyFunction("github.com/hashicorp/go-metrics.NewInmemSink"),
 	)
-}
-
-// steady is LocalMembership made slow to declare members dead, so that a
-// starved node on a loaded two-core machine stays in the ring.
-func steady() node.Membership {
-	m := node.LocalMembership()
-	m.ProbeInterval = time.Second
-	m.ProbeTimeout = 500 * time.Millisecond
-	m.SuspicionMult = 6
-	return m
 }
 
 // fooDB is the origin of the tests: Foo records with attr1, and counts of
@@ -124,10 +114,11 @@ func (o origin) Origin() string { return o.url }
 
 // member is a node of a test cluster with its HTTP API.
 type member struct {
-	node *node.Node
-	api  *Server
-	srv  *httptest.Server
-	url  string
+	node    *node.Node
+	api     *Server
+	srv     *httptest.Server
+	url     string
+	metrics *Metrics
 }
 
 // startCluster starts size nodes on loopback, each serving its API, and
@@ -140,58 +131,36 @@ func startCluster(t *testing.T, size int, token string, db *fooDB) []*member {
 // startClusterWith is startCluster with tune applied to each node's config.
 func startClusterWith(t *testing.T, size int, token string, db *fooDB, tune func(*node.Config)) []*member {
 	t.Helper()
-	var ms []*member
-	for i := range size {
-		name := fmt.Sprintf("n%d", i+1)
-		srv := httptest.NewUnstartedServer(nil)
-		metrics := NewMetrics()
-		cfg := node.Config{Name: name, Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0", HTTP: srv.Listener.Addr().String(),
-			Membership: steady(), Memory: 32 << 20, OnPeerCall: metrics.ObservePeerCall,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		if len(ms) > 0 {
-			cfg.Join = []string{ms[0].node.GossipAddr()}
-		}
-		if tune != nil {
-			tune(&cfg)
-		}
-		n, err := node.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		db.register(t, n, metrics)
-		api, err := New(Config{Node: n, Token: token, Metrics: metrics, Slack: db.slack})
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv.Config = api.HTTPServer("")
-		srv.Start()
-		if err := n.Start(); err != nil {
-			t.Fatal(err)
-		}
-		m := &member{node: n, api: api, srv: srv, url: srv.URL}
-		ms = append(ms, m)
-		t.Cleanup(func() {
-			srv.Close()
-			n.Close()
-		})
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		agreed := true
-		for _, m := range ms {
-			r := m.node.Ring()
-			if !m.node.Ready() || r == nil || r.Len() != size || r.Version() != ms[0].node.Ring().Version() {
-				agreed = false
+	ms := make([]*member, size)
+	c, err := nodetest.Start(context.Background(), nodetest.Config{Size: size,
+		Configure: func(i int, cfg *node.Config) {
+			ms[i] = &member{srv: httptest.NewUnstartedServer(nil), metrics: NewMetrics()}
+			cfg.HTTP = ms[i].srv.Listener.Addr().String()
+			cfg.OnPeerCall = ms[i].metrics.ObservePeerCall
+			if tune != nil {
+				tune(cfg)
 			}
-		}
-		if agreed {
-			return ms
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d nodes did not agree on the ring", size)
-		}
-		time.Sleep(20 * time.Millisecond)
+		},
+		Setup: func(i int, n *node.Node) error {
+			m := ms[i]
+			db.register(t, n, m.metrics)
+			api, err := New(Config{Node: n, Token: token, Metrics: m.metrics, Slack: db.slack})
+			if err != nil {
+				return err
+			}
+			m.node, m.api = n, api
+			m.srv.Config = api.HTTPServer("")
+			m.srv.Start()
+			m.url = m.srv.URL
+			t.Cleanup(m.srv.Close) // after the nodes' Close, registered below
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.Close() })
+	return ms
 }
 
 type answer struct {

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cachenode/cachenode/node/client"
 )
 
 //go:embed admin.html
@@ -54,7 +56,7 @@ type pageData struct {
 	// MoreRecords: the node has more records than the page lists.
 	MoreRecords bool
 	// RecordsState is the state of the records store.
-	RecordsState RecordsInfo
+	RecordsState client.RecordsInfo
 	Now          time.Time
 }
 
@@ -63,7 +65,7 @@ type arc struct {
 }
 
 type pageMember struct {
-	MemberInfo
+	client.MemberInfo
 	Color string
 	Self  bool
 	Pct   string

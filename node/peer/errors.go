@@ -49,6 +49,10 @@ const (
 type RemoteError struct {
 	Code    string `msgpack:"code"`
 	Message string `msgpack:"message"`
+	// Detail refines Code for the members that know it (a fill error that
+	// is a timeout); older members ignore the field, so a new detail
+	// needs no new protocol version.
+	Detail string `msgpack:"detail,omitempty"`
 }
 
 // Error implements error.

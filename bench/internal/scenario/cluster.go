@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cachenode/cachenode/node"
+	"github.com/cachenode/cachenode/node/nodetest"
 	"github.com/cachenode/cachenode/worker"
 )
 
@@ -73,18 +74,11 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// SteadyMembership joins as fast as node.LocalMembership but takes seconds
-// to declare a member dead. Load scenarios use it: on two shared cores, the
-// fast preset's sub-second failure detection can declare a starved but
-// healthy member dead in the middle of a run, and the figures would then
-// measure a ring change instead of the path they name.
-func SteadyMembership() node.Membership {
-	m := node.LocalMembership()
-	m.ProbeInterval = time.Second
-	m.ProbeTimeout = 500 * time.Millisecond
-	m.SuspicionMult = 6
-	return m
-}
+// SteadyMembership is nodetest.Steady: load scenarios use it, as on two
+// shared cores the local preset's sub-second failure detection can declare
+// a starved but healthy member dead in the middle of a run, and the figures
+// would then measure a ring change instead of the path they name.
+func SteadyMembership() node.Membership { return nodetest.Steady() }
 
 // ClusterConfig describes an embedded cluster.
 type ClusterConfig struct {
@@ -116,118 +110,42 @@ type ClusterConfig struct {
 type Cluster struct {
 	Nodes []*node.Node
 	Fills *FillCounter
-	cfg   ClusterConfig
+	nodes *nodetest.Cluster
 }
 
 // StartCluster starts cfg.Size nodes that join the first one and waits
 // until every node's ring holds all of them.
 func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
-	if cfg.NamePrefix == "" {
-		cfg.NamePrefix = "n"
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	c := &Cluster{Fills: NewFillCounter(), cfg: cfg}
-	for i := range cfg.Size {
-		if _, err := c.add(i); err != nil {
-			c.Close()
-			return nil, err
-		}
-	}
-	if err := c.WaitConverged(ctx, nil); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return c, nil
-}
-
-func (c *Cluster) add(i int) (*node.Node, error) {
-	cfg := node.Config{
-		Name:        c.cfg.NamePrefix + strconv.Itoa(i+1),
-		Gossip:      "127.0.0.1:0",
-		Peer:        "127.0.0.1:0",
-		Membership:  c.cfg.Membership,
-		Memory:      256 << 20,
-		NoNearCache: c.cfg.NoNearCache != nil && c.cfg.NoNearCache(i),
-		Logger:      c.cfg.Logger,
-	}
-	if c.cfg.Data != nil {
-		cfg.Data = c.cfg.Data(i)
-	}
-	if len(c.Nodes) > 0 {
-		cfg.Join = []string{c.Nodes[0].GossipAddr()}
-	} else if c.cfg.Join != "" {
-		cfg.Join = []string{c.cfg.Join}
-	}
-	n, err := node.New(cfg)
+	c := &Cluster{Fills: NewFillCounter()}
+	nc, err := nodetest.Start(ctx, nodetest.Config{Size: cfg.Size, Membership: cfg.Membership, NamePrefix: cfg.NamePrefix,
+		Join: cfg.Join, Memory: 256 << 20, Logger: cfg.Logger,
+		Configure: func(i int, nc *node.Config) {
+			nc.NoNearCache = cfg.NoNearCache != nil && cfg.NoNearCache(i)
+			if cfg.Data != nil {
+				nc.Data = cfg.Data(i)
+			}
+		},
+		Setup: func(_ int, n *node.Node) error {
+			if err := RegisterBench(n, cfg.ValueSize, cfg.FillDelay, c.Fills); err != nil {
+				return err
+			}
+			if cfg.Setup != nil {
+				return cfg.Setup(n)
+			}
+			return nil
+		},
+	})
 	if err != nil {
 		return nil, err
 	}
-	if err := RegisterBench(n, c.cfg.ValueSize, c.cfg.FillDelay, c.Fills); err != nil {
-		n.Close()
-		return nil, err
-	}
-	if c.cfg.Setup != nil {
-		if err := c.cfg.Setup(n); err != nil {
-			n.Close()
-			return nil, err
-		}
-	}
-	if err := n.Start(); err != nil {
-		n.Close()
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := n.WaitReady(ctx); err != nil {
-		n.Close()
-		return nil, fmt.Errorf("%s not ready: %w", cfg.Name, err)
-	}
-	c.Nodes = append(c.Nodes, n)
-	return n, nil
+	c.nodes, c.Nodes = nc, nc.Nodes()
+	return c, nil
 }
 
 // WaitConverged waits until every node's ring holds exactly the nodes of
 // the cluster plus extra, with one version.
 func (c *Cluster) WaitConverged(ctx context.Context, extra []string) error {
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	for !c.converged(extra) {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("scenario: ring not converged: %w", ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
-func (c *Cluster) converged(extra []string) bool {
-	want := len(c.Nodes) + len(extra)
-	var version uint64
-	for i, n := range c.Nodes {
-		r := n.Ring()
-		if r == nil || r.Len() != want {
-			return false
-		}
-		for _, m := range c.Nodes {
-			if !r.Has(m.Name()) {
-				return false
-			}
-		}
-		for _, m := range extra {
-			if !r.Has(m) {
-				return false
-			}
-		}
-		if i == 0 {
-			version = r.Version()
-		} else if r.Version() != version {
-			return false
-		}
-	}
-	return true
+	return c.nodes.WaitConverged(ctx, extra)
 }
 
 // RingVersions returns the ring version of every node, to tell whether the
@@ -243,13 +161,7 @@ func (c *Cluster) RingVersions() []uint64 {
 }
 
 // Close closes every node.
-func (c *Cluster) Close() error {
-	var errs []error
-	for _, n := range c.Nodes {
-		errs = append(errs, n.Close())
-	}
-	return errors.Join(errs...)
-}
+func (c *Cluster) Close() error { return c.nodes.Close() }
 
 // KeysOwnedBy returns count argument sets of the bench worker, numbered from
 // first, whose keys are owned (in the ring of asker) by a member for which

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/cachenode/cachenode/bench/internal/load"
-	"github.com/cachenode/cachenode/node/httpapi"
+	"github.com/cachenode/cachenode/node/client"
 )
 
 // BuildCachenode builds the cachenode command into dir and returns the
@@ -167,8 +167,8 @@ func (p *Processes) live() []*proc {
 }
 
 // ring reads a process's /admin/ring.
-func (p *Processes) ring(pr *proc) (httpapi.RingInfo, error) {
-	var ri httpapi.RingInfo
+func (p *Processes) ring(pr *proc) (client.RingInfo, error) {
+	var ri client.RingInfo
 	resp, err := p.client.Get("http://" + pr.http + "/admin/ring")
 	if err != nil {
 		return ri, err

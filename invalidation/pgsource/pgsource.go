@@ -419,10 +419,26 @@ func (s *Source) consume(ctx context.Context) (progressed bool, err error) {
 		}
 		return false, fmt.Errorf("start replication: %w", err)
 	}
+	// A second, ordinary connection: logical decoding may send a commit
+	// before the transaction is visible to other sessions, and a refresh
+	// that reads the database then would cache the old rows as fresh.
+	qc := pc.Copy()
+	delete(qc.RuntimeParams, "replication")
+	cctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+	vis, err := pgconn.ConnectConfig(cctx, qc)
+	cancel()
+	if err != nil {
+		return false, fmt.Errorf("connect: %w", err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = vis.Close(cctx)
+	}()
 	s.update(func(st *Status) { st.confirmed = start; st.LastError = "" })
 	s.setState(StateStreaming)
 	s.log.Info("source: consuming", "from", start.String())
-	st := &stream{s: s, conn: conn, confirmed: start, relations: map[uint32]*relation{}}
+	st := &stream{s: s, conn: conn, vis: vis, confirmed: start, relations: map[uint32]*relation{}}
 	err = st.run(ctx)
 	return st.applied > 0, err
 }
@@ -678,6 +694,7 @@ func (s *Source) wholeLabels(reqs []invalidation.Request) []invalidation.Request
 type stream struct {
 	s          *Source
 	conn       *pgconn.PgConn
+	vis        *pgconn.PgConn // ordinary connection: visibility of commits
 	confirmed  pglogrepl.LSN
 	server     pglogrepl.LSN
 	relations  map[uint32]*relation
@@ -784,6 +801,11 @@ func (st *stream) handle(ctx context.Context, data []byte) error {
 		}
 		tx := st.tx
 		reqs := tx.requests(s.cfg.Labels)
+		if len(reqs) > 0 {
+			if err := st.waitVisible(ctx, tx.xid); err != nil {
+				return err
+			}
+		}
 		id := fmt.Sprintf("pg:%s:%s:%d", s.cfg.Name, m.CommitLSN, tx.xid)
 		if err := s.applyRetrying(ctx, id, reqs, func() error { return st.sendStatus(ctx) }); err != nil {
 			return err
@@ -808,6 +830,32 @@ func (st *stream) handle(ctx context.Context, data []byte) error {
 		}
 	}
 	return nil
+}
+
+// waitVisible returns once transaction xid is visible to new snapshots:
+// Postgres writes the commit record (which decoding sends at once) before
+// it takes the transaction out of the running set.
+func (st *stream) waitVisible(ctx context.Context, xid uint32) error {
+	// The 32-bit xid gets the epoch of the snapshot's xmax (the one
+	// before when that puts it past xmax); visible means completed before
+	// the snapshot: below xmax and not among the running ones.
+	q := fmt.Sprintf(`SELECT pg_visible_in_snapshot((CASE WHEN f > xm THEN f - 4294967296 ELSE f END)::text::xid8, s)::text
+FROM (SELECT s, xm, ((xm >> 32) << 32) | %d AS f
+      FROM (SELECT s, pg_snapshot_xmax(s)::text::bigint AS xm FROM (SELECT pg_current_snapshot() AS s) a) b) c`, xid)
+	for {
+		rows, err := query(ctx, st.vis, q)
+		if err != nil {
+			return fmt.Errorf("visibility of transaction %d: %w", xid, err)
+		}
+		if len(rows) == 1 && rows[0][0] == "true" {
+			return nil
+		}
+		select {
+		case <-time.After(time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // publish copies the stream's positions into the status.

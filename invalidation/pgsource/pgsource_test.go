@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/cachenode/cachenode/invalidation"
@@ -236,8 +237,23 @@ func (c *cluster) check(what string, run func(), want ...string) {
 	c.warm()
 	before := c.fills.snapshot()
 	tx := c.transactions()
+	// Any transaction applied with a commit past this position is this
+	// one (a replay after a reconnection is not).
+	var from pglogrepl.LSN
+	var lsn string
+	if err := c.pool.QueryRow(context.Background(), "SELECT pg_current_wal_lsn()::text").Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	from, _ = pglogrepl.ParseLSN(lsn)
 	run()
-	waitFor(t, 30*time.Second, what+": the transaction applied", func() bool { return c.transactions() > tx })
+	waitFor(t, 30*time.Second, what+": the transaction applied", func() bool {
+		for _, s := range c.sources {
+			if s.Status().LastAppliedPosition > uint64(from) {
+				return true
+			}
+		}
+		return false
+	})
 	after := c.fills.snapshot()
 	for _, v := range variants {
 		d := after[v] - before[v]
@@ -247,7 +263,11 @@ func (c *cluster) check(what string, run func(), want ...string) {
 				exp = 1
 			}
 		}
-		if d != exp {
+		// After a Postgres restart the slot may resume from an older
+		// position than the one last reported (Postgres 15 keeps a logical
+		// slot's confirmed position on disk only at checkpoints): replayed
+		// transactions may refresh more, never less.
+		if d != exp && !(c.replays && d > exp) {
 			t.Errorf("%s: %s refreshed %d times, want %d", what, v, d, exp)
 		}
 	}

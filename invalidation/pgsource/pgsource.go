@@ -548,7 +548,18 @@ func (s *Source) prepare(ctx context.Context, conn *pgconn.PgConn) (pglogrepl.LS
 			return 0, fmt.Errorf("create replication slot %s (needs the REPLICATION attribute): %w", s.cfg.Slot, err)
 		}
 		s.log.Info("source: created the replication slot", "at", res.ConsistentPoint)
-		return pglogrepl.ParseLSN(res.ConsistentPoint)
+		at, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+		if err != nil {
+			return 0, fmt.Errorf("slot %s: consistent point %q: %w", s.cfg.Slot, res.ConsistentPoint, err)
+		}
+		// Nothing followed the changes before the slot existed (a first
+		// start, or a slot dropped after Postgres invalidated it): what
+		// is cached may predate them.
+		if err := s.applyRetrying(ctx, fmt.Sprintf("pg:%s:new:%s", s.cfg.Name, at), s.allLabels(), nil); err != nil {
+			return 0, err
+		}
+		s.update(func(st *Status) { st.FullInvalidations++ })
+		return at, nil
 	}
 	plugin, confirmedS, activeS, currentS := rows[0][0], rows[0][1], rows[0][2], rows[0][3]
 	if plugin != "pgoutput" {
@@ -599,17 +610,7 @@ func (s *Source) catchUp(ctx context.Context, conn *pgconn.PgConn, confirmed, cu
 	s.setState(StateCatchingUp)
 	s.log.Warn("source: the slot is past max_lag; refreshing every label of its models instead of replaying",
 		"behind_bytes", int64(current-confirmed), "max_lag", s.cfg.MaxLag)
-	var reqs []invalidation.Request
-	seen := map[string]bool{}
-	for _, m := range sortedModels(s.cfg.Tables) {
-		for _, l := range s.cfg.Labels[m] {
-			if !seen[l] {
-				seen[l] = true
-				reqs = append(reqs, invalidation.Request{Label: l})
-			}
-		}
-	}
-	if err := s.applyRetrying(ctx, fmt.Sprintf("pg:%s:all:%s", s.cfg.Name, current), reqs, nil); err != nil {
+	if err := s.applyRetrying(ctx, fmt.Sprintf("pg:%s:all:%s", s.cfg.Name, current), s.allLabels(), nil); err != nil {
 		return err
 	}
 	if _, err := query(ctx, conn, "SELECT pg_replication_slot_advance("+lit(s.cfg.Slot)+", "+lit(current.String())+"::pg_lsn)"); err != nil {
@@ -620,6 +621,22 @@ func (s *Source) catchUp(ctx context.Context, conn *pgconn.PgConn, confirmed, cu
 	}
 	s.update(func(st *Status) { st.FullInvalidations++; st.confirmed = current; st.lastApplied = current })
 	return nil
+}
+
+// allLabels returns a whole-label request per label of the source's
+// models.
+func (s *Source) allLabels() []invalidation.Request {
+	var reqs []invalidation.Request
+	seen := map[string]bool{}
+	for _, m := range sortedModels(s.cfg.Tables) {
+		for _, l := range s.cfg.Labels[m] {
+			if !seen[l] {
+				seen[l] = true
+				reqs = append(reqs, invalidation.Request{Label: l})
+			}
+		}
+	}
+	return reqs
 }
 
 // applyRetrying applies reqs until every live member acknowledged, with

@@ -51,7 +51,7 @@ func (f *fills) snapshot() map[string]int {
 }
 
 type cluster struct {
-	t       *testing.T
+	t       testing.TB
 	pg      *pgtest.Server
 	pool    *pgxpool.Pool
 	nodes   []*node.Node
@@ -63,7 +63,7 @@ type cluster struct {
 
 var variants = []string{"foos/1", "foos/2", "foos/3", "bars/a", "bars/b"}
 
-func newCluster(t *testing.T, pg *pgtest.Server, size int) *cluster {
+func newCluster(t testing.TB, pg *pgtest.Server, size int) *cluster {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, pg.URL)
 	if err != nil {
@@ -206,7 +206,7 @@ func (c *cluster) truth(v string) string {
 }
 
 // read returns what node n serves for variant v.
-func read(t *testing.T, n *node.Node, v string) string {
+func read(t testing.TB, n *node.Node, v string) string {
 	t.Helper()
 	label, a := argsOf(v)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -362,6 +362,7 @@ func TestPostgresRestart(t *testing.T) {
 		return false
 	})
 	pg.StartServer()
+	c.pool.Reset() // the getters' connections died with the server
 	c.check("after the restart", func() { pg.Exec("UPDATE foo SET attr1 = 3 WHERE val = 1") }, "foos/1", "foos/3")
 }
 
@@ -446,7 +447,7 @@ func TestMaxLag(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for !cond() {
@@ -457,7 +458,7 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	}
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	if os.Getenv("PGSOURCE_TEST_LOGS") != "" {

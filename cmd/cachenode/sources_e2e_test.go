@@ -340,10 +340,12 @@ func TestSourceProcesses(t *testing.T) {
 		}()
 		<-killed
 		<-first.exited
+		killedAt := time.Now()
 		waitCond(t, 60*time.Second, "another node consuming", func() bool {
 			p := c.consumer()
 			return p != nil && p != first
 		})
+		t.Logf("%s consumes %v after the kill of %s", c.consumer().name, time.Since(killedAt).Round(time.Millisecond), first.name)
 		wg.Wait()
 		waitCond(t, 60*time.Second, "every committed change visible on every live node", func() bool {
 			for _, p := range c.live() {

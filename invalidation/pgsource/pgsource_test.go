@@ -315,6 +315,10 @@ func TestChangesRefreshExactlyTheAffectedVariants(t *testing.T) {
 		pg.Exec("BEGIN; INSERT INTO baz (kind) VALUES ('x'); UPDATE bar SET val = val + 1 WHERE kind = 'a'; COMMIT")
 	}, "bars/a")
 
+	c.check("truncate: every variant of the model", func() {
+		pg.Exec("BEGIN; TRUNCATE bar; INSERT INTO bar (kind, val) VALUES ('a', 9); COMMIT")
+	}, "bars/a", "bars/b")
+
 	st := c.consumer().Status()
 	if st.LastAppliedLSN == "" || st.Consumer == "" || st.Transactions == 0 || st.Changes < 2000 {
 		t.Errorf("consumer status %+v", st)

@@ -42,7 +42,7 @@ type txn struct {
 	commitTime time.Time
 	models     []string
 	changes    map[string][]invalidation.Change
-	truncated  map[string]bool // models whose table was truncated: every label
+	truncated  map[string]bool // models truncated, or past maxTxChanges: every label
 	rows       int
 }
 
@@ -56,10 +56,24 @@ func (t *txn) touch(model string) {
 	}
 }
 
+// maxTxChanges bounds the row changes of one model kept for one
+// transaction: past it the transaction refreshes every label of the model
+// (as TRUNCATE does), so that a huge transaction neither holds every row in
+// memory nor becomes an event too large to send.
+const maxTxChanges = 50_000
+
 func (t *txn) add(model string, c invalidation.Change) {
 	t.touch(model)
-	t.changes[model] = append(t.changes[model], c)
 	t.rows++
+	if t.truncated[model] {
+		return
+	}
+	if len(t.changes[model]) >= maxTxChanges {
+		t.changes[model] = nil
+		t.truncated[model] = true
+		return
+	}
+	t.changes[model] = append(t.changes[model], c)
 }
 
 func (t *txn) truncate(model string) {

@@ -315,12 +315,15 @@ func TestChangesRefreshExactlyTheAffectedVariants(t *testing.T) {
 		pg.Exec("BEGIN; INSERT INTO baz (kind) VALUES ('x'); UPDATE bar SET val = val + 1 WHERE kind = 'a'; COMMIT")
 	}, "bars/a")
 
+	c.check("a transaction of 60,000 rows: every variant of the model", func() {
+		pg.Exec("INSERT INTO foo (attr1, val) SELECT 3, g FROM generate_series(1, 60000) g")
+	}, "foos/1", "foos/2", "foos/3")
 	c.check("truncate: every variant of the model", func() {
 		pg.Exec("BEGIN; TRUNCATE bar; INSERT INTO bar (kind, val) VALUES ('a', 9); COMMIT")
 	}, "bars/a", "bars/b")
 
 	st := c.consumer().Status()
-	if st.LastAppliedLSN == "" || st.Consumer == "" || st.Transactions == 0 || st.Changes < 2000 {
+	if st.LastAppliedLSN == "" || st.Consumer == "" || st.Transactions == 0 || st.Changes < 62000 {
 		t.Errorf("consumer status %+v", st)
 	}
 	for _, s := range c.sources {

@@ -9,6 +9,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -318,6 +320,32 @@ func TestSourceProcesses(t *testing.T) {
 			t.Errorf("/admin/sources without the token: %d", a.code)
 		}
 	})
+
+	// Not a test: with CACHENODE_BENCH_SOURCE=N, N commits timed from the
+	// COMMIT returning to every process serving the new value over HTTP
+	// (figures in docs/BENCHMARKS.md).
+	if n, _ := strconv.Atoi(os.Getenv("CACHENODE_BENCH_SOURCE")); n > 0 {
+		t.Run("commit to visible", func(t *testing.T) {
+			c.t = t
+			c.warm()
+			var lat []time.Duration
+			for i := range n {
+				v := fmt.Sprintf("foos?attr1=%d", 1+i%3)
+				pg.Exec(fmt.Sprintf("UPDATE foo SET val = val + 1 WHERE id = %d", 1+i%3))
+				committed := time.Now()
+				want := c.truth(v)
+				for _, p := range c.live() {
+					for c.get(p, v) != want {
+						time.Sleep(200 * time.Microsecond)
+					}
+				}
+				lat = append(lat, time.Since(committed))
+			}
+			slices.Sort(lat)
+			t.Logf("COMMIT to visible on all %d processes over %d commits: p50 %v, p99 %v, max %v", len(c.live()), n,
+				lat[n/2], lat[min(n-1, n*99/100)], lat[n-1])
+		})
+	}
 
 	t.Run("kill -9 of the consumer during a stream of changes", func(t *testing.T) {
 		c.t = t

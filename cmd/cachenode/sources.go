@@ -12,6 +12,7 @@ import (
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/invalidation/pgsource"
 	"github.com/cachenode/cachenode/node"
+	"github.com/cachenode/cachenode/node/httpapi"
 )
 
 // sourceConfig is one entry of sources: a PostgreSQL database whose
@@ -148,13 +149,13 @@ func startSources(cfgs []pgsource.Config, n *node.Node, log *slog.Logger) (*sour
 	return s, nil
 }
 
-// statuses returns the status of every source, by name.
-func (s *sources) statuses() []pgsource.Status {
-	out := make([]pgsource.Status, 0, len(s.list))
+// statuses returns the status of every source, by name, for the HTTP API.
+func (s *sources) statuses() []httpapi.SourceStatus {
+	out := make([]httpapi.SourceStatus, 0, len(s.list))
 	for _, src := range s.list {
-		out = append(out, src.Status())
+		out = append(out, httpapi.SourceStatus(src.Status()))
 	}
-	slices.SortFunc(out, func(a, b pgsource.Status) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b httpapi.SourceStatus) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 

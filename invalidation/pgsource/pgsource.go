@@ -238,7 +238,11 @@ type Status struct {
 	// Warnings are the problems found at the last start (tables without
 	// REPLICA IDENTITY FULL, tables missing from the publication).
 	Warnings []string `json:"warnings,omitempty"`
+}
 
+// state is a source's status with the positions it is computed from.
+type state struct {
+	Status
 	lastApplied, confirmed, server pglogrepl.LSN
 }
 
@@ -248,7 +252,7 @@ type Source struct {
 	log *slog.Logger
 
 	mu sync.Mutex
-	st Status // guarded by mu
+	st state // guarded by mu
 }
 
 // New validates cfg and returns its source.
@@ -259,7 +263,7 @@ func New(cfg Config) (*Source, error) {
 	s := &Source{cfg: cfg}
 	pc, _ := cfg.connConfig()
 	s.log = cfg.Logger.With("source", cfg.Name, "host", pc.Host, "database", pc.Database, "slot", cfg.Slot)
-	s.st = Status{Name: cfg.Name, State: StateStandby, Slot: cfg.Slot, Publication: cfg.Publication, Tables: cfg.Tables}
+	s.st.Status = Status{Name: cfg.Name, State: StateStandby, Slot: cfg.Slot, Publication: cfg.Publication, Tables: cfg.Tables}
 	return s, nil
 }
 
@@ -293,19 +297,19 @@ func (s *Source) Status() Status {
 	if st.Consuming && st.server > st.confirmed && st.confirmed != 0 {
 		st.LagBytes = int64(st.server - st.confirmed)
 	}
-	return st
+	return st.Status
 }
 
-func (s *Source) update(f func(st *Status)) {
+func (s *Source) update(f func(st *state)) {
 	s.mu.Lock()
 	f(&s.st)
 	s.mu.Unlock()
 }
 
-func (s *Source) setState(state string) {
-	s.update(func(st *Status) {
-		st.State = state
-		st.Consuming = state == StateStreaming || state == StateCatchingUp
+func (s *Source) setState(name string) {
+	s.update(func(st *state) {
+		st.State = name
+		st.Consuming = name == StateStreaming || name == StateCatchingUp
 	})
 }
 
@@ -360,7 +364,7 @@ func (s *Source) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		s.update(func(st *Status) { st.Errors++; st.LastError = err.Error() })
+		s.update(func(st *state) { st.Errors++; st.LastError = err.Error() })
 		s.setState(StateBackoff)
 		s.log.Warn("source: disconnected; reconnecting", "err", err, "in", backoff)
 		if !wait(backoff) {
@@ -435,7 +439,7 @@ func (s *Source) consume(ctx context.Context) (progressed bool, err error) {
 		defer cancel()
 		_ = vis.Close(cctx)
 	}()
-	s.update(func(st *Status) { st.confirmed = start; st.LastError = "" })
+	s.update(func(st *state) { st.confirmed = start; st.LastError = "" })
 	s.setState(StateStreaming)
 	s.log.Info("source: consuming", "from", start.String())
 	st := &stream{s: s, conn: conn, vis: vis, confirmed: start, relations: map[uint32]*relation{}}
@@ -525,7 +529,7 @@ func (s *Source) prepare(ctx context.Context, conn *pgconn.PgConn) (pglogrepl.LS
 				t, s.cfg.Publication, s.cfg.Publication, t))
 		}
 	}
-	s.update(func(st *Status) {
+	s.update(func(st *state) {
 		if !slices.Equal(st.Warnings, warnings) {
 			for _, w := range warnings {
 				s.log.Warn("source: " + w)
@@ -558,7 +562,7 @@ func (s *Source) prepare(ctx context.Context, conn *pgconn.PgConn) (pglogrepl.LS
 		if err := s.applyRetrying(ctx, fmt.Sprintf("pg:%s:new:%s", s.cfg.Name, at), s.allLabels(), nil); err != nil {
 			return 0, err
 		}
-		s.update(func(st *Status) { st.FullInvalidations++ })
+		s.update(func(st *state) { st.FullInvalidations++ })
 		return at, nil
 	}
 	plugin, confirmedS, activeS, currentS := rows[0][0], rows[0][1], rows[0][2], rows[0][3]
@@ -576,7 +580,7 @@ func (s *Source) prepare(ctx context.Context, conn *pgconn.PgConn) (pglogrepl.LS
 	if err != nil {
 		return 0, fmt.Errorf("current WAL position %q: %w", currentS, err)
 	}
-	s.update(func(st *Status) { st.confirmed, st.server = confirmed, current })
+	s.update(func(st *state) { st.confirmed, st.server = confirmed, current })
 	if s.cfg.MaxLag > 0 && current > confirmed && int64(current-confirmed) > s.cfg.MaxLag {
 		if err := s.catchUp(ctx, conn, confirmed, current); err != nil {
 			return 0, err
@@ -619,7 +623,7 @@ func (s *Source) catchUp(ctx context.Context, conn *pgconn.PgConn, confirmed, cu
 		}
 		return fmt.Errorf("advance slot: %w", err)
 	}
-	s.update(func(st *Status) { st.FullInvalidations++; st.confirmed = current; st.lastApplied = current })
+	s.update(func(st *state) { st.FullInvalidations++; st.confirmed = current; st.lastApplied = current })
 	return nil
 }
 
@@ -657,7 +661,7 @@ func (s *Source) applyRetrying(ctx context.Context, id string, reqs []invalidati
 			// It can never apply as it is: refresh the whole labels of
 			// its models rather than lose it or stop the stream.
 			s.log.Error("source: a transaction's event is refused; refreshing its models' labels whole", "err", err)
-			s.update(func(st *Status) { st.Errors++; st.LastError = err.Error() })
+			s.update(func(st *state) { st.Errors++; st.LastError = err.Error() })
 			whole := s.wholeLabels(reqs)
 			if len(whole) == 0 || slices.EqualFunc(whole, reqs, func(a, b invalidation.Request) bool { return a.Label == b.Label && b.Model == "" }) {
 				return nil // nothing wider to do
@@ -668,7 +672,7 @@ func (s *Source) applyRetrying(ctx context.Context, id string, reqs []invalidati
 		if err == nil {
 			err = fmt.Errorf("not acknowledged by %s", strings.Join(res.Missing, ", "))
 		}
-		s.update(func(st *Status) { st.Errors++; st.LastError = "apply: " + err.Error() })
+		s.update(func(st *state) { st.Errors++; st.LastError = "apply: " + err.Error() })
 		s.log.Warn("source: event not applied by every member; retrying", "event", id, "err", err, "in", backoff)
 		select {
 		case <-time.After(backoff):
@@ -831,7 +835,7 @@ func (st *stream) handle(ctx context.Context, data []byte) error {
 		st.confirmed = max(st.confirmed, m.TransactionEndLSN)
 		if len(reqs) > 0 {
 			st.applied++
-			s.update(func(ss *Status) {
+			s.update(func(ss *state) {
 				ss.Transactions++
 				ss.Changes += uint64(tx.rows)
 				ss.lastApplied = m.CommitLSN
@@ -877,7 +881,7 @@ FROM (SELECT s, xm, ((xm >> 32) << 32) | %d AS f
 
 // publish copies the stream's positions into the status.
 func (st *stream) publish(lagSeconds float64, commit bool) {
-	st.s.update(func(ss *Status) {
+	st.s.update(func(ss *state) {
 		ss.confirmed, ss.server = st.confirmed, max(ss.server, st.server)
 		if commit {
 			ss.LagSeconds = lagSeconds

@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/cachenode/cachenode/invalidation/pgsource"
 )
 
 //go:embed admin.html
@@ -59,7 +57,7 @@ type pageData struct {
 	// RecordsState is the state of the records store.
 	RecordsState RecordsInfo
 	// Sources are the change sources (sources.go), nil without any.
-	Sources []pgsource.Status
+	Sources []SourceStatus
 	Now     time.Time
 }
 

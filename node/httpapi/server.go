@@ -24,7 +24,6 @@ import (
 	"time"
 
 	"github.com/cachenode/cachenode/invalidation"
-	"github.com/cachenode/cachenode/invalidation/pgsource"
 	"github.com/cachenode/cachenode/node"
 )
 
@@ -94,7 +93,7 @@ type Server struct {
 	inFlight atomic.Int64 // reads and invalidations being handled
 	started  time.Time
 	page     *template.Template
-	sources  atomic.Pointer[func() []pgsource.Status] // set by SetSources (sources.go)
+	sources  atomic.Pointer[func() []SourceStatus] // set by SetSources (sources.go)
 }
 
 var _ http.Handler = (*Server)(nil)

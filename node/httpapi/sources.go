@@ -3,18 +3,47 @@ package httpapi
 import (
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/cachenode/cachenode/invalidation/pgsource"
 )
+
+// SourceStatus is what the server shows of one change source (a database
+// whose committed changes become change events): the same fields as
+// invalidation/SourceStatus, which converts to it, so that this package
+// does not depend on the database driver.
+type SourceStatus struct {
+	Name        string `json:"name"`
+	State       string `json:"state"`
+	Consuming   bool   `json:"consuming"`
+	Consumer    string `json:"consumer"`
+	Slot        string `json:"slot"`
+	Publication string `json:"publication"`
+	// Positions in the database's log: the commit of the last transaction
+	// applied by every member, the one confirmed to the database, the end
+	// of its log last heard of.
+	LastAppliedLSN      string            `json:"last_applied_lsn"`
+	LastAppliedPosition uint64            `json:"last_applied_position"`
+	ConfirmedLSN        string            `json:"confirmed_lsn"`
+	ServerLSN           string            `json:"server_lsn"`
+	LagBytes            int64             `json:"lag_bytes"`
+	LagSeconds          float64           `json:"lag_seconds"`
+	Transactions        uint64            `json:"transactions"`
+	Changes             uint64            `json:"changes"`
+	FullInvalidations   uint64            `json:"full_invalidations"`
+	Errors              uint64            `json:"errors"`
+	LastError           string            `json:"last_error,omitempty"`
+	LastApplied         time.Time         `json:"last_applied,omitzero"`
+	Tables              map[string]string `json:"tables"`
+	Warnings            []string          `json:"warnings,omitempty"`
+}
 
 // SetSources makes the server report the node's change sources: GET
 // /admin/sources answers {"sources": [...]} with each source's state, lag,
 // last applied position and consumer, the admin page lists them, and
 // /metrics has the cachenode_source_* series. statuses is called on every
 // request; call SetSources once, before serving.
-func (s *Server) SetSources(statuses func() []pgsource.Status) {
+func (s *Server) SetSources(statuses func() []SourceStatus) {
 	if statuses == nil {
 		return
 	}
@@ -27,7 +56,7 @@ func (s *Server) SetSources(statuses func() []pgsource.Status) {
 
 // sourceStatuses returns the statuses for the admin page, nil without
 // sources.
-func (s *Server) sourceStatuses() []pgsource.Status {
+func (s *Server) sourceStatuses() []SourceStatus {
 	if f := s.sources.Load(); f != nil {
 		return (*f)()
 	}
@@ -48,7 +77,7 @@ var (
 )
 
 type sourceCollector struct {
-	statuses func() []pgsource.Status
+	statuses func() []SourceStatus
 }
 
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -78,7 +107,7 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // lagText is the lag of a source for the admin page.
-func lagText(st pgsource.Status) string {
+func lagText(st SourceStatus) string {
 	if !st.Consuming {
 		return "–"
 	}

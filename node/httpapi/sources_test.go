@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-
-	"github.com/cachenode/cachenode/invalidation/pgsource"
 )
 
 // TestSources: a server given sources reports them in /admin/sources
@@ -17,18 +15,18 @@ func TestSources(t *testing.T) {
 	if a := call(t, "GET", m.url+"/admin/sources", "tok", ""); a.code != 404 {
 		t.Errorf("/admin/sources without sources: %d", a.code)
 	}
-	st := pgsource.Status{Name: "main", State: pgsource.StateStreaming, Consuming: true, Consumer: "n1", Slot: "cachenode",
+	st := SourceStatus{Name: "main", State: "streaming", Consuming: true, Consumer: "n1", Slot: "cachenode",
 		Publication: "cachenode", LastAppliedLSN: "0/16B3748", LastAppliedPosition: 0x16B3748, LagBytes: 4096, LagSeconds: 0.25,
 		Transactions: 7, Changes: 2012, Warnings: []string{"table public.foo has REPLICA IDENTITY DEFAULT"}}
-	m.api.SetSources(func() []pgsource.Status { return []pgsource.Status{st} })
+	m.api.SetSources(func() []SourceStatus { return []SourceStatus{st} })
 
 	if a := call(t, "GET", m.url+"/admin/sources", "", ""); a.code != 401 {
 		t.Errorf("/admin/sources without the token: %d", a.code)
 	}
 	a := call(t, "GET", m.url+"/admin/sources", "tok", "")
 	var got struct {
-		Self    string            `json:"self"`
-		Sources []pgsource.Status `json:"sources"`
+		Self    string         `json:"self"`
+		Sources []SourceStatus `json:"sources"`
 	}
 	if a.code != 200 || json.Unmarshal(a.body, &got) != nil || got.Self != "n1" || len(got.Sources) != 1 ||
 		got.Sources[0].LastAppliedLSN != "0/16B3748" || got.Sources[0].LagBytes != 4096 || got.Sources[0].Consumer != "n1" {

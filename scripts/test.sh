@@ -16,6 +16,8 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # clients/python: the Django app's tests (Debian's Django, for /usr/bin/python3)
 /usr/bin/python3 -c 'import django' >/dev/null 2>&1 || need+=(python3-django)
+# tests against a real PostgreSQL (invalidation/pgsource, cmd/cachenode): initdb, pg_ctl, psql
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) ||

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/cachenode/cachenode/invalidation"
+	"github.com/cachenode/cachenode/invalidation/pgsource"
 	"github.com/cachenode/cachenode/node"
 	"github.com/cachenode/cachenode/ring"
 	"github.com/cachenode/cachenode/worker"
@@ -69,6 +70,9 @@ type fileConfig struct {
 	// MaxConcurrentRequests caps the HTTP reads and invalidations handled
 	// at once; past it they are answered 503 overloaded. Default 4096.
 	MaxConcurrentRequests int `yaml:"max_concurrent_requests"`
+	// Sources are the databases whose committed changes become change
+	// events (sources.go).
+	Sources map[string]sourceConfig `yaml:"sources"`
 }
 
 // limitsConfig is the limits block: node.Config.Limits.
@@ -439,6 +443,8 @@ type runConfig struct {
 	Limiters map[string]*worker.Limiter
 	// MaxConcurrentRequests is the HTTP server's cap (0: its default).
 	MaxConcurrentRequests int
+	// Sources are the change sources (sources.go), not yet wired to a node.
+	Sources []pgsource.Config
 }
 
 // flagNames are the flags of serve, in the contract's order.
@@ -509,7 +515,14 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (*r
 			return nil, usagef("config %s: %v", path, err)
 		}
 	}
-	return resolve(fc, set)
+	rc, err := resolve(fc, set)
+	if err != nil {
+		return nil, err
+	}
+	if rc.Sources, err = resolveSources(fc, getenv); err != nil {
+		return nil, err
+	}
+	return rc, nil
 }
 
 func envName(flagName string) string {

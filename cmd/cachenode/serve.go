@@ -27,6 +27,7 @@ type running struct {
 	log     *slog.Logger
 	served  chan error // the HTTP server's end
 	httpURL string
+	sources *sources // change sources (sources.go); nil without any
 }
 
 // startNode builds, starts and serves one node. Configuration errors are
@@ -81,11 +82,18 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 	if err := n.Start(); err != nil {
 		return fail(err)
 	}
+	srcs, err := startSources(rc.Sources, n, log)
+	if err != nil {
+		return fail(err)
+	}
+	if len(rc.Sources) > 0 {
+		api.SetSources(srcs.statuses)
+	}
 	if rc.OpenHTTP {
 		log.Warn("INSECURE: the HTTP port is open to the network without an admin token (insecure: true): anyone who reaches it can invalidate every value and use the admin pages; set admin_token_file",
 			"http", rc.HTTP)
 	}
-	r := &running{node: n, api: api, http: api.HTTPServer(rc.HTTP), ln: ln, log: log, served: make(chan error, 1)}
+	r := &running{node: n, api: api, http: api.HTTPServer(rc.HTTP), ln: ln, log: log, served: make(chan error, 1), sources: srcs}
 	scheme := "http"
 	if rc.TLS.Cert != "" {
 		scheme = "https"
@@ -140,6 +148,7 @@ func (r *running) stop(grace time.Duration) error {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 		r.http.Close()
 	}
+	r.sources.stop() // releases the slots before the node leaves the ring
 	if err := r.node.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("node close: %w", err))
 	}

@@ -26,6 +26,7 @@ func newPageTemplate() *template.Template {
 			return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 1, 64)
 		},
 		"bytes": humanBytes,
+		"lag":   lagText,
 		"pct": func(a, b int64) string {
 			if b == 0 {
 				return "–"
@@ -57,7 +58,9 @@ type pageData struct {
 	MoreRecords bool
 	// RecordsState is the state of the records store.
 	RecordsState client.RecordsInfo
-	Now          time.Time
+	// Sources are the change sources (sources.go), nil without any.
+	Sources []SourceStatus
+	Now     time.Time
 }
 
 type arc struct {
@@ -142,6 +145,7 @@ func (s *Server) handlePage(w http.ResponseWriter, r *http.Request) {
 			Relevance: shortDur(p.RelevanceExpires), Countdown: shortDur(p.DelayCountdown)})
 	}
 	d.RecordsState = s.recordsInfo()
+	d.Sources = s.sourceStatuses()
 	if recs, next, err := s.listRecords("", "", pageRecords); err == nil {
 		d.Records, d.MoreRecords = recs, next != ""
 	}

@@ -93,6 +93,7 @@ type Server struct {
 	inFlight atomic.Int64 // reads and invalidations being handled
 	started  time.Time
 	page     *template.Template
+	sources  atomic.Pointer[func() []SourceStatus] // set by SetSources (sources.go)
 }
 
 var _ http.Handler = (*Server)(nil)

@@ -306,6 +306,7 @@ func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload [
 	}
 	defer close(done)
 	k, err := invalidation.ApplyScope(ctx, ev, n, scope)
+	n.notifyDropped(Dropped{Targets: ev.Targets}) // see OnDropped
 	if wait != nil {
 		// The owners' round is running here: this delivery is applied
 		// once it is done too.
@@ -558,6 +559,7 @@ func (n *Node) backgroundApplier() {
 			if _, err := invalidation.ApplyScope(ctx, m.ev, n, m.scope); err != nil {
 				n.log.Warn("gossiped invalidation failed", "events", len(batch), "err", err)
 			}
+			n.notifyDropped(Dropped{Targets: m.ev.Targets}) // see OnDropped
 		}
 		for _, w := range waits {
 			select {

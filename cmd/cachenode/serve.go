@@ -16,6 +16,7 @@ import (
 
 	"github.com/cachenode/cachenode/node"
 	"github.com/cachenode/cachenode/node/httpapi"
+	"github.com/cachenode/cachenode/node/resp"
 )
 
 // running is a started node with its HTTP server.
@@ -27,6 +28,9 @@ type running struct {
 	log     *slog.Logger
 	served  chan error // the HTTP server's end
 	httpURL string
+	// resp is the RESP front (nil when off), respAddr its bound address.
+	resp     *resp.Server
+	respAddr string
 }
 
 // startNode builds, starts and serves one node. Configuration errors are
@@ -78,7 +82,16 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 	if err != nil {
 		return fail(err)
 	}
+	var respLn net.Listener
+	if rc.RESP != "" {
+		if respLn, err = net.Listen("tcp", rc.RESP); err != nil {
+			return fail(fmt.Errorf("resp: %w", err))
+		}
+	}
 	if err := n.Start(); err != nil {
+		if respLn != nil {
+			respLn.Close()
+		}
 		return fail(err)
 	}
 	if rc.OpenHTTP {
@@ -91,6 +104,23 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 		scheme = "https"
 	}
 	r.httpURL = scheme + "://" + nc.HTTP
+	if respLn != nil {
+		if rc.OpenRESP {
+			log.Warn("INSECURE: the RESP port is open to the network without an admin token (insecure: true): anyone who reaches it can invalidate every value; set admin_token_file",
+				"resp", rc.RESP)
+		}
+		rs, err := resp.New(resp.Config{Node: n, Token: rc.Token, Logger: log})
+		if err != nil {
+			respLn.Close()
+			return fail(err)
+		}
+		r.resp, r.respAddr = rs, respLn.Addr().String()
+		go func() {
+			if err := rs.Serve(respLn); !errors.Is(err, resp.ErrServerClosed) {
+				log.Error("resp server stopped", "err", err)
+			}
+		}()
+	}
 	go func() {
 		var err error
 		if rc.TLS.Cert != "" {
@@ -133,6 +163,9 @@ func advertisedHTTP(rc *runConfig, bound *net.TCPAddr) string {
 // entries, leaves the cluster, flushes its records and closes Pebble.
 func (r *running) stop(grace time.Duration) error {
 	r.api.Drain()
+	if r.resp != nil {
+		r.resp.Close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	var errs []error
@@ -163,7 +196,7 @@ func serve(args []string, stderr io.Writer) int {
 	if err != nil {
 		return exitFor(err, stderr)
 	}
-	log.Info("cachenode serving", "name", r.node.Name(), "http", r.httpURL, "gossip", r.node.GossipAddr(),
+	log.Info("cachenode serving", "name", r.node.Name(), "http", r.httpURL, "resp", r.respAddr, "gossip", r.node.GossipAddr(),
 		"peer", r.node.PeerAddr(), "data", dataDesc(rc.Node.Data), "workers", len(rc.Workers), "version", version())
 	select {
 	case sig := <-sigs:

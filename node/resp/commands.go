@@ -70,7 +70,7 @@ func commandTable() map[string]*command {
 	add(&command{name: "ECHO", arity: 2, flags: []string{"fast"}, group: "connection", summary: "The message back", run: (*conn).cmdEcho})
 	add(&command{name: "QUIT", arity: -1, flags: []string{"fast", "no_auth"}, group: "connection", summary: "Close the connection", run: (*conn).cmdQuit})
 	add(&command{name: "SELECT", arity: 2, flags: []string{"fast"}, group: "connection", summary: "Only database 0 exists", run: (*conn).cmdSelect})
-	add(&command{name: "CLIENT", arity: -2, group: "connection", summary: "SETNAME, GETNAME, ID, INFO, TRACKING, CACHING, GETREDIR, SETINFO", run: (*conn).cmdClient})
+	add(&command{name: "CLIENT", arity: -2, group: "connection", summary: "SETNAME, GETNAME, ID, INFO, LIST, TRACKING, CACHING, GETREDIR, SETINFO", run: (*conn).cmdClient})
 	add(&command{name: "COMMAND", arity: -1, flags: []string{"loading", "stale"}, group: "server", summary: "The commands; COUNT, DOCS, INFO", run: (*conn).cmdCommand})
 	add(&command{name: "INFO", arity: -1, flags: []string{"loading", "stale"}, group: "server", summary: "server, clients, stats and keyspace sections", run: (*conn).cmdInfo})
 	add(&command{name: "SUBSCRIBE", arity: -2, flags: []string{"pubsub", "noscript", "loading", "stale"}, group: "pubsub",
@@ -548,7 +548,7 @@ func (c *conn) cmdHello(args [][]byte) bool {
 				c.out.err("ERR Client names cannot contain spaces, newlines or special characters.")
 				return false
 			}
-			c.name = string(args[i+1])
+			c.setMeta(&c.name, string(args[i+1]))
 			i++
 		default:
 			c.out.err(fmt.Sprintf("ERR Syntax error in HELLO option '%s'", printable(args[i])))
@@ -622,21 +622,28 @@ func (c *conn) cmdClient(args [][]byte) bool {
 			c.out.err("ERR Client names cannot contain spaces, newlines or special characters.")
 			return false
 		}
-		c.name = string(args[2])
+		c.setMeta(&c.name, string(args[2]))
 		c.out.ok()
 	case sub == "SETINFO" && len(args) == 4:
 		switch strings.ToUpper(string(args[2])) {
 		case "LIB-NAME":
-			c.libName = string(args[3])
+			c.setMeta(&c.libName, string(args[3]))
 		case "LIB-VER":
-			c.libVer = string(args[3])
+			c.setMeta(&c.libVer, string(args[3]))
 		default:
 			c.out.err("ERR Unrecognized option '" + printable(args[2]) + "'")
 			return false
 		}
 		c.out.ok()
 	case sub == "INFO" && len(args) == 2:
-		c.out.verbatim(c.info() + "\n")
+		c.out.verbatim(c.info(true) + "\n")
+	case sub == "LIST" && len(args) == 2:
+		var b strings.Builder
+		for _, cc := range c.s.conns() {
+			b.WriteString(cc.info(cc == c))
+			b.WriteByte('\n')
+		}
+		c.out.verbatim(b.String())
 	case sub == "TRACKING" && len(args) >= 3:
 		c.cmdTracking(args[2:])
 	case sub == "CACHING" && len(args) == 3:
@@ -675,9 +682,19 @@ func (c *conn) cmdClient(args [][]byte) bool {
 	return false
 }
 
-// info is the CLIENT INFO line of c.
-func (c *conn) info() string {
+// setMeta sets the name or a library field of the connection, which
+// other connections' CLIENT LIST read under wmu.
+func (c *conn) setMeta(field *string, v string) {
 	c.wmu.Lock()
+	*field = v
+	c.wmu.Unlock()
+}
+
+// info is the CLIENT INFO line of c; self: c is the caller's connection
+// (the transaction's state is only known to its own goroutine).
+func (c *conn) info(self bool) string {
+	c.wmu.Lock()
+	name, libName, libVer := c.name, c.libName, c.libVer
 	flags := "N"
 	if c.tracking {
 		flags = "t"
@@ -693,14 +710,18 @@ func (c *conn) info() string {
 		redir = c.redirect
 	}
 	c.wmu.Unlock()
+	multi := -1
+	if self {
+		multi = c.multiCount()
+	}
 	cmd := "NULL"
 	if p := c.lastCmd.Load(); p != nil {
 		cmd = strings.ToLower(*p)
 	}
 	now := time.Now()
 	return fmt.Sprintf("id=%d addr=%s laddr=%s fd=-1 name=%s age=%d idle=%d flags=%s db=0 sub=%d psub=0 ssub=0 multi=%d watch=0 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=%s user=default redir=%d resp=%d lib-name=%s lib-ver=%s",
-		c.id, c.nc.RemoteAddr(), c.nc.LocalAddr(), c.name, int(now.Sub(c.created)/time.Second),
-		int(now.Sub(time.Unix(0, c.lastActive.Load()))/time.Second), flags, sub, c.multiCount(), cmd, redir, c.proto.Load(), c.libName, c.libVer)
+		c.id, c.nc.RemoteAddr(), c.nc.LocalAddr(), name, int(now.Sub(c.created)/time.Second),
+		int(now.Sub(time.Unix(0, c.lastActive.Load()))/time.Second), flags, sub, multi, cmd, redir, c.proto.Load(), libName, libVer)
 }
 
 func (c *conn) multiCount() int {

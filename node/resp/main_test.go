@@ -146,6 +146,22 @@ func startCluster(t *testing.T, size int, token string, o *origin) []*member {
 	}
 }
 
+// joinTo starts a node n2 (without a RESP front) that joins m.
+func joinTo(t *testing.T, m *member, o *origin) {
+	t.Helper()
+	n, err := node.New(node.Config{Name: "n2", Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0", HTTP: "127.0.0.1:1",
+		Membership: steady(), Memory: 32 << 20, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Join: []string{m.node.GossipAddr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.register(t, n)
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+}
+
 // keyOwnedBy returns an items key (items?id=N) that owner owns.
 func keyOwnedBy(t *testing.T, m *member, owner string) (key, id string) {
 	t.Helper()

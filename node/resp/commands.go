@@ -98,7 +98,6 @@ func (c *conn) exec(args [][]byte) (quit bool) {
 	}
 	cmd := c.s.cmds[string(name)]
 	if cmd == nil {
-		c.s.stats.errors.Add(1)
 		c.out.err(fmt.Sprintf("ERR unknown command '%s', with args beginning with: %s", printable(name), argsPreview(args[1:])))
 		c.emit(nil)
 		return false
@@ -262,7 +261,6 @@ func (c *conn) read(key string, track bool) (r result) {
 	defer cancel()
 	e, st, err := c.s.node.Get(ctx, label, q.Args, q.Overrides)
 	if err != nil {
-		c.s.stats.errors.Add(1)
 		_, word := httpapi.StatusOf(err)
 		msg := err.Error()
 		if word == "origin_error" {

@@ -66,7 +66,6 @@ func (c *conn) serve() {
 		args, err := c.rd.command()
 		if err != nil {
 			if errors.Is(err, ErrProtocol) {
-				c.s.stats.errors.Add(1)
 				c.out.reset(int(c.proto.Load()))
 				c.out.err("ERR " + err.Error())
 				c.emit(nil)

@@ -256,6 +256,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	c := &conn{s: s, id: s.nextID.Add(1), nc: nc, created: time.Now()}
 	c.rd = newReader(nc, s.cfg.Limits)
 	c.bw = newBufWriter(nc)
+	c.out.errs = &s.stats.errors
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.lastActive.Store(c.created.UnixNano())
 	s.mu.conns[c.id] = c

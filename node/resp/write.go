@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"strconv"
+	"sync/atomic"
 )
 
 func newBufWriter(w io.Writer) *bufio.Writer { return bufio.NewWriterSize(w, 16<<10) }
@@ -12,9 +13,17 @@ func newBufWriter(w io.Writer) *bufio.Writer { return bufio.NewWriterSize(w, 16<
 type writer struct {
 	buf   []byte
 	proto int
+	errs  *atomic.Int64 // counts the error replies, when set
 }
 
-func (w *writer) reset(proto int) { w.buf, w.proto = w.buf[:0], proto }
+// reset empties the writer for the next reply; a buffer grown past 256 KiB
+// by a large value is let go rather than kept for the connection's life.
+func (w *writer) reset(proto int) {
+	if cap(w.buf) > 256<<10 {
+		w.buf = nil
+	}
+	w.buf, w.proto = w.buf[:0], proto
+}
 
 func (w *writer) raw(s string) { w.buf = append(w.buf, s...) }
 
@@ -35,6 +44,9 @@ func (w *writer) ok() { w.raw("+OK\r\n") }
 // err writes an error; msg starts with its code word (ERR, NOAUTH, ...).
 // Line ends inside become spaces: an error is one line.
 func (w *writer) err(msg string) {
+	if w.errs != nil {
+		w.errs.Add(1)
+	}
 	w.buf = append(w.buf, '-')
 	for i := 0; i < len(msg); i++ {
 		c := msg[i]

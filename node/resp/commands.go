@@ -226,36 +226,88 @@ func splitKey(key string) (label, query string) {
 	return label, query
 }
 
-// read serves one read as GET /v1/cache/{label}?{query} does.
-func (c *conn) read(key string, track bool) (r result) {
+// parsed is a key string read: its worker, arguments, policy and worker
+// key.
+type parsed struct {
+	wk    *worker.Worker
+	label string
+	q     httpapi.Query
+	pol   worker.Policy
+	wkey  string // "" if the arguments make no key (the read says why)
+}
+
+// parseCache keeps the parsed form of the key strings read without
+// overrides: parsing a query is a good part of a hit's cost, and clients
+// read the same keys again and again. It is emptied when it is full.
+type parseCache struct {
+	mu sync.RWMutex
+	m  map[string]*parsed // guarded by mu
+}
+
+const (
+	parseCacheMax    = 8192
+	parseCacheKeyMax = 1024 // longer key strings are parsed each time
+)
+
+func (pc *parseCache) get(key string) *parsed {
+	pc.mu.RLock()
+	p := pc.m[key]
+	pc.mu.RUnlock()
+	return p
+}
+
+func (pc *parseCache) put(key string, p *parsed) {
+	pc.mu.Lock()
+	if pc.m == nil || len(pc.m) >= parseCacheMax {
+		pc.m = make(map[string]*parsed)
+	}
+	pc.m[key] = p
+	pc.mu.Unlock()
+}
+
+// parse reads a key string; errs is the error reply, "" if none.
+func (c *conn) parse(key string) (p *parsed, errs string) {
 	label, raw := splitKey(key)
-	r.label = label
 	wk, ok := c.s.node.Cache().Worker(label)
 	if !ok {
-		r.err = fmt.Sprintf("ERR unknown_worker no worker %q", label)
-		return r
+		return nil, fmt.Sprintf("ERR unknown_worker no worker %q", label)
+	}
+	if p := c.s.parsed.get(key); p != nil && p.wk == wk {
+		return p, ""
 	}
 	q, err := httpapi.ParseQuery(raw)
 	if err != nil {
-		r.err = "ERR bad_request " + err.Error()
-		return r
+		return nil, "ERR bad_request " + err.Error()
 	}
-	r.q = q
 	pol, err := wk.PolicyFor(q.Overrides)
 	if err != nil {
-		r.err = "ERR bad_request " + err.Error()
-		return r
+		return nil, "ERR bad_request " + err.Error()
 	}
-	r.pol = pol
 	if err := httpapi.CheckOverrides(wk, q.Overrides, pol, c.admin()); err != nil {
-		r.err = "ERR override_not_allowed " + err.Error()
+		return nil, "ERR override_not_allowed " + err.Error()
+	}
+	p = &parsed{wk: wk, label: label, q: q, pol: pol}
+	p.wkey, _ = wk.Key(q.Args)
+	// Only what does not depend on the connection (AUTH) is shared: reads
+	// without overrides.
+	if q.Overrides.IsZero() && q.Entity == nil && len(key) <= parseCacheKeyMax {
+		c.s.parsed.put(key, p)
+	}
+	return p, ""
+}
+
+// read serves one read as GET /v1/cache/{label}?{query} does.
+func (c *conn) read(key string, track bool) (r result) {
+	p, errs := c.parse(key)
+	if errs != "" {
+		r.err = errs
 		return r
 	}
-	if track {
-		if k, err := wk.Key(q.Args); err == nil {
-			r.wkey = k
-			c.s.track.track(c.id, key, k, label, q.Args)
-		}
+	wk, label, q, pol := p.wk, p.label, p.q, p.pol
+	r.label, r.q, r.pol = label, q, pol
+	if track && p.wkey != "" {
+		r.wkey = p.wkey
+		c.s.track.track(c.id, key, p.wkey, label, q.Args)
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, httpapi.ReadTimeout(wk, pol, c.s.cfg.Slack))
 	defer cancel()

@@ -92,6 +92,7 @@ type Server struct {
 	nextID   atomic.Int64
 	stats    stats
 	cmds     map[string]*command
+	parsed   parseCache
 	cmdNames []string // sorted
 
 	mu struct {

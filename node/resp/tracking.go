@@ -225,9 +225,13 @@ func (t *tracker) send(tes []*tracked) {
 		}
 		t.s.stats.trackingPushes.Add(1)
 	}
+	// Each connection at once: one that does not read its socket holds
+	// the others up for no longer than its own write timeout.
+	var wg sync.WaitGroup
 	for id, keys := range byConn {
 		if c := t.s.conn(id); c != nil {
-			c.invalidate(keys)
+			wg.Go(func() { c.invalidate(keys) })
 		}
 	}
+	wg.Wait()
 }

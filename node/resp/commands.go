@@ -1,7 +1,6 @@
 package resp
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -309,8 +308,8 @@ func (c *conn) read(key string, track bool) (r result) {
 		r.wkey = p.wkey
 		c.s.track.track(c.id, key, p.wkey, label, q.Args)
 	}
-	ctx, cancel := context.WithTimeout(c.ctx, httpapi.ReadTimeout(wk, pol, c.s.cfg.Slack))
-	defer cancel()
+	ctx := withDeadline(c.ctx, httpapi.ReadTimeout(wk, pol, c.s.cfg.Slack))
+	defer ctx.release()
 	e, st, err := c.s.node.Get(ctx, label, q.Args, q.Overrides)
 	if err != nil {
 		_, word := httpapi.StatusOf(err)

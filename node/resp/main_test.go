@@ -62,7 +62,12 @@ func (o *origin) register(t *testing.T, n *node.Node) {
 		id, _ := args["id"].(string)
 		return worker.Value{Data: []byte(o.value(id)), ContentType: "text/plain"}, nil
 	})
+	slow := worker.GetterFunc(func(ctx context.Context, args worker.Args) (worker.Value, error) {
+		<-ctx.Done() // an origin slower than the fill timeout
+		return worker.Value{}, ctx.Err()
+	})
 	for _, c := range []worker.Config{
+		{Label: "slow", Getter: slow, FillTimeout: 50 * time.Millisecond, Settings: worker.Settings{Tick: 10 * time.Millisecond, TickAmount: worker.Int(5)}},
 		{Label: "items", Getter: items, Settings: worker.Settings{Expires: time.Hour}},
 		{Label: "short", Getter: items, Settings: worker.Settings{Expires: 300 * time.Millisecond}},
 	} {

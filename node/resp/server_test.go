@@ -125,6 +125,11 @@ func TestPipeliningAndProtocols(t *testing.T) {
 			t.Errorf("entity: %q", got)
 		}
 	}
+	// A fill slower than its timeout: the read's deadline ends it.
+	c.send("GET slow?id=1\r\n")
+	if got := c.reply(); !strings.HasPrefix(got, "-ERR fill_timeout") {
+		t.Errorf("a slow fill: %q, want fill_timeout", got)
+	}
 	c.send("QUIT\r\n")
 	if got := c.reply(); got != "+OK\r\n" {
 		t.Errorf("QUIT: %q", got)

@@ -687,6 +687,11 @@ func (c *conn) cmdClient(args [][]byte) bool {
 	case sub == "INFO" && len(args) == 2:
 		c.out.verbatim(c.info(true) + "\n")
 	case sub == "LIST" && len(args) == 2:
+		// Other clients' addresses and names are the admin's to see.
+		if c.s.cfg.Token != "" && !c.authed {
+			c.out.err("NOAUTH Authentication required: CLIENT LIST needs AUTH with the admin token")
+			return false
+		}
 		var b strings.Builder
 		for _, cc := range c.s.conns() {
 			b.WriteString(cc.info(cc == c))

@@ -195,8 +195,12 @@ func TestRESP2Redirect(t *testing.T) {
 	}
 	ctx := context.Background()
 	r2 := newRueidis(t, a.addr, "", func(o *rueidis.ClientOption) { o.AlwaysRESP2, o.DisableCache = true, true })
+	if err := r2.Do(ctx, r2.B().ClientList().Build()).Error(); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Errorf("CLIENT LIST without AUTH: %v, want NOAUTH", err)
+	}
+	admin := newRueidis(t, a.addr, "s3cret", func(o *rueidis.ClientOption) { o.AlwaysRESP2, o.DisableCache = true, true })
 	// The subscriber's ID, from CLIENT LIST.
-	list, err := r2.Do(ctx, r2.B().ClientList().Build()).ToString()
+	list, err := admin.Do(ctx, admin.B().ClientList().Build()).ToString()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -196,8 +196,12 @@ func serve(args []string, stderr io.Writer) int {
 	if err != nil {
 		return exitFor(err, stderr)
 	}
-	log.Info("cachenode serving", "name", r.node.Name(), "http", r.httpURL, "resp", r.respAddr, "gossip", r.node.GossipAddr(),
-		"peer", r.node.PeerAddr(), "data", dataDesc(rc.Node.Data), "workers", len(rc.Workers), "version", version())
+	attrs := []any{"name", r.node.Name(), "http", r.httpURL, "gossip", r.node.GossipAddr(),
+		"peer", r.node.PeerAddr(), "data", dataDesc(rc.Node.Data), "workers", len(rc.Workers), "version", version()}
+	if r.respAddr != "" {
+		attrs = append(attrs, "resp", r.respAddr)
+	}
+	log.Info("cachenode serving", attrs...)
 	select {
 	case sig := <-sigs:
 		log.Info("shutting down", "signal", sig.String())

@@ -101,8 +101,7 @@ func (c *conn) exec(args [][]byte) (quit bool) {
 		c.emit(nil)
 		return false
 	}
-	s := cmd.name
-	c.lastCmd.Store(&s)
+	c.lastCmd.Store(&cmd.name)
 	if !arityOK(cmd.arity, len(args)) {
 		c.out.err(fmt.Sprintf("ERR wrong number of arguments for '%s' command", strings.ToLower(cmd.name)))
 		c.emit(nil)
@@ -114,7 +113,7 @@ func (c *conn) exec(args [][]byte) (quit bool) {
 		c.emit(nil)
 		return false
 	}
-	if c.proto.Load() < 3 && c.subscribedCount() > 0 {
+	if c.proto.Load() < 3 && c.subs.Load() > 0 {
 		switch cmd.name {
 		case "SUBSCRIBE", "UNSUBSCRIBE", "PING", "QUIT":
 		default:
@@ -153,16 +152,13 @@ func argsPreview(args [][]byte) string {
 	return b.String()
 }
 
-func (c *conn) subscribedCount() int {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return len(c.subscribed)
-}
-
 // tracks reports whether this command's keys are tracked: tracking is on
 // and, in OPTIN mode, CLIENT CACHING YES came before it (OPTOUT: no
 // CLIENT CACHING NO).
 func (c *conn) tracks() bool {
+	if !c.trackOn.Load() {
+		return false // the common case, without the lock
+	}
 	c.wmu.Lock()
 	on, optin, optout := c.tracking, c.optin, c.optout
 	c.wmu.Unlock()
@@ -621,7 +617,7 @@ func validName(b []byte) bool {
 }
 
 func (c *conn) cmdPing(args [][]byte) bool {
-	if c.out.proto < 3 && c.subscribedCount() > 0 {
+	if c.out.proto < 3 && c.subs.Load() > 0 {
 		msg := []byte{}
 		if len(args) > 1 {
 			msg = args[1]
@@ -839,6 +835,7 @@ func (c *conn) cmdTracking(args [][]byte) {
 	if mode == "OFF" {
 		c.wmu.Lock()
 		c.tracking, c.optin, c.optout, c.redirect = false, false, false, 0
+		c.trackOn.Store(false)
 		c.wmu.Unlock()
 		c.s.track.forget(c.id)
 		c.out.ok()
@@ -850,6 +847,7 @@ func (c *conn) cmdTracking(args [][]byte) {
 	}
 	c.wmu.Lock()
 	c.tracking, c.optin, c.optout, c.redirect = true, optin, optout, redirect
+	c.trackOn.Store(true)
 	c.wmu.Unlock()
 	c.out.ok()
 }
@@ -862,6 +860,7 @@ func (c *conn) cmdSubscribe(args [][]byte) bool {
 		}
 		c.subscribed[string(ch)] = struct{}{}
 		n := len(c.subscribed)
+		c.subs.Store(int32(n))
 		c.wmu.Unlock()
 		c.out.push(3)
 		c.out.bulkString("subscribe")
@@ -891,6 +890,7 @@ func (c *conn) cmdUnsubscribe(args [][]byte) bool {
 		c.wmu.Lock()
 		delete(c.subscribed, string(ch))
 		n := len(c.subscribed)
+		c.subs.Store(int32(n))
 		c.wmu.Unlock()
 		c.out.push(3)
 		c.out.bulkString("unsubscribe")

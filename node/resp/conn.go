@@ -27,6 +27,10 @@ type conn struct {
 	lastActive atomic.Int64 // unix nanoseconds of the last command
 	proto      atomic.Int32 // 2 or 3
 	lastCmd    atomic.Pointer[string]
+	// trackOn mirrors tracking and subs len(subscribed), for the read
+	// path without the lock.
+	trackOn atomic.Bool
+	subs    atomic.Int32
 
 	// The connection goroutine's own state.
 	out     writer // the reply being built
@@ -90,10 +94,7 @@ func (c *conn) serve() {
 // connection subscribed to invalidation messages: it only listens).
 func (c *conn) armIdle() {
 	d := c.s.cfg.IdleTimeout
-	c.wmu.Lock()
-	sub := len(c.subscribed) > 0
-	c.wmu.Unlock()
-	if d < 0 || sub {
+	if d < 0 || c.subs.Load() > 0 {
 		c.nc.SetReadDeadline(time.Time{})
 		return
 	}

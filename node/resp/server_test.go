@@ -236,3 +236,39 @@ func TestTrackedKeyMovesOwner(t *testing.T) {
 	}
 	waitFor(t, "the moved keys untracked", func() bool { return a.srv.track.len() == 40-moved })
 }
+
+// TestTrackingForgetsClosedConnections: the keys of a tracking connection
+// leave the table when it closes, or turns tracking off.
+func TestTrackingForgetsClosedConnections(t *testing.T) {
+	o := newOrigin()
+	a := startCluster(t, 1, "", o)[0]
+	open := func() *rawConn {
+		c := dial(t, a.addr)
+		c.send("HELLO 3\r\nCLIENT TRACKING ON\r\nGET items?id=1\r\nGET items?id=2\r\nGET items?id=1&x=1\r\n")
+		for range 5 {
+			c.reply()
+		}
+		return c
+	}
+	c1, c2 := open(), open()
+	if n := a.srv.track.len(); n != 3 {
+		t.Fatalf("%d keys tracked, want 3", n)
+	}
+	c1.nc.Close()
+	// c2 still reads the three keys.
+	waitFor(t, "c1 forgotten", func() bool {
+		a.srv.track.mu.Lock()
+		defer a.srv.track.mu.Unlock()
+		return len(a.srv.track.byConn) == 1
+	})
+	if n := a.srv.track.len(); n != 3 {
+		t.Errorf("%d keys tracked after c1 closed, want c2's 3", n)
+	}
+	c2.send("CLIENT TRACKING OFF\r\n")
+	if got := c2.reply(); got != "+OK\r\n" {
+		t.Fatalf("CLIENT TRACKING OFF: %q", got)
+	}
+	if n := a.srv.track.len(); n != 0 {
+		t.Errorf("%d keys tracked after c2 turned tracking off", n)
+	}
+}

@@ -26,6 +26,9 @@ type tracker struct {
 	mu    sync.Mutex
 	keys  map[string]*tracked // worker key → entry; guarded by mu
 	order *list.List          // of *tracked, oldest first; guarded by mu
+	// byConn: connection ID → the entries it reads, so that a closing
+	// connection is forgotten without a scan of the table. Guarded by mu.
+	byConn map[int64]map[*tracked]struct{}
 }
 
 type tracked struct {
@@ -41,7 +44,8 @@ type tracked struct {
 }
 
 func newTracker(s *Server, max int) *tracker {
-	return &tracker{s: s, max: max, keys: make(map[string]*tracked), order: list.New()}
+	return &tracker{s: s, max: max, keys: make(map[string]*tracked), order: list.New(),
+		byConn: make(map[int64]map[*tracked]struct{})}
 }
 
 // track records that connection id reads key (its worker key wkey) and
@@ -67,6 +71,12 @@ func (t *tracker) track(id int64, key, wkey, label string, args worker.Args) {
 	if ks == nil {
 		ks = make(map[string]struct{}, 1)
 		e.clients[id] = ks
+		mine := t.byConn[id]
+		if mine == nil {
+			mine = make(map[*tracked]struct{})
+			t.byConn[id] = mine
+		}
+		mine[e] = struct{}{}
 	}
 	ks[key] = struct{}{}
 	t.mu.Unlock()
@@ -117,6 +127,14 @@ func (t *tracker) expire(te *tracked) {
 
 // removeLocked takes te out of the table; t.mu is held.
 func (t *tracker) removeLocked(te *tracked) {
+	for id := range te.clients {
+		if mine := t.byConn[id]; mine != nil {
+			delete(mine, te)
+			if len(mine) == 0 {
+				delete(t.byConn, id)
+			}
+		}
+	}
 	delete(t.keys, te.wkey)
 	t.order.Remove(te.elem)
 	if te.timer != nil {
@@ -129,14 +147,13 @@ func (t *tracker) removeLocked(te *tracked) {
 func (t *tracker) forget(id int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, te := range t.keys {
-		if _, ok := te.clients[id]; ok {
-			delete(te.clients, id)
-			if len(te.clients) == 0 {
-				t.removeLocked(te)
-			}
+	for te := range t.byConn[id] {
+		delete(te.clients, id)
+		if len(te.clients) == 0 {
+			t.removeLocked(te)
 		}
 	}
+	delete(t.byConn, id)
 }
 
 // len is the number of keys tracked.

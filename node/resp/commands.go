@@ -384,12 +384,26 @@ func (c *conn) cmdMGet(args [][]byte) bool {
 		}
 		wg.Wait()
 	}
+	total := 0
+	for _, r := range rs {
+		if r.e != nil {
+			total += len(r.e.Value)
+		}
+	}
+	if total > maxReply {
+		c.out.err(fmt.Sprintf("ERR reply_too_large the %d values are %d bytes, over %d: ask for fewer keys at once", len(rs), total, maxReply))
+		return false
+	}
 	c.out.array(len(rs))
 	for _, r := range rs {
 		c.writeValue(r)
 	}
 	return false
 }
+
+// maxReply bounds the values of one MGET reply, which is built in memory
+// before it is written.
+const maxReply = 64 << 20
 
 func (c *conn) cmdEntity(args [][]byte) bool {
 	r := c.read(string(args[1]), c.tracks())

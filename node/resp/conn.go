@@ -107,10 +107,7 @@ func (c *conn) armIdle() {
 // so that the client drops what it just cached.
 func (c *conn) emit(tracked []string) {
 	c.wmu.Lock()
-	if c.bw == nil {
-		c.bw = newBufWriter(c.nc)
-	}
-	c.bw.Write(c.out.buf)
+	c.writeLocked(c.out.buf)
 	var again []string
 	for _, k := range tracked {
 		if c.pending[k]--; c.pending[k] <= 0 {
@@ -124,6 +121,22 @@ func (c *conn) emit(tracked []string) {
 	c.wmu.Unlock()
 	if len(again) > 0 {
 		c.invalidate(again)
+	}
+}
+
+// writeLocked buffers b; when b does not fit, the buffered writer writes
+// to the socket at once, under a fresh write deadline (the last one may be
+// long past on a connection that was idle). c.wmu is held.
+func (c *conn) writeLocked(b []byte) {
+	if c.broken {
+		return
+	}
+	if c.bw.Available() < len(b) {
+		c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+	}
+	if _, err := c.bw.Write(b); err != nil {
+		c.broken = true
+		c.nc.Close()
 	}
 }
 
@@ -173,10 +186,7 @@ func (c *conn) invalidate(keys []string) {
 		w.push(2)
 		w.bulkString("invalidate")
 		w.value(keys)
-		if c.bw == nil {
-			c.bw = newBufWriter(c.nc)
-		}
-		c.bw.Write(w.buf)
+		c.writeLocked(w.buf)
 		c.flushLocked()
 		c.wmu.Unlock()
 		return
@@ -206,9 +216,6 @@ func (c *conn) message(channel string, keys []string) {
 	} else {
 		w.value(keys)
 	}
-	if c.bw == nil {
-		c.bw = newBufWriter(c.nc)
-	}
-	c.bw.Write(w.buf)
+	c.writeLocked(w.buf)
 	c.flushLocked()
 }

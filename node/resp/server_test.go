@@ -155,39 +155,46 @@ func itoa(i int) string {
 func TestConnectionBounds(t *testing.T) {
 	o := newOrigin()
 	m := startCluster(t, 1, "", o)[0]
-	srv, err := New(Config{Node: m.node, MaxConns: 2, IdleTimeout: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
+	serve := func(cfg Config) (*Server, string) {
+		t.Helper()
+		cfg.Node = m.node
+		srv, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(ln) }()
+		t.Cleanup(func() {
+			srv.Close()
+			<-served
+		})
+		return srv, ln.Addr().String()
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	defer func() {
-		srv.Close()
-		<-served
-	}()
-	c1, c2 := dial(t, ln.Addr().String()), dial(t, ln.Addr().String())
+	bounded, addr := serve(Config{MaxConns: 2, IdleTimeout: time.Hour})
+	c1, c2 := dial(t, addr), dial(t, addr)
 	c1.send("PING\r\n")
 	c2.send("PING\r\n")
 	c1.reply()
 	c2.reply()
-	c3 := dial(t, ln.Addr().String())
+	c3 := dial(t, addr)
 	if got := c3.reply(); !strings.HasPrefix(got, "-ERR max number of clients reached") {
 		t.Errorf("a third connection: %q", got)
 	}
-	// c1 and c2 go idle and are closed.
-	for _, c := range []*rawConn{c1, c2} {
-		if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) {
-			t.Errorf("an idle connection: %v, want it closed", err)
-		}
+	if bounded.stats.rejected.Load() != 1 {
+		t.Errorf("%d rejected", bounded.stats.rejected.Load())
 	}
-	waitFor(t, "the idle connections removed", func() bool { return len(srv.conns()) == 0 })
-	if srv.stats.rejected.Load() != 1 {
-		t.Errorf("%d rejected", srv.stats.rejected.Load())
+	idle, addr := serve(Config{IdleTimeout: 200 * time.Millisecond})
+	c := dial(t, addr)
+	c.send("PING\r\n")
+	c.reply()
+	if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("an idle connection: %v, want it closed", err)
 	}
+	waitFor(t, "the idle connection removed", func() bool { return len(idle.conns()) == 0 })
 }
 
 // TestTrackedKeyMovesOwner: a tracked key whose owner changes (a member

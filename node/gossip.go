@@ -106,6 +106,7 @@ func (n *Node) backgroundApplier() {
 			if _, err := invalidation.ApplyScope(ctx, m.ev, host{n}, m.scope); err != nil {
 				n.log.Warn("gossiped invalidation failed", "events", b.Events, "err", err)
 			}
+			n.notifyDropped(Dropped{Targets: m.ev.Targets}) // see OnDropped
 		}
 		for _, w := range waits {
 			select {

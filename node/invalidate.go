@@ -174,6 +174,7 @@ func (n *Node) applyEvent(ctx context.Context, ev *invalidation.Event, payload [
 	}
 	defer n.events.finish(c.Token)
 	k, err := invalidation.ApplyScope(ctx, ev, host{n}, c.Scope)
+	n.notifyDropped(Dropped{Targets: ev.Targets}) // see OnDropped
 	if wait != nil {
 		// The owners' round is running here: this delivery is applied
 		// once it is done too.

@@ -314,6 +314,7 @@ func (n *Node) dropAll() {
 			w.Drop(e.Key)
 		}
 	}
+	n.notifyDropped(Dropped{All: true}) // see OnDropped
 }
 
 // pings records when each member last answered a probe of this node:

@@ -68,8 +68,9 @@ type Node struct {
 	// unwritten counts the fills of workers without delay_logging that
 	// were answered without their synchronous record (see record).
 	unwritten atomic.Uint64
-	refused   refusals    // peer requests refused, by op and code
-	outbox    outboxBytes // bytes of the delayed invalidations queued
+	refused   refusals         // peer requests refused, by op and code
+	outbox    outboxBytes      // bytes of the delayed invalidations queued
+	dropped   droppedListeners // see OnDropped
 
 	done chan struct{} // closed by Close: stops the background loops
 	wg   sync.WaitGroup
@@ -528,6 +529,7 @@ func (n *Node) maintain() {
 				w.Drop(e.Key)
 			}
 		}
+		n.notifyDropped(Dropped{Ring: true, All: heal}) // see OnDropped
 		if moved+near > 0 {
 			n.log.Debug("ring change applied", "version", r.ring.Version(), "moved", moved, "near_dropped", near, "heal", heal)
 		}

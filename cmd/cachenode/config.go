@@ -30,15 +30,17 @@ import (
 
 // fileConfig is the YAML config file. Every field can be left out.
 type fileConfig struct {
-	Name          string    `yaml:"name"`
-	Gossip        string    `yaml:"gossip"`
-	Advertise     string    `yaml:"advertise"`
-	Peer          string    `yaml:"peer"`
-	PeerAdvertise string    `yaml:"peer_advertise"`
-	HTTP          string    `yaml:"http"`
-	HTTPAdvertise string    `yaml:"http_advertise"`
-	Join          addrList  `yaml:"join"`
-	Data          optString `yaml:"data"`
+	Name          string `yaml:"name"`
+	Gossip        string `yaml:"gossip"`
+	Advertise     string `yaml:"advertise"`
+	Peer          string `yaml:"peer"`
+	PeerAdvertise string `yaml:"peer_advertise"`
+	HTTP          string `yaml:"http"`
+	HTTPAdvertise string `yaml:"http_advertise"`
+	// RESP is the address of the RESP (Redis protocol) front; "": off.
+	RESP string    `yaml:"resp"`
+	Join addrList  `yaml:"join"`
+	Data optString `yaml:"data"`
 	// DataOnCorruption: move-aside (default) or fail; DataKeepCorrupt: how
 	// many moved-aside directories are kept (default 1, negative none).
 	DataOnCorruption string            `yaml:"data_on_corruption"`
@@ -428,14 +430,20 @@ type runConfig struct {
 	Node          node.Config
 	HTTP          string
 	HTTPAdvertise string
-	TokenFile     string
-	Token         string
-	TLS           tlsConfig
+	// RESP is the RESP front's address: resp, --resp or CACHENODE_RESP;
+	// "" (the default): no RESP front.
+	RESP      string
+	TokenFile string
+	Token     string
+	TLS       tlsConfig
 	// Insecure: insecure: true, --insecure or CACHENODE_INSECURE.
 	Insecure bool
 	// OpenHTTP: the HTTP port listens beyond loopback without admin token
 	// (allowed by Insecure).
 	OpenHTTP bool
+	// OpenRESP: the RESP port listens beyond loopback without admin token
+	// (allowed by Insecure).
+	OpenRESP bool
 	Level    slog.Level
 	Workers  map[string]workerConfig
 	Rules    map[string]map[string]ruleConfig
@@ -449,7 +457,7 @@ type runConfig struct {
 
 // flagNames are the flags of serve, in the contract's order.
 var flagNames = []string{"config", "name", "gossip", "advertise", "peer", "http", "join", "memory", "data", "gossip-key", "admin-token-file", "log-level",
-	"data-on-corruption"}
+	"data-on-corruption", "resp"}
 
 // usageError is a bad flag or config: the command exits 2.
 type usageError struct{ msg string }
@@ -472,12 +480,13 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (*r
 		"data":             "Pebble `DIR` (default ./cachenode-data/NAME; empty: in memory)",
 		"gossip-key":       "`FILE` with the gossip key: hex or base64 of 16, 24 or 32 bytes (cachenode keygen FILE makes one); several lines are a keyring, primary first",
 		"admin-token-file": "`FILE` with the bearer token of /admin/* and POST /v1/invalidate", "log-level": "debug, info, warn or error (default info)",
+		"resp":               "RESP (Redis protocol) front `HOST:PORT`: GET, MGET, DEL, CLIENT TRACKING (default: off)",
 		"data-on-corruption": "a corrupt data directory at start: move-aside (to DIR.corrupt-TIME, start empty; the default) or fail",
 	}
 	for _, name := range flagNames {
 		vals[name] = fs.String(name, "", help[name])
 	}
-	fs.Bool("insecure", false, "let gossip, peer or HTTP listen beyond loopback without gossip key, peer TLS or admin token (warned at every start)")
+	fs.Bool("insecure", false, "let gossip, peer, HTTP or RESP listen beyond loopback without gossip key, peer TLS or admin token (warned at every start)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: cachenode [serve] [flags]\n\nflags (each also a config key and a CACHENODE_* variable; flags win):")
 		fs.SetOutput(stderr)
@@ -563,7 +572,8 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 		rc.HTTP = "127.0.0.1:8080"
 	}
 	rc.HTTPAdvertise = fc.HTTPAdvertise
-	for field, addr := range map[string]string{"http": rc.HTTP, "http_advertise": rc.HTTPAdvertise} {
+	rc.RESP = str("resp", fc.RESP)
+	for field, addr := range map[string]string{"http": rc.HTTP, "http_advertise": rc.HTTPAdvertise, "resp": rc.RESP} {
 		if _, _, err := net.SplitHostPort(addr); addr != "" && err != nil {
 			return nil, usagef("%s: %q is not HOST:PORT", field, addr)
 		}
@@ -706,15 +716,20 @@ func nodeConfigError(err error, set map[string]string, nc *node.Config) error {
 	return usagef("%s: %s", field, ce.Problem)
 }
 
-// checkOpenHTTP refuses an HTTP port beyond loopback without an admin
-// token (its invalidations and admin pages would be open to anyone who
-// reaches it), unless insecure says so. The gossip and peer ports are
+// checkOpenHTTP refuses an HTTP or RESP port beyond loopback without an
+// admin token (their invalidations, and HTTP's admin pages, would be open
+// to anyone who reaches them), unless insecure says so. The gossip and peer ports are
 // node.Config.Validate's (see nodeConfigError).
 func checkOpenHTTP(rc *runConfig) error {
 	rc.OpenHTTP = !node.IsLoopback(rc.HTTP) && rc.Token == ""
+	rc.OpenRESP = rc.RESP != "" && !node.IsLoopback(rc.RESP) && rc.Token == ""
 	if rc.OpenHTTP && !rc.Insecure {
 		return usagef("http: %s is not a loopback address and there is no admin_token_file, so anyone who reaches it could invalidate every value and use the admin pages: give --admin-token-file FILE (admin_token_file: FILE), or bind --http to 127.0.0.1, or pass --insecure (insecure: true) to run open",
 			rc.HTTP)
+	}
+	if rc.OpenRESP && !rc.Insecure {
+		return usagef("resp: %s is not a loopback address and there is no admin_token_file, so anyone who reaches it could invalidate every value (DEL, CN.INVALIDATE): give --admin-token-file FILE (admin_token_file: FILE), or bind --resp to 127.0.0.1, or pass --insecure (insecure: true) to run open",
+			rc.RESP)
 	}
 	return nil
 }

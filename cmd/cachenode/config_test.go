@@ -103,6 +103,19 @@ func TestPrecedence(t *testing.T) {
 	if err != nil || rc.Node.Data != "" || rc.Node.Memory != 3<<29 || rc.HTTP != "127.0.0.1:8080" || rc.Node.Gossip != "0.0.0.0:7946" {
 		t.Errorf("--data= keeps records in memory: %+v %v", rc, err)
 	}
+	if rc.RESP != "" {
+		t.Errorf("the RESP front is on by default: %q", rc.RESP)
+	}
+	path = writeFile(t, "r.yaml", "name: r\nresp: 127.0.0.1:6380\ninsecure: true\n")
+	if rc, err := loadConfig([]string{"--config", path}, noEnv, &bytes.Buffer{}); err != nil || rc.RESP != "127.0.0.1:6380" {
+		t.Errorf("resp: in the file: %q %v", rc.RESP, err)
+	}
+	if rc, err := loadConfig([]string{"--config", path, "--resp", "127.0.0.1:6381"}, func(k string) string { return map[string]string{"CACHENODE_RESP": "127.0.0.1:6382"}[k] }, &bytes.Buffer{}); err != nil || rc.RESP != "127.0.0.1:6381" {
+		t.Errorf("--resp over CACHENODE_RESP over the file: %+v %v", rc, err)
+	}
+	if _, err := loadConfig([]string{"--name=x", "--insecure", "--resp", "nonsense"}, noEnv, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "resp") {
+		t.Errorf("--resp nonsense: %v", err)
+	}
 	rc, err = loadConfig([]string{"--name=x", "--insecure"}, noEnv, &bytes.Buffer{})
 	if err != nil || rc.Node.Data != filepath.Join("cachenode-data", "x") || rc.Node.Membership.Preset != "lan" {
 		t.Errorf("default data dir: %q %v", rc.Node.Data, err)

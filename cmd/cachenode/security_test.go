@@ -30,6 +30,10 @@ func TestExposureNeedsASecret(t *testing.T) {
 		{"all loopback", []string{"--gossip", "127.0.0.1:0", "--peer", "localhost:0"}, nil, ""},
 		{"keyed, http on loopback", []string{"--gossip-key", key}, nil, ""},
 		{"keyed, http open with a token", []string{"--gossip-key", key, "--http", "0.0.0.0:8080", "--admin-token-file", token}, nil, ""},
+		{"resp open, no token", []string{"--gossip-key", key, "--resp", "0.0.0.0:6379"}, nil, "resp: 0.0.0.0:6379"},
+		{"resp open via the environment", []string{"--gossip-key", key}, map[string]string{"CACHENODE_RESP": "10.0.0.1:6379"}, "resp: 10.0.0.1:6379"},
+		{"keyed, resp on loopback", []string{"--gossip-key", key, "--resp", "127.0.0.1:6379"}, nil, ""},
+		{"keyed, resp open with a token", []string{"--gossip-key", key, "--resp", "0.0.0.0:6379", "--admin-token-file", token}, nil, ""},
 		{"--insecure", []string{"--insecure"}, nil, ""},
 		{"CACHENODE_INSECURE", nil, map[string]string{"CACHENODE_INSECURE": "true"}, ""},
 	} {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cachenode/cachenode/node"
 	"github.com/cachenode/cachenode/node/httpapi"
+	"github.com/cachenode/cachenode/node/resp"
 )
 
 // running is a started node with its HTTP server.
@@ -28,6 +29,9 @@ type running struct {
 	served  chan error // the HTTP server's end
 	httpURL string
 	sources *sources // change sources (sources.go); nil without any
+	// resp is the RESP front (nil when off), respAddr its bound address.
+	resp     *resp.Server
+	respAddr string
 }
 
 // startNode builds, starts and serves one node. Configuration errors are
@@ -79,7 +83,16 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 	if err != nil {
 		return fail(err)
 	}
+	var respLn net.Listener
+	if rc.RESP != "" {
+		if respLn, err = net.Listen("tcp", rc.RESP); err != nil {
+			return fail(fmt.Errorf("resp: %w", err))
+		}
+	}
 	if err := n.Start(); err != nil {
+		if respLn != nil {
+			respLn.Close()
+		}
 		return fail(err)
 	}
 	srcs, err := startSources(rc.Sources, n, log)
@@ -99,6 +112,23 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 		scheme = "https"
 	}
 	r.httpURL = scheme + "://" + nc.HTTP
+	if respLn != nil {
+		if rc.OpenRESP {
+			log.Warn("INSECURE: the RESP port is open to the network without an admin token (insecure: true): anyone who reaches it can invalidate every value; set admin_token_file",
+				"resp", rc.RESP)
+		}
+		rs, err := resp.New(resp.Config{Node: n, Token: rc.Token, Logger: log})
+		if err != nil {
+			respLn.Close()
+			return fail(err)
+		}
+		r.resp, r.respAddr = rs, respLn.Addr().String()
+		go func() {
+			if err := rs.Serve(respLn); !errors.Is(err, resp.ErrServerClosed) {
+				log.Error("resp server stopped", "err", err)
+			}
+		}()
+	}
 	go func() {
 		var err error
 		if rc.TLS.Cert != "" {
@@ -141,6 +171,9 @@ func advertisedHTTP(rc *runConfig, bound *net.TCPAddr) string {
 // entries, leaves the cluster, flushes its records and closes Pebble.
 func (r *running) stop(grace time.Duration) error {
 	r.api.Drain()
+	if r.resp != nil {
+		r.resp.Close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	var errs []error
@@ -172,8 +205,12 @@ func serve(args []string, stderr io.Writer) int {
 	if err != nil {
 		return exitFor(err, stderr)
 	}
-	log.Info("cachenode serving", "name", r.node.Name(), "http", r.httpURL, "gossip", r.node.GossipAddr(),
-		"peer", r.node.PeerAddr(), "data", dataDesc(rc.Node.Data), "workers", len(rc.Workers), "version", version())
+	attrs := []any{"name", r.node.Name(), "http", r.httpURL, "gossip", r.node.GossipAddr(),
+		"peer", r.node.PeerAddr(), "data", dataDesc(rc.Node.Data), "workers", len(rc.Workers), "version", version()}
+	if r.respAddr != "" {
+		attrs = append(attrs, "resp", r.respAddr)
+	}
+	log.Info("cachenode serving", attrs...)
 	select {
 	case sig := <-sigs:
 		log.Info("shutting down", "signal", sig.String())

@@ -221,7 +221,7 @@ func (s *Server) handleRecords(w http.ResponseWriter, r *http.Request) {
 	}
 	recs, next, err := s.listRecords(label, after, limit)
 	if err != nil {
-		code, word := statusOf(err)
+		code, word := StatusOf(err)
 		writeError(w, code, word, err.Error())
 		return
 	}

@@ -185,13 +185,7 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "override_not_allowed", err.Error())
 		return
 	}
-	// The longest a read can legitimately take: a wait that runs out, a
-	// fetch from the owner bounded by the same budget, then a fill here.
-	fill := wk.Config().FillTimeout
-	if fill <= 0 {
-		fill = pol.Budget()
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*pol.Budget()+fill+s.cfg.Slack)
+	ctx, cancel := context.WithTimeout(r.Context(), ReadTimeout(wk, pol, s.cfg.Slack))
 	defer cancel()
 	e, st, err := s.node.Get(ctx, label, q.Args, q.Overrides)
 	if err != nil {
@@ -226,7 +220,7 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 		entity = *q.Entity
 	}
 	if entity {
-		writeJSON(w, http.StatusOK, entityOf(e, owner, st))
+		writeJSON(w, http.StatusOK, EntityOf(e, owner, st))
 		return
 	}
 	ct := e.ContentType
@@ -244,10 +238,10 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 // readFailed answers a read of label that failed with err, and logs the
 // failures that are the node's or the origin's.
 func (s *Server) readFailed(w http.ResponseWriter, label string, wk *worker.Worker, err error) {
-	code, word := statusOf(err)
+	code, word := StatusOf(err)
 	msg := err.Error()
 	if word == "origin_error" {
-		msg = fillMessage(label, err)
+		msg = FillMessage(label, err)
 	}
 	if word == "internal" || word == "origin_error" {
 		attrs := []any{"label", label, "err", err}
@@ -260,11 +254,23 @@ func (s *Server) readFailed(w http.ResponseWriter, label string, wk *worker.Work
 	writeError(w, code, word, msg)
 }
 
-// fillMessage is the getter's own message inside a fill error of label
+// ReadTimeout is the deadline of a read of wk under pol from the network:
+// the longest a read can legitimately take (a wait that runs out, a fetch
+// from the owner bounded by the same budget, then a fill here) plus slack.
+// Every front (HTTP, RESP) bounds its reads with it.
+func ReadTimeout(wk *worker.Worker, pol worker.Policy, slack time.Duration) time.Duration {
+	fill := wk.Config().FillTimeout
+	if fill <= 0 {
+		fill = pol.Budget()
+	}
+	return 2*pol.Budget() + fill + slack
+}
+
+// FillMessage is the getter's own message inside a fill error of label
 // ("origin answered 503"), without the wrapping of the worker and of the
 // peer that carried it from the owner. The getters of cmd/cachenode keep
 // origin URLs out of their errors; this keeps the answer short.
-func fillMessage(label string, err error) string {
+func FillMessage(label string, err error) string {
 	s := err.Error()
 	marker := worker.ErrFill.Error() + ": " + label + ": "
 	if i := strings.LastIndex(s, marker); i >= 0 && i+len(marker) < len(s) {
@@ -299,7 +305,8 @@ type Entity struct {
 	ValueBase64 *string         `json:"value_base64,omitempty"`
 }
 
-func entityOf(e *worker.Entry, owner string, st worker.Status) Entity {
+// EntityOf is the entity form of e, served by owner with status st.
+func EntityOf(e *worker.Entry, owner string, st worker.Status) Entity {
 	out := Entity{Label: e.Label, Key: e.Key, Args: e.Args, Owner: owner, Status: st.String(),
 		CreatedAt: e.CreatedAt, AvailableTo: e.AvailableTo, ContentType: e.ContentType}
 	if !e.RelevanceTo.IsZero() {

@@ -63,9 +63,10 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	w.Write(append(b, '\n'))
 }
 
-// statusOf maps an error of the node, the worker or the invalidation
-// package to the contract's status and code.
-func statusOf(err error) (int, string) {
+// StatusOf maps an error of the node, the worker or the invalidation
+// package to the contract's status and code. The RESP front answers with
+// the same code words (-ERR origin_error ...).
+func StatusOf(err error) (int, string) {
 	switch {
 	case errors.Is(err, worker.ErrOriginBusy):
 		return http.StatusServiceUnavailable, "origin_busy"

@@ -52,7 +52,7 @@ func (s *Server) handleInvalidate(w http.ResponseWriter, r *http.Request) {
 	res, err := s.inv.Invalidate(r.Context(), req)
 	s.metrics.recordInvalidation(req, res, err)
 	if err != nil {
-		code, word := statusOf(err)
+		code, word := StatusOf(err)
 		if word == "internal" {
 			s.log.Warn("invalidation failed", "err", err)
 		}

@@ -3,40 +3,13 @@ package httpapi
 import (
 	"net/http"
 	"strconv"
-	"time"
 
+	"github.com/cachenode/cachenode/invalidation"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// SourceStatus is what the server shows of one change source (a database
-// whose committed changes become change events): the same fields as
-// invalidation/SourceStatus, which converts to it, so that this package
-// does not depend on the database driver.
-type SourceStatus struct {
-	Name        string `json:"name"`
-	State       string `json:"state"`
-	Consuming   bool   `json:"consuming"`
-	Consumer    string `json:"consumer"`
-	Slot        string `json:"slot"`
-	Publication string `json:"publication"`
-	// Positions in the database's log: the commit of the last transaction
-	// applied by every member, the one confirmed to the database, the end
-	// of its log last heard of.
-	LastAppliedLSN      string            `json:"last_applied_lsn"`
-	LastAppliedPosition uint64            `json:"last_applied_position"`
-	ConfirmedLSN        string            `json:"confirmed_lsn"`
-	ServerLSN           string            `json:"server_lsn"`
-	LagBytes            int64             `json:"lag_bytes"`
-	LagSeconds          float64           `json:"lag_seconds"`
-	Transactions        uint64            `json:"transactions"`
-	Changes             uint64            `json:"changes"`
-	FullInvalidations   uint64            `json:"full_invalidations"`
-	Errors              uint64            `json:"errors"`
-	LastError           string            `json:"last_error,omitempty"`
-	LastApplied         time.Time         `json:"last_applied,omitzero"`
-	Tables              map[string]string `json:"tables"`
-	Warnings            []string          `json:"warnings,omitempty"`
-}
+// SourceStatus is what the server shows of one change source.
+type SourceStatus = invalidation.SourceStatus
 
 // SetSources makes the server report the node's change sources: GET
 // /admin/sources answers {"sources": [...]} with each source's state, lag,

@@ -138,12 +138,13 @@ func (w *Worker) PeekOwned(key string, ov Settings) (*Entry, bool) {
 		return nil, false
 	}
 	now := w.cache.clock.Now()
-	e, ok := w.cache.store.GetIfPresent(key)
-	if !ok || e.Expired(now) || !fresh(e, pol, now) || w.Busy(key) {
+	it, ok := w.cache.store.GetIfPresent(key)
+	if !ok || it.expired(now.UnixNano()) || !freshItem(it, pol, now) || w.Busy(key) {
 		return nil, false
 	}
 	w.stats.hits.Add(1)
-	w.markRead(e, now)
+	markRead(it, now)
+	e := it.entry(key, nil)
 	w.maybeRefreshEarly(e, now, pol, false)
 	return e, true
 }
@@ -151,10 +152,16 @@ func (w *Worker) PeekOwned(key string, ov Settings) (*Entry, bool) {
 // markRead notes that e was read at now, at most once a second per entry
 // so that hot keys do not write one cache line from every core.
 func (w *Worker) markRead(e *Entry, now time.Time) {
-	n := now.UnixNano()
-	if old := atomic.LoadInt64(&e.readAt); old >= 0 && n-old >= int64(time.Second) {
+	if e.it != nil {
+		markRead(e.it, now)
+	}
+}
+
+func markRead(it *item, now time.Time) {
+	n := uint32(min(max(now.Unix(), 1), itemWithdrawn-1))
+	if old := atomic.LoadUint32(&it.readAt); old != itemWithdrawn && n != old {
 		// A CAS, not a store: a withdrawn entry stays withdrawn.
-		atomic.CompareAndSwapInt64(&e.readAt, old, n)
+		atomic.CompareAndSwapUint32(&it.readAt, old, n)
 	}
 }
 
@@ -164,8 +171,13 @@ func (w *Worker) readRecently(e *Entry, now time.Time) bool {
 	if w.cfg.RefreshIfReadWithin < 0 {
 		return true
 	}
-	r := atomic.LoadInt64(&e.readAt)
-	return r != 0 && now.UnixNano()-r <= int64(w.cfg.RefreshIfReadWithin)
+	if e.it == nil {
+		return false
+	}
+	r := atomic.LoadUint32(&e.it.readAt)
+	// Read times are whole seconds: a read in the second of the window's
+	// start counts.
+	return r != 0 && r != itemWithdrawn && now.Unix()-int64(r) <= int64(w.cfg.RefreshIfReadWithin/time.Second)
 }
 
 func (w *Worker) get(ctx context.Context, args Args, ov Settings, route bool) (*Entry, Status, error) {
@@ -186,8 +198,8 @@ func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool) (
 		return nil, 0, err
 	}
 	now := w.cache.clock.Now()
-	if e, ok := w.cache.store.GetIfPresent(key); ok && !e.Expired(now) {
-		if fresh(e, pol, now) {
+	if it, ok := w.cache.store.GetIfPresent(key); ok && !it.expired(now.UnixNano()) {
+		if freshItem(it, pol, now) {
 			if !route {
 				// Asked by a peer that will keep what it gets as a near
 				// copy: while an invalidation's rebuild of this key runs,
@@ -208,15 +220,17 @@ func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool) (
 				// No rebuild running now, but one may have ended between
 				// the lookup above and that check, replacing e: answer
 				// what is in place now.
-				if cur, ok := w.cache.store.GetIfPresent(key); ok && cur != e && !cur.Expired(now) {
-					e = cur
+				if cur, ok := w.cache.store.GetIfPresent(key); ok && cur != it && !cur.expired(now.UnixNano()) {
+					it = cur
 				}
 			}
+			e := it.entry(key, args)
 			w.stats.hits.Add(1)
 			w.maybeRefreshEarly(e, now, pol, route)
 			return e, Hit, nil
 		}
 		// Past the soft deadline.
+		e := it.entry(key, args)
 		w.stats.staleHits.Add(1)
 		if pol.DelayInvalidation {
 			// Stale-while-revalidate: at most one rebuild per key, however
@@ -280,9 +294,11 @@ func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, ro
 	// value and left between the caller's lookup and now. Flights store
 	// before they leave the map, both under w.mu, so this check cannot miss
 	// a value and start a second fill of it.
-	if e, ok := w.cache.store.GetIfPresent(key); ok && !e.Expired(w.cache.clock.Now()) && fresh(e, pol, w.cache.clock.Now()) {
-		w.mu.Unlock()
-		return e, Hit, nil
+	if now := w.cache.clock.Now(); true {
+		if it, ok := w.cache.store.GetIfPresent(key); ok && !it.expired(now.UnixNano()) && freshItem(it, pol, now) {
+			w.mu.Unlock()
+			return it.entry(key, args), Hit, nil
+		}
 	}
 	if p := w.remoteOwner(key, route); p != nil {
 		// Another node owns the key: this caller fetches it in its own
@@ -423,6 +439,10 @@ func (w *Worker) Busy(key string) bool {
 // fresh reports whether e is within its soft TTL under pol.
 func fresh(e *Entry, pol Policy, now time.Time) bool {
 	return !pol.RelevanceInvalidation || now.Before(e.CreatedAt.Add(pol.RelevanceExpires))
+}
+
+func freshItem(it *item, pol Policy, now time.Time) bool {
+	return !pol.RelevanceInvalidation || now.UnixNano() < it.created+int64(pol.RelevanceExpires)
 }
 
 func (f *flight) result() (*Entry, Status, error) {
@@ -610,7 +630,13 @@ func (w *Worker) finish(key string, gen uint64, f *flight, e *Entry, st Status, 
 	case w.cache.cfg.NoNearCache && e.Owner != w.cache.cfg.Self:
 		// Copies of other nodes' keys are not kept.
 	default:
-		w.cache.store.Set(key, e)
+		it, ierr := w.cache.newItem(e)
+		if ierr != nil {
+			w.cache.cfg.Logger.Error("entry not kept: its arguments cannot be encoded", "label", w.cfg.Label, "key", key, "err", ierr)
+			break
+		}
+		e.it = it
+		w.cache.store.Set(key, it)
 		stored = true
 	}
 	w.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"sync/atomic"
 )
 
 // WAL sync policy.
@@ -57,6 +58,7 @@ type op struct {
 	id      uint64    // opEnqueue: result; opAck: argument
 
 	n, nValues int // opExpire results: records and values removed
+	limit      int // opExpire: the most records to remove (RemoveEarliest); 0: expireChunk, and values
 	found      bool
 	err        error
 	done       chan struct{}
@@ -182,7 +184,20 @@ func (s *Store) Put(rec Record) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	if s.overBudget() {
+		return ErrOverBudget
+	}
 	return s.do(&op{kind: opPut, rec: &rec, key: rec.Key, enc: enc})
+}
+
+// overBudget reports whether an in-memory database holds more records than
+// its cap (see enforceMemory), counting a dropped record.
+func (s *Store) overBudget() bool {
+	if c := s.recordCap.Load(); c > 0 && s.recordCount.Load() > c {
+		s.stats.dropped.Add(1)
+		return true
+	}
+	return false
 }
 
 // PutAsync queues rec for the background writer and returns at once; it
@@ -196,6 +211,9 @@ func (s *Store) Put(rec Record) error {
 func (s *Store) PutAsync(rec Record) error {
 	if err := checkRecord(&rec); err != nil {
 		return err
+	}
+	if s.overBudget() {
+		return ErrOverBudget
 	}
 	s.mu.Lock()
 	if s.mu.closing {
@@ -253,6 +271,22 @@ func (s *Store) RemoveExpired(now time.Time) (int, error) {
 			return total, nil
 		}
 	}
+}
+
+// RemoveEarliest removes up to n records, those that expire first, and
+// returns how many it removed: what the store drops when an in-memory
+// database is over its memory budget (see Config.MemoryBudget).
+func (s *Store) RemoveEarliest(n int) (int, error) {
+	total := 0
+	for total < n {
+		o := &op{kind: opExpire, t: time.Unix(1<<40, 0), limit: min(n-total, expireChunk)}
+		err := s.do(o)
+		total += o.n
+		if err != nil || o.n == 0 {
+			return total, err
+		}
+	}
+	return total, nil
 }
 
 // Flush waits until every PutAsync that returned before the call was
@@ -544,6 +578,7 @@ func (s *Store) apply(ops []*op, recs []Record) error {
 		return asyncErr
 	}
 	t.live.apply(t.delta, true)
+	s.recordCount.Add(t.count)
 	s.stats.batches.Add(1)
 	s.stats.writtenAsync.Add(uint64(written))
 	for _, o := range ops {
@@ -642,6 +677,10 @@ func (s *Store) applyOp(t *txn, o *op) error {
 		return err
 	case opExpire:
 		var err error
+		if o.limit > 0 { // RemoveEarliest
+			o.n, err = t.expireRecords(o.t, o.limit, s.log)
+			return err
+		}
 		o.n, err = t.expireRecords(o.t, expireChunk, s.log)
 		if err != nil {
 			return err
@@ -675,6 +714,7 @@ type viewEntry struct {
 // encoded records and prefetched values are appended to buf.
 type txn struct {
 	db     *pebble.DB
+	count  int64                // records created minus removed (see counted)
 	tables [256][]write         // by the key's table prefix
 	n      int                  // writes in tables
 	view   map[string]viewEntry // final state of the keys written with set and del
@@ -710,6 +750,7 @@ const maxRetainedBuf = 4 << 20
 // reset empties t for the next batch, dropping its references to the
 // callers' data.
 func (t *txn) reset() {
+	t.count = 0
 	for i := range t.tables {
 		if len(t.tables[i]) > 0 {
 			clear(t.tables[i])
@@ -1070,9 +1111,26 @@ func (t *txn) expireRecords(now time.Time, limit int, log logger) (int, error) {
 //
 // Memory: one map entry (a uint64 and a uint32) per record, about 20-30
 // bytes with the map's overhead.
+//
+// Beyond max counts (the store's memory budget) it gives up: off, it knows
+// nothing, until the next Open counts again.
 type liveKeys struct {
 	seed maphash.Seed
 	n    map[uint64]uint32
+	max  int // 0: no bound
+	off  bool
+	// bytes is where the counts' size is published (may be nil).
+	bytes *atomic.Int64
+}
+
+// check turns l off when it holds more than its max counts.
+func (l *liveKeys) check() {
+	if l.max > 0 && len(l.n) > l.max {
+		l.off, l.n = true, nil
+	}
+	if l.bytes != nil {
+		l.bytes.Store(int64(len(l.n)) * 32)
+	}
 }
 
 func (l *liveKeys) hash(key string) uint64 { return maphash.String(l.seed, key) }
@@ -1080,15 +1138,16 @@ func (l *liveKeys) hash(key string) uint64 { return maphash.String(l.seed, key) 
 // absent reports whether key certainly has no committed record. A nil
 // liveKeys knows nothing.
 func (l *liveKeys) absent(key string) bool {
-	return l != nil && l.n[l.hash(key)] == 0
+	return l != nil && !l.off && l.n[l.hash(key)] == 0
 }
 
 // apply adds a committed batch's changes to the counts; with all false,
 // only the increments (see the type's comment).
 func (l *liveKeys) apply(delta map[uint64]int32, all bool) {
-	if l == nil {
+	if l == nil || l.off {
 		return
 	}
+	defer l.check()
 	for h, d := range delta {
 		if d > 0 {
 			l.n[h] += uint32(d)
@@ -1105,6 +1164,7 @@ func (l *liveKeys) apply(delta map[uint64]int32, all bool) {
 // counted records that this batch creates (+1) or removes (-1) the record
 // of key.
 func (t *txn) counted(key string, d int32) {
+	t.count += int64(d)
 	if t.live != nil {
 		t.delta[t.live.hash(key)] += d
 	}

@@ -43,11 +43,11 @@ func (h peerHandler) HandlePeerFast(dst []byte, op byte, payload []byte) ([]byte
 	if h.n.noticePause() {
 		return dst, false
 	}
-	e, ok := w.PeekOwned(key, worker.Settings{})
-	if !ok {
+	var e worker.Entry
+	if !w.PeekOwnedInto(key, worker.Settings{}, &e) {
 		return dst, false
 	}
-	we := toWire(e, worker.Hit)
+	we := toWire(&e, worker.Hit)
 	we.Args = nil // the caller has them
 	dst, err := appendEntry(dst, &we)
 	return dst, err == nil

@@ -455,6 +455,20 @@ func (n *Node) Get(ctx context.Context, label string, args worker.Args, ov worke
 	return w.Get(ctx, args, ov)
 }
 
+// GetInto is Get writing the entry into *dst: a hit allocates no Entry
+// (see worker.Worker.GetInto).
+func (n *Node) GetInto(ctx context.Context, label string, args worker.Args, ov worker.Settings, dst *worker.Entry) (worker.Status, error) {
+	w, ok := n.cache.Worker(label)
+	if !ok {
+		return 0, fmt.Errorf("%w: %q", worker.ErrUnknownLabel, label)
+	}
+	if err := n.cfg.Limits.Check(args); err != nil {
+		return 0, err
+	}
+	n.noticePause()
+	return w.GetInto(ctx, args, ov, dst)
+}
+
 // Owner returns the name of the member that owns key in this node's ring.
 func (n *Node) Owner(key string) string {
 	r := n.route.Load()

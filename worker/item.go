@@ -182,8 +182,12 @@ func (it *item) weight(key string) uint32 {
 // fill sets e from the item of key; args are the entry's arguments when the
 // caller has them (the arguments of a Get, whose key is the item's), nil to
 // decode them.
-func (it *item) fill(e *Entry, key string, args Args) {
-	if args == nil {
+func (it *item) fill(e *Entry, key string, args Args) { it.fillArgs(e, key, args, true) }
+
+// fillArgs is fill that leaves Args nil, without decoding them, when args
+// is nil and decode false.
+func (it *item) fillArgs(e *Entry, key string, args Args, decode bool) {
+	if args == nil && decode {
 		args = it.args()
 	}
 	*e = Entry{
@@ -204,6 +208,15 @@ func (it *item) fill(e *Entry, key string, args Args) {
 	if it.ext != nil {
 		e.decoded = it.ext.decoded
 	}
+}
+
+// build fills dst from the item of key, or a new Entry when dst is nil.
+func build(dst *Entry, it *item, key string, args Args) *Entry {
+	if dst == nil {
+		dst = new(Entry)
+	}
+	it.fill(dst, key, args)
+	return dst
 }
 
 func (it *item) entry(key string, args Args) *Entry {

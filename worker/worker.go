@@ -116,14 +116,28 @@ func (w *Worker) PolicyFor(ov Settings) (Policy, error) {
 // [Fallback]. Errors: [ErrBadArgs], [ErrConfig] for bad overrides, errors
 // wrapping [ErrFill] from the getter, the context's error, [ErrClosed].
 func (w *Worker) Get(ctx context.Context, args Args, ov Settings) (*Entry, Status, error) {
-	return w.get(ctx, args, ov, true)
+	return w.get(ctx, args, ov, true, nil)
+}
+
+// GetInto is Get writing the entry into *dst: a hit builds it there and
+// allocates no Entry (the store keeps entries packed and builds one per
+// read). The Entry's Value shares the store's bytes.
+func (w *Worker) GetInto(ctx context.Context, args Args, ov Settings, dst *Entry) (Status, error) {
+	e, st, err := w.get(ctx, args, ov, true, dst)
+	if err != nil {
+		return 0, err
+	}
+	if e != dst {
+		*dst = *e
+	}
+	return st, nil
 }
 
 // GetOwned is Get for a key this node owns, as asked by a peer: it never
 // forwards the request to another node, whatever the ring says, so that two
 // nodes whose rings disagree for a moment cannot bounce a request forever.
 func (w *Worker) GetOwned(ctx context.Context, args Args, ov Settings) (*Entry, Status, error) {
-	return w.get(ctx, args, ov, false)
+	return w.get(ctx, args, ov, false, nil)
 }
 
 // PeekOwned returns the entry of key that GetOwned would answer at once as
@@ -132,21 +146,32 @@ func (w *Worker) GetOwned(ctx context.Context, args Args, ov Settings) (*Entry, 
 // wait for the rebuilt value). It never blocks and never starts a
 // computation, except the early refresh a hit may start in the background;
 // when it reports false, call GetOwned. An entry it returns counts as a hit.
+// Its Args are nil: the peer that asks has them (decoding them is most of
+// what building the entry would cost).
 func (w *Worker) PeekOwned(key string, ov Settings) (*Entry, bool) {
+	e := new(Entry)
+	if !w.PeekOwnedInto(key, ov, e) {
+		return nil, false
+	}
+	return e, true
+}
+
+// PeekOwnedInto is PeekOwned writing the entry into *dst.
+func (w *Worker) PeekOwnedInto(key string, ov Settings, dst *Entry) bool {
 	pol, err := w.PolicyFor(ov)
 	if err != nil {
-		return nil, false
+		return false
 	}
 	now := w.cache.clock.Now()
 	it, ok := w.cache.store.GetIfPresent(key)
 	if !ok || it.expired(now.UnixNano()) || !freshItem(it, pol, now) || w.Busy(key) {
-		return nil, false
+		return false
 	}
 	w.stats.hits.Add(1)
 	markRead(it, now)
-	e := it.entry(key, nil)
-	w.maybeRefreshEarly(e, now, pol, false)
-	return e, true
+	it.fillArgs(dst, key, nil, false)
+	w.maybeRefreshEarly(dst, now, pol, false)
+	return true
 }
 
 // markRead notes that e was read at now, at most once a second per entry
@@ -180,15 +205,16 @@ func (w *Worker) readRecently(e *Entry, now time.Time) bool {
 	return r != 0 && r != itemWithdrawn && now.Unix()-int64(r) <= int64(w.cfg.RefreshIfReadWithin/time.Second)
 }
 
-func (w *Worker) get(ctx context.Context, args Args, ov Settings, route bool) (*Entry, Status, error) {
-	e, st, err := w.read(ctx, args, ov, route)
+func (w *Worker) get(ctx context.Context, args Args, ov Settings, route bool, dst *Entry) (*Entry, Status, error) {
+	e, st, err := w.read(ctx, args, ov, route, dst)
 	if err == nil {
 		w.markRead(e, w.cache.clock.Now())
 	}
 	return e, st, err
 }
 
-func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool) (*Entry, Status, error) {
+// read answers a Get; a hit is built into dst when it is not nil.
+func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool, dst *Entry) (*Entry, Status, error) {
 	pol, err := w.PolicyFor(ov)
 	if err != nil {
 		return nil, 0, err
@@ -224,13 +250,13 @@ func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool) (
 					it = cur
 				}
 			}
-			e := it.entry(key, args)
+			e := build(dst, it, key, args)
 			w.stats.hits.Add(1)
 			w.maybeRefreshEarly(e, now, pol, route)
 			return e, Hit, nil
 		}
 		// Past the soft deadline.
-		e := it.entry(key, args)
+		e := build(dst, it, key, args)
 		w.stats.staleHits.Add(1)
 		if pol.DelayInvalidation {
 			// Stale-while-revalidate: at most one rebuild per key, however
@@ -480,7 +506,11 @@ func (w *Worker) maybeRefreshEarly(e *Entry, now time.Time, pol Policy, route bo
 		return
 	}
 	w.stats.refreshes.Add(1)
-	w.background(e.Key, e.Args, pol, route, time.Time{})
+	args := e.Args
+	if args == nil && e.it != nil { // a PeekOwned entry
+		args = e.it.args()
+	}
+	w.background(e.Key, args, pol, route, time.Time{})
 }
 
 // startFlightLocked registers a computation of key that callers can join and

@@ -14,6 +14,8 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # examples/dedicated/run.sh
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# the bench's memory scenario compares with Redis (bench/internal/scenario)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) ||

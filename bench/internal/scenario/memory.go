@@ -69,6 +69,9 @@ type MemoryOutcome struct {
 	Entries, Fills int
 	Weight         uint64
 	Parts          map[string]int64
+	// Records written and dropped (the async queue full) by the filled
+	// node.
+	Written, Dropped uint64
 }
 
 // HeapSample is the heap in use after a GC at a point of a fill.
@@ -148,7 +151,7 @@ func otterEntries(job MemoryJob) (MemoryOutcome, error) {
 // memoryNode starts a node of the memory scenario, joining join if given.
 func memoryNode(name string, job MemoryJob, memory int64, join string) (*node.Node, error) {
 	cfg := node.Config{Name: name, Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0", Membership: node.LocalMembership(),
-		Memory: memory, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))}
+		Memory: memory, Logger: slog.New(slog.DiscardHandler)} // records dropped by a full queue are counted, not logged
 	if join != "" {
 		cfg.Join = []string{join}
 	}
@@ -269,11 +272,13 @@ func nodeEntries(job MemoryJob) (MemoryOutcome, error) {
 		return MemoryOutcome{}, err
 	}
 	none := heapAfterGC()
+	st := owner.Store().Stats()
 	n := float64(job.N)
 	per := (float64(mid) - float64(base)) / n
 	mkv := float64(kv) / n
 	return MemoryOutcome{PerEntry: per, Overhead: per - mkv, KeyValue: mkv,
-		EntryOverhead: (float64(withOwned)-float64(none))/n - mkv, NearOverhead: (float64(withNear)-float64(withOwned))/n - mkv}, nil
+		EntryOverhead: (float64(withOwned)-float64(none))/n - mkv, NearOverhead: (float64(withNear)-float64(withOwned))/n - mkv,
+		Written: st.WrittenAsync + st.WrittenSync, Dropped: st.Dropped}, nil
 }
 
 // nodeBound fills one node with job.Fill times the entries its Memory
@@ -320,6 +325,8 @@ func nodeBound(job MemoryJob) (MemoryOutcome, error) {
 		sample(done)
 	}
 	out.Entries, out.Fills, out.Weight, out.Parts = n.Cache().Len(), fills, n.Cache().Bytes(), n.MemoryBytes()
+	st := n.Store().Stats()
+	out.Written, out.Dropped = st.WrittenAsync+st.WrittenSync, st.Dropped
 	return out, nil
 }
 
@@ -389,6 +396,7 @@ func Memory(ctx context.Context, cfg MemoryConfig) ([]*load.Result, error) {
 		r.Figure("value_bytes", float64(cfg.Size)).Figure("key_value_bytes", o.KeyValue).
 			Figure("per_entry_bytes", o.PerEntry).Figure("overhead_bytes", o.Overhead)
 		if run.job.System == "cachenode" {
+			r.Figure("records_written", float64(o.Written)).Figure("records_dropped", float64(o.Dropped))
 			r.Figure("entry_overhead_bytes", o.EntryOverhead).Figure("near_overhead_bytes", o.NearOverhead)
 			for _, name := range []string{"redis SET", "redis SET PX"} {
 				if v, ok := redisOver[name]; ok {
@@ -411,7 +419,8 @@ func Memory(ctx context.Context, cfg MemoryConfig) ([]*load.Result, error) {
 			r := &load.Result{Scenario: "memory-bound", System: "cachenode " + name, Keys: int64(o.Fills)}
 			r.Figure("memory_mib", float64(cfg.Memory)/(1<<20)).Figure("limit_mib", limit/(1<<20)).
 				Figure("max_heap_mib", float64(o.MaxHeap)/(1<<20)).Figure("entries", float64(o.Entries)).
-				Figure("entries_weight_mib", float64(o.Weight)/(1<<20))
+				Figure("entries_weight_mib", float64(o.Weight)/(1<<20)).
+				Figure("records_written", float64(o.Written)).Figure("records_dropped", float64(o.Dropped))
 			for part, b := range o.Parts {
 				r.Figure("part_"+part+"_mib", float64(b)/(1<<20))
 			}

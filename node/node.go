@@ -575,7 +575,7 @@ func (n *Node) maintain() {
 		}
 		self := n.cfg.Name
 		moved, near := 0, 0
-		for e := range n.cache.Entries() {
+		for e := range n.cache.EntriesWithoutArgs() {
 			owner, _ := r.ring.Owner(e.Key)
 			switch {
 			case e.Owner == self && owner != self:

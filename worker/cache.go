@@ -233,6 +233,21 @@ func (c *Cache) Entries() iter.Seq[*Entry] {
 	}
 }
 
+// EntriesWithoutArgs is Entries with the entries' Args left nil, not
+// decoded: for the scans that need their keys, owners and deadlines only
+// (a ring change over a million entries).
+func (c *Cache) EntriesWithoutArgs() iter.Seq[*Entry] {
+	return func(yield func(*Entry) bool) {
+		for k, it := range c.store.All() {
+			e := new(Entry)
+			it.fillArgs(e, k, nil, false)
+			if !yield(e) {
+				return
+			}
+		}
+	}
+}
+
 // Hottest iterates over the entries from the most to the least valuable to
 // keep, as the eviction policy sees them. The store holds its eviction lock
 // for the whole iteration: the loop body must not call into a worker (whose

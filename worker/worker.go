@@ -206,15 +206,18 @@ func (w *Worker) readRecently(e *Entry, now time.Time) bool {
 }
 
 func (w *Worker) get(ctx context.Context, args Args, ov Settings, route bool, dst *Entry) (*Entry, Status, error) {
-	e, st, err := w.read(ctx, args, ov, route, dst)
-	if err == nil {
+	marked := false
+	e, st, err := w.read(ctx, args, ov, route, dst, &marked)
+	if err == nil && !marked {
 		w.markRead(e, w.cache.clock.Now())
 	}
 	return e, st, err
 }
 
-// read answers a Get; a hit is built into dst when it is not nil.
-func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool, dst *Entry) (*Entry, Status, error) {
+// read answers a Get; a hit is built into dst when it is not nil. A fresh
+// hit is marked read here, with the clock reading of its lookup, and
+// *marked set: a hit reads the clock once.
+func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool, dst *Entry, marked *bool) (*Entry, Status, error) {
 	pol, err := w.PolicyFor(ov)
 	if err != nil {
 		return nil, 0, err
@@ -251,6 +254,8 @@ func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool, d
 				}
 			}
 			e := build(dst, it, key, args)
+			markRead(it, now)
+			*marked = true
 			w.stats.hits.Add(1)
 			w.maybeRefreshEarly(e, now, pol, route)
 			return e, Hit, nil

@@ -20,7 +20,9 @@
 // an origin it serves), origin (issue 21: the origin's peak concurrency
 // under 3,000 distinct misses and a 10,000-key refresh, and the hits of
 // another worker during the refresh against an idle node's, with and
-// without the limit). The comparison with groupcache and olric is the
+// without the limit), memory (issue 14: heap per entry and overhead over
+// key and value for cachenode, raw otter and redis-server, each in its own
+// process, and the heap through a fill of 10× --memory). The comparison with groupcache and olric is the
 // separate module bench/compare.
 package main
 
@@ -42,7 +44,7 @@ import (
 	"github.com/cachenode/cachenode/bench/internal/scenario"
 )
 
-var allScenarios = []string{"owner", "near", "remote", "stampede", "invalidation", "reroute", "http", "records", "processes", "origin"}
+var allScenarios = []string{"owner", "near", "remote", "stampede", "invalidation", "reroute", "http", "records", "processes", "origin", "memory"}
 
 type flags struct {
 	scenarios                    string
@@ -61,11 +63,15 @@ type flags struct {
 	verbose                      bool
 	origin                       scenario.OriginConfig
 	originLimits                 string
+	memory                       scenario.MemoryConfig
 }
 
 func main() {
 	if scenario.IsVictim() {
 		os.Exit(scenario.VictimMain())
+	}
+	if scenario.IsMemoryJob() {
+		os.Exit(scenario.MemoryJobMain())
 	}
 	var f flags
 	flag.StringVar(&f.scenarios, "scenarios", "all", "comma-separated scenarios: "+strings.Join(allScenarios, ", ")+", or all")
@@ -100,6 +106,9 @@ func main() {
 	flag.DurationVar(&f.origin.Delay, "origin-delay", 20*time.Millisecond, "origin latency during the origin scenario's refresh")
 	flag.DurationVar(&f.origin.MissDelay, "origin-miss-delay", 200*time.Millisecond, "origin latency during the origin scenario's misses")
 	flag.StringVar(&f.originLimits, "origin-limits", "64,-1", "max_concurrent_fills of the origin scenario's runs, comma-separated; -1: no limit")
+	flag.IntVar(&f.memory.N, "memory-entries", 300000, "entries of the memory scenario's per-entry runs")
+	flag.Int64Var(&f.memory.Memory, "memory-bound", 64<<20, "--memory of the memory scenario's 10x fills, in bytes")
+	flag.StringVar(&f.memory.Samples, "memory-samples", "", "write the heap samples of the memory scenario's fills as JSON to this file (bench/compare -memory-plot draws them)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -305,6 +314,11 @@ func runOne(ctx context.Context, s string, f flags, opts scenario.Options) ([]*l
 			}
 		}
 		return out, nil
+
+	case "memory":
+		cfg := f.memory
+		cfg.Size, cfg.Dir = f.size, f.dataDir
+		return scenario.Memory(ctx, cfg)
 
 	case "records":
 		var out []*load.Result

@@ -110,9 +110,10 @@ func parallelReads(b *testing.B, n *Node, args []worker.Args, want worker.Status
 	b.RunParallel(func(pb *testing.PB) {
 		i := int(seq.Add(1)) * 7919
 		var lat []time.Duration
+		var e worker.Entry // as the HTTP API reads: into an Entry of its own
 		for pb.Next() {
 			t0 := time.Now()
-			_, st, err := n.Get(ctx, "w", args[i%len(args)], worker.Settings{})
+			st, err := n.GetInto(ctx, "w", args[i%len(args)], worker.Settings{}, &e)
 			lat = append(lat, time.Since(t0))
 			if err != nil {
 				b.Error(err)

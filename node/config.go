@@ -49,8 +49,13 @@ type Config struct {
 	// Join lists gossip addresses of members to join; retried with backoff
 	// until one answers. Empty: the node starts a new cluster.
 	Join []string
-	// Memory bounds the bytes of cached values this node holds (owned
-	// entries and near-cache copies together). Default 256 MiB.
+	// Memory bounds the heap of the node's cached state: the entries
+	// (owned and near-cache copies, each weighed with its measured cost)
+	// get three quarters, the created-cache records (Pebble's memtables and
+	// block cache, the writer's key counts, and with Data "" the records
+	// themselves) a quarter. The process's heap after a GC stays within
+	// about 1.1 × Memory + 32 MiB (see docs/BENCHMARKS.md, memory).
+	// Default 256 MiB.
 	Memory int64
 	// Data is the Pebble directory of the created-cache records. "" keeps
 	// them in memory. Default "".

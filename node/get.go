@@ -36,6 +36,20 @@ func (n *Node) Get(ctx context.Context, label string, args worker.Args, ov worke
 	return w.Get(ctx, args, ov)
 }
 
+// GetInto is Get writing the entry into *dst: a hit allocates no Entry
+// (see worker.Worker.GetInto).
+func (n *Node) GetInto(ctx context.Context, label string, args worker.Args, ov worker.Settings, dst *worker.Entry) (worker.Status, error) {
+	w, ok := n.cache.Worker(label)
+	if !ok {
+		return 0, fmt.Errorf("%w: %q", worker.ErrUnknownLabel, label)
+	}
+	if err := n.cfg.Limits.Check(args); err != nil {
+		return 0, err
+	}
+	n.noticePause()
+	return w.GetInto(ctx, args, ov, dst)
+}
+
 // Owner returns the name of the member that owns key in this node's ring.
 func (n *Node) Owner(key string) string {
 	r := n.route.Load()
@@ -171,11 +185,11 @@ func (h peerHandler) HandlePeerFast(dst []byte, op byte, payload []byte) ([]byte
 	if h.n.noticePause() {
 		return dst, false
 	}
-	e, ok := w.PeekOwned(key, worker.Settings{})
-	if !ok {
+	var e worker.Entry
+	if !w.PeekOwnedInto(key, worker.Settings{}, &e) {
 		return dst, false
 	}
-	we := toWire(e, worker.Hit)
+	we := toWire(&e, worker.Hit)
 	we.Args = nil // the caller has them
 	dst, err := appendEntry(dst, &we)
 	return dst, err == nil

@@ -309,7 +309,7 @@ func (n *Node) isolatedLocked() bool {
 // dropAll removes every cached entry (owned and near-cache copies) and
 // keeps fills running now from being stored.
 func (n *Node) dropAll() {
-	for e := range n.cache.Entries() {
+	for e := range n.cache.EntriesWithoutArgs() {
 		if w, ok := n.cache.Worker(e.Label); ok {
 			w.Drop(e.Key)
 		}

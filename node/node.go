@@ -113,7 +113,8 @@ func New(cfg Config) (*Node, error) {
 	}}
 	n.store, err = persist.Open(persist.Config{Dir: cfg.Data, Logger: n.log, FS: cfg.DataFS,
 		OnCorruption: cfg.DataOnCorruption, KeepCorrupt: cfg.DataKeepCorrupt,
-		ReopenBackoff: cfg.DataReopenBackoff, ReopenBackoffMax: max(cfg.DataReopenBackoff, persist.DefaultReopenBackoffMax)})
+		ReopenBackoff: cfg.DataReopenBackoff, ReopenBackoffMax: max(cfg.DataReopenBackoff, persist.DefaultReopenBackoffMax),
+		MemoryBudget: recordsBudget(cfg.Memory)})
 	if err != nil {
 		return nil, fmt.Errorf("node: records: %w", err)
 	}
@@ -122,7 +123,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("node: outbox: %w", err)
 	}
 	n.cache, err = worker.NewCache(worker.CacheConfig{
-		MaxBytes:    cfg.Memory,
+		MaxBytes:    cfg.Memory - recordsBudget(cfg.Memory),
 		Defaults:    cfg.Defaults,
 		Clock:       cfg.Clock,
 		Self:        cfg.Name,
@@ -474,6 +475,9 @@ func (n *Node) record(e *worker.Entry, pol worker.Policy) {
 	case err == nil, errors.Is(err, persist.ErrClosed):
 	case errors.Is(err, persist.ErrQueueFull) && n.store.Health().Degraded:
 		// Counted in the store's Dropped; the store logged the fault.
+	case errors.Is(err, persist.ErrOverBudget):
+		// In-memory records beyond their part of --memory: counted in the
+		// store's Dropped (cachenode_records_dropped_total).
 	default:
 		n.log.Error("record not written", "key", e.Key, "err", err)
 	}
@@ -515,7 +519,7 @@ func (n *Node) maintain() {
 		}
 		self := n.cfg.Name
 		moved, near := 0, 0
-		for e := range n.cache.Entries() {
+		for e := range n.cache.EntriesWithoutArgs() {
 			owner, _ := r.ring.Owner(e.Key)
 			switch {
 			case e.Owner == self && owner != self:
@@ -578,4 +582,18 @@ func (n *Node) close(graceful bool) error {
 // no leave message, sockets closed. For tests.
 func (n *Node) crash() {
 	n.closeOnce.Do(func() { n.closeErr = n.close(false) })
+}
+
+// recordsBudget is the part of the node's memory bound that the records
+// store may hold on the heap (Pebble's memtables and block cache, its key
+// counts, an in-memory database): a quarter. The entries get the rest.
+func recordsBudget(memory int64) int64 { return memory / 4 }
+
+// MemoryBytes returns the heap the node's cached state holds, by part, as
+// its memory bound counts it: "entries" (the store's weight of the cached
+// entries), and the records store's parts (see [persist.Store.MemoryBytes]).
+func (n *Node) MemoryBytes() map[string]int64 {
+	out := n.store.MemoryBytes()
+	out["entries"] = int64(n.cache.Bytes())
+	return out
 }

@@ -177,8 +177,8 @@ func (s *Store) pebbleOptions() *pebble.Options {
 	// tables instead of reading their index blocks. Later levels inherit
 	// L0's policy.
 	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
-	opts.CacheSize = blockCacheSize
-	opts.MemTableSize = memTableSize
+	opts.CacheSize = s.cacheSize()
+	opts.MemTableSize = s.memTableSize()
 	return opts
 }
 

@@ -37,6 +37,11 @@ var (
 	// read-only or failing disk) and is being reopened in the background.
 	// The error also wraps the fault.
 	ErrUnavailable = errors.New("persist: records unavailable (storage fault; reopening)")
+	// ErrOverBudget is returned by Put and PutAsync when an in-memory
+	// database holds a quarter more records than its memory budget allows
+	// and the removal of the earliest ones is behind: the record is not
+	// written (counted in Stats.Dropped).
+	ErrOverBudget = errors.New("persist: in-memory records over their memory budget, record dropped")
 )
 
 // Pebble sizing. A record is about 6 keys; with Pebble's 4 MiB default
@@ -71,7 +76,9 @@ type Config struct {
 	// KeepValues enables PutValue and Value, so that a restarted owner can
 	// answer hits for unexpired keys at once. Default false.
 	KeepValues bool
-	// QueueSize bounds the writes PutAsync keeps pending. Default 65536.
+	// QueueSize bounds the writes PutAsync keeps pending. Default 65536,
+	// or within MemoryBudget an eighth of it at 1 KiB a record (at least
+	// two batches).
 	QueueSize int
 	// BatchSize is the most async records the writer commits in one batch.
 	// Default 1024.
@@ -105,6 +112,17 @@ type Config struct {
 	// ReopenBackoff is the first wait before reopening a database that
 	// failed; it doubles up to ReopenBackoffMax. Defaults 1s and 30s.
 	ReopenBackoff, ReopenBackoffMax time.Duration
+	// MemoryBudget bounds the heap the store holds, so that the node's
+	// --memory bounds the process (see docs/ARCHITECTURE.md, Memory):
+	// Pebble's memtables (a sixteenth of it, at most 16 MiB each) and block
+	// cache (an eighth, at most 64 MiB), the async queue (an eighth, see
+	// QueueSize), the writer's counts of the keys
+	// with a record (an eighth: beyond it the writer stops counting and
+	// reads each key's record before writing it, as it did before the
+	// counts), and with Dir "" the in-memory database itself (the other half:
+	// beyond it the sweep removes the records that expire first, see
+	// RemoveEarliest). 0: Pebble's sizes of before the bound, no bound.
+	MemoryBudget int64
 }
 
 // Values of Config.OnCorruption.
@@ -160,11 +178,17 @@ func (c Config) withDefaults() (Config, error) {
 			c.FS = vfs.Default
 		}
 	}
-	if c.QueueSize == 0 {
-		c.QueueSize = DefaultQueueSize
-	}
 	if c.BatchSize == 0 {
 		c.BatchSize = DefaultBatchSize
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = DefaultQueueSize
+		if c.MemoryBudget > 0 {
+			// A pending record (its arguments and index values decoded)
+			// is about 1 KiB: an eighth of the budget, and room for two
+			// batches.
+			c.QueueSize = int(min(max(c.MemoryBudget/8/1024, int64(2*c.BatchSize)), DefaultQueueSize))
+		}
 	}
 	if c.FlushInterval == 0 {
 		c.FlushInterval = DefaultFlushInterval
@@ -235,9 +259,14 @@ type Store struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	outboxSeq uint64    // last outbox ID issued; owned by the writer goroutine
-	wtx       *txn      // the writer's batch under construction, reused; writer goroutine only
-	live      *liveKeys // records per key hash (see liveKeys); writer goroutine only after Open
+	outboxSeq    uint64       // last outbox ID issued; owned by the writer goroutine
+	wtx          *txn         // the writer's batch under construction, reused; writer goroutine only
+	live         *liveKeys    // records per key hash (see liveKeys); writer goroutine only after Open
+	trackedBytes atomic.Int64 // what the writer's key counts hold (see liveKeys)
+	recordCount  atomic.Int64 // the records in the database (see txn.counted)
+	// recordCap is the most records Put and PutAsync let an in-memory
+	// database hold (see enforceMemory); 0: no cap.
+	recordCap atomic.Int64
 
 	stats struct {
 		writtenSync, writtenAsync, replaced, dropped, asyncErrors atomic.Uint64
@@ -381,7 +410,8 @@ func (s *Store) dropV1(db *pebble.DB) error {
 // countRecords builds s.live from the record table (one pass over its
 // keys; see liveKeys).
 func (s *Store) countRecords(db *pebble.DB) error {
-	l := &liveKeys{seed: maphash.MakeSeed(), n: make(map[uint64]uint32)}
+	total := int64(0)
+	l := &liveKeys{seed: maphash.MakeSeed(), n: make(map[uint64]uint32), max: s.maxTracked(), bytes: &s.trackedBytes}
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixRecord}, UpperBound: []byte{prefixRecord + 1}})
 	if err != nil {
 		return fmt.Errorf("persist: count records: %w", err)
@@ -393,12 +423,17 @@ func (s *Store) countRecords(db *pebble.DB) error {
 			// write of whatever it decodes to is not assumed new.
 			key = string(it.Key())
 		}
-		l.n[l.hash(key)]++
+		total++
+		if !l.off {
+			l.n[l.hash(key)]++
+			l.check()
+		}
 	}
 	if err := errors.Join(it.Error(), it.Close()); err != nil {
 		return fmt.Errorf("persist: count records: %w", err)
 	}
 	s.live = l
+	s.recordCount.Store(total)
 	return nil
 }
 
@@ -513,5 +548,82 @@ func (s *Store) sweepLoop() {
 		case n > 0:
 			s.log.Debug("persist: removed expired records", "records", n)
 		}
+		s.enforceMemory()
+	}
+}
+
+// maxTracked is how many keys the writer counts (see liveKeys) within
+// the memory budget, about 32 bytes each; 0: no bound.
+func (s *Store) maxTracked() int {
+	if s.cfg.MemoryBudget <= 0 {
+		return 0
+	}
+	return int(max(s.cfg.MemoryBudget/8/32, 1024))
+}
+
+// memTableSize and cacheSize are Pebble's sizes within the budget.
+func (s *Store) memTableSize() uint64 {
+	if s.cfg.MemoryBudget <= 0 {
+		return memTableSize
+	}
+	// Pebble holds up to two memtables while one is flushed.
+	return uint64(min(max(s.cfg.MemoryBudget/16, 1<<20), memTableSize))
+}
+
+func (s *Store) cacheSize() int64 {
+	if s.cfg.MemoryBudget <= 0 {
+		return blockCacheSize
+	}
+	return min(max(s.cfg.MemoryBudget/8, 1<<20), blockCacheSize)
+}
+
+// recordsLimit is the most bytes an in-memory database may hold; 0: no
+// bound (a database on disk, or no budget).
+func (s *Store) recordsLimit() int64 {
+	if s.cfg.MemoryBudget <= 0 || s.cfg.Dir != "" {
+		return 0
+	}
+	return s.cfg.MemoryBudget / 2
+}
+
+// MemoryBytes returns the store's heap by part, as the budget counts it:
+// "pebble" (memtables and block cache in use), "records" (an in-memory
+// database's size), "tracked_keys" (the writer's counts).
+func (s *Store) MemoryBytes() map[string]int64 {
+	out := map[string]int64{"pebble": 0, "records": 0, "tracked_keys": s.trackedBytes.Load()}
+	_ = s.read(func(db *pebble.DB) error {
+		m := db.Metrics()
+		out["pebble"] = int64(m.MemTable.Size) + m.BlockCache.Size
+		if s.cfg.Dir == "" {
+			out["records"] = int64(m.DiskSpaceUsage())
+		}
+		return nil
+	})
+	return out
+}
+
+// recordCost is the least the budget counts for a record of an in-memory
+// database: the record and its index entries, in a memtable's arena or a
+// table (about 70 B once compacted for a record without match values:
+// TestMemoryBudgetDropsEarliestRecords logs it). When the database holds
+// more per record, that is counted.
+const recordCost = 256
+
+// enforceMemory removes the records that expire first while an in-memory
+// database holds more than its part of the budget allows, down to nine
+// tenths of it. Pebble's compactions then reclaim their space.
+func (s *Store) enforceMemory() {
+	limit := s.recordsLimit()
+	n := s.recordCount.Load()
+	if limit == 0 || n <= 0 {
+		return
+	}
+	cost := max(s.MemoryBytes()["records"]/n, recordCost)
+	s.recordCap.Store(limit / cost * 5 / 4)
+	if n*cost <= limit {
+		return
+	}
+	if _, err := s.RemoveEarliest(int(n - limit*9/10/cost)); err != nil && !errors.Is(err, ErrClosed) {
+		s.log.Error("persist: remove records over the memory budget", "err", err)
 	}
 }

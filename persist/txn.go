@@ -28,6 +28,7 @@ type viewEntry struct {
 // encoded records and prefetched values are appended to buf.
 type txn struct {
 	db     *pebble.DB
+	count  int64                // records created minus removed (see counted)
 	tables [256][]write         // by the key's table prefix
 	n      int                  // writes in tables
 	view   map[string]viewEntry // final state of the keys written with set and del
@@ -63,6 +64,7 @@ const maxRetainedBuf = 4 << 20
 // reset empties t for the next batch, dropping its references to the
 // callers' data.
 func (t *txn) reset() {
+	t.count = 0
 	for i := range t.tables {
 		if len(t.tables[i]) > 0 {
 			clear(t.tables[i])

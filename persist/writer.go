@@ -53,6 +53,7 @@ type op struct {
 	id      uint64    // opEnqueue: result; opAck: argument
 
 	n, nValues int // opExpire results: records and values removed
+	limit      int // opExpire: the most records to remove (RemoveEarliest); 0: expireChunk, and values
 	found      bool
 	err        error
 	done       chan struct{}
@@ -87,7 +88,20 @@ func (s *Store) Put(rec Record) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
+	if s.overBudget() {
+		return ErrOverBudget
+	}
 	return s.do(&op{kind: opPut, rec: &rec, key: rec.Key, enc: enc})
+}
+
+// overBudget reports whether an in-memory database holds more records than
+// its cap (see enforceMemory), counting a dropped record.
+func (s *Store) overBudget() bool {
+	if c := s.recordCap.Load(); c > 0 && s.recordCount.Load() > c {
+		s.stats.dropped.Add(1)
+		return true
+	}
+	return false
 }
 
 // PutAsync queues rec for the background writer and returns at once; it
@@ -101,6 +115,9 @@ func (s *Store) Put(rec Record) error {
 func (s *Store) PutAsync(rec Record) error {
 	if err := checkRecord(&rec); err != nil {
 		return err
+	}
+	if s.overBudget() {
+		return ErrOverBudget
 	}
 	s.mu.Lock()
 	if s.mu.closing {
@@ -158,6 +175,22 @@ func (s *Store) RemoveExpired(now time.Time) (int, error) {
 			return total, nil
 		}
 	}
+}
+
+// RemoveEarliest removes up to n records, those that expire first, and
+// returns how many it removed: what the store drops when an in-memory
+// database is over its memory budget (see Config.MemoryBudget).
+func (s *Store) RemoveEarliest(n int) (int, error) {
+	total := 0
+	for total < n {
+		o := &op{kind: opExpire, t: time.Unix(1<<40, 0), limit: min(n-total, expireChunk)}
+		err := s.do(o)
+		total += o.n
+		if err != nil || o.n == 0 {
+			return total, err
+		}
+	}
+	return total, nil
 }
 
 // Flush waits until every PutAsync that returned before the call was
@@ -449,6 +482,7 @@ func (s *Store) apply(ops []*op, recs []Record) error {
 		return asyncErr
 	}
 	t.live.apply(t.delta, true)
+	s.recordCount.Add(t.count)
 	s.stats.batches.Add(1)
 	s.stats.writtenAsync.Add(uint64(written))
 	for _, o := range ops {
@@ -547,6 +581,10 @@ func (s *Store) applyOp(t *txn, o *op) error {
 		return err
 	case opExpire:
 		var err error
+		if o.limit > 0 { // RemoveEarliest
+			o.n, err = t.expireRecords(o.t, o.limit, s.log)
+			return err
+		}
 		o.n, err = t.expireRecords(o.t, expireChunk, s.log)
 		if err != nil {
 			return err

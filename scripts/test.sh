@@ -18,7 +18,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 /usr/bin/python3 -c 'import django' >/dev/null 2>&1 || need+=(python3-django)
 # tests against a real PostgreSQL (invalidation/pgsource, cmd/cachenode): initdb, pg_ctl, psql
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
-# the RESP front's tests with real clients (node/resp) and bench/ ceilings
+# the RESP front's tests with real clients (node/resp), bench/ ceilings, and
+# the memory scenario's comparison with Redis (bench/internal/scenario)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -67,17 +66,14 @@ type CacheConfig struct {
 	Rand func() float64
 }
 
-// entryOverhead approximates the bytes an entry costs beyond its key, value
-// and arguments (the Entry struct, the empty args map, the cache's node).
-const entryOverhead = 256
-
 // Cache holds the workers of one node and the byte-bounded store their
 // entries live in. It is safe for concurrent use. Close stops background
 // rebuilds and sweeps; it is safe to call twice.
 type Cache struct {
 	cfg   CacheConfig
 	clock Clock
-	store *otter.Cache[string, *Entry]
+	store *otter.Cache[string, *item]
+	meta  interner
 
 	ctx    context.Context // cancelled by Close: stops fills and loops
 	cancel context.CancelFunc
@@ -113,13 +109,11 @@ func NewCache(cfg CacheConfig) (*Cache, error) {
 		cfg.Rand = rand.Float64
 	}
 	c := &Cache{cfg: cfg, clock: cfg.Clock, workers: make(map[string]*Worker)}
-	opts := &otter.Options[string, *Entry]{
+	opts := &otter.Options[string, *item]{
 		MaximumWeight: uint64(cfg.MaxBytes),
-		Weigher: func(key string, e *Entry) uint32 {
-			return uint32(min(len(key)+len(e.Value)+argsWeight(e.Args)+entryOverhead, math.MaxUint32))
-		},
-		ExpiryCalculator: otter.ExpiryWritingFunc(func(oe otter.Entry[string, *Entry]) time.Duration {
-			return oe.Value.AvailableTo.Sub(c.clock.Now())
+		Weigher:       func(key string, it *item) uint32 { return it.weight(key) },
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(oe otter.Entry[string, *item]) time.Duration {
+			return time.Duration(oe.Value.avail - c.clock.Now().UnixNano())
 		}),
 	}
 	if _, real := cfg.Clock.(systemClock); !real {
@@ -225,15 +219,39 @@ func (c *Cache) Clock() Clock { return c.clock }
 
 // Lookup returns the unexpired entry of key, without counting a hit.
 func (c *Cache) Lookup(key string) (*Entry, bool) {
-	e, ok := c.store.GetIfPresent(key)
-	if !ok || e.Expired(c.clock.Now()) {
+	it, ok := c.store.GetIfPresent(key)
+	if !ok || it.expired(c.clock.Now().UnixNano()) {
 		return nil, false
 	}
-	return e, true
+	return it.entry(key, nil), true
 }
 
 // Entries iterates over the entries in the store, in no particular order.
-func (c *Cache) Entries() iter.Seq[*Entry] { return c.store.Values() }
+// Each is built for the iteration (its arguments decoded).
+func (c *Cache) Entries() iter.Seq[*Entry] {
+	return func(yield func(*Entry) bool) {
+		for k, it := range c.store.All() {
+			if !yield(it.entry(k, nil)) {
+				return
+			}
+		}
+	}
+}
+
+// EntriesWithoutArgs is Entries with the entries' Args left nil, not
+// decoded: for the scans that need their keys, owners and deadlines only
+// (a ring change over a million entries).
+func (c *Cache) EntriesWithoutArgs() iter.Seq[*Entry] {
+	return func(yield func(*Entry) bool) {
+		for k, it := range c.store.All() {
+			e := new(Entry)
+			it.fillArgs(e, k, nil, false)
+			if !yield(e) {
+				return
+			}
+		}
+	}
+}
 
 // Hottest iterates over the entries from the most to the least valuable to
 // keep, as the eviction policy sees them. The store holds its eviction lock
@@ -243,7 +261,7 @@ func (c *Cache) Entries() iter.Seq[*Entry] { return c.store.Values() }
 func (c *Cache) Hottest() iter.Seq[*Entry] {
 	return func(yield func(*Entry) bool) {
 		for oe := range c.store.Hottest() {
-			if !yield(oe.Value) {
+			if !yield(oe.Value.entry(oe.Key, nil)) {
 				return
 			}
 		}
@@ -256,8 +274,8 @@ func (c *Cache) Hottest() iter.Seq[*Entry] {
 // [Worker.Drop] for invalidations.
 func (c *Cache) DropIf(drop func(*Entry) bool) int {
 	n := 0
-	for k, e := range c.store.All() {
-		if drop(e) {
+	for k, it := range c.store.All() {
+		if drop(it.entry(k, nil)) {
 			if _, ok := c.store.Invalidate(k); ok {
 				n++
 			}

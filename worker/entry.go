@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"sync/atomic"
 	"time"
 )
 
@@ -32,8 +31,10 @@ func (f GetterFunc) Get(ctx context.Context, args Args) (Value, error) { return 
 var _ Getter = GetterFunc(nil)
 
 // Entry is a cached value with its metadata: the CachedEntity of the
-// original. An Entry is immutable once a worker returned it: a new fill
-// replaces it with a new Entry.
+// original. The store keeps entries packed (see item) and builds an Entry
+// for each read: two reads of one entry give equal Entries, not the same
+// pointer. An Entry is immutable once a worker returned it; its Value
+// shares the store's bytes and must not be modified.
 type Entry struct {
 	Label string
 	Key   string
@@ -54,24 +55,16 @@ type Entry struct {
 	FillDuration time.Duration
 
 	decoded any
-	// readAt is when the entry was last read (unix nanoseconds on the
-	// cache's clock, coarse: written at most once a second; 0: never),
-	// accessed atomically. An invalidation refreshes entries read recently
-	// and drops the others. -1: withdrawn (see withdraw).
-	readAt int64
+	// it is the store's item the entry was read from or stored as (nil for
+	// an entry that was not stored): its read time and withdrawal.
+	it *item
 }
 
 // Expired reports whether the entry is past its hard deadline at now, or
 // was withdrawn by an invalidation whose rebuild is queued.
 func (e *Entry) Expired(now time.Time) bool {
-	return !now.Before(e.AvailableTo) || atomic.LoadInt64(&e.readAt) < 0
+	return !now.Before(e.AvailableTo) || (e.it != nil && e.it.withdrawn())
 }
-
-// withdraw makes the entry count as expired until the rebuild queued by an
-// invalidation replaces it: cheaper than removing it from the store, whose
-// write buffer a storm of 10,000 removals fills (each then waits for the
-// store's maintenance), and the rebuild's store writes it anyway.
-func (e *Entry) withdraw() { atomic.StoreInt64(&e.readAt, -1) }
 
 // Status says how a Get was answered.
 type Status uint8

@@ -207,7 +207,11 @@ func (w *Worker) invalidateScope(key string, action Action, args Args, scope Sco
 
 // invalidateScopeLocked is invalidateScope with w.mu held.
 func (w *Worker) invalidateScopeLocked(key string, action Action, args Args, scope Scope, due time.Time) (f *flight, present bool, err error) {
-	e, cached := w.cache.store.GetIfPresent(key)
+	it, cached := w.cache.store.GetIfPresent(key)
+	var e *Entry
+	if cached {
+		e = it.entry(key, nil)
+	}
 	// A near-cache copy, or a fetch from the owner in flight: the owner
 	// rebuilds; this node forgets what it has.
 	near := cached && e.Owner != w.cache.cfg.Self || !w.ownsLocked(key)
@@ -228,7 +232,7 @@ func (w *Worker) invalidateScopeLocked(key string, action Action, args Args, sco
 			old.gen = g.gen
 			old.refresh = true
 			if cached {
-				e.withdraw()
+				it.withdraw()
 			}
 			w.stats.invRefreshed.Add(1)
 			return nil, true, nil
@@ -267,7 +271,7 @@ func (w *Worker) invalidateScopeLocked(key string, action Action, args Args, sco
 		// withdrawn and a reader joins the rebuild (at read priority).
 		// Nothing to wait for.
 		if cached {
-			e.withdraw()
+			it.withdraw()
 		}
 		return nil, present, nil
 	}
@@ -285,13 +289,17 @@ func (w *Worker) Put(e *Entry) bool {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if cur, ok := w.cache.store.GetIfPresent(e.Key); ok && cur.CreatedAt.After(e.CreatedAt) {
+	if cur, ok := w.cache.store.GetIfPresent(e.Key); ok && cur.created > e.CreatedAt.UnixNano() {
+		return false
+	}
+	it, err := w.cache.newItem(e)
+	if err != nil {
 		return false
 	}
 	// Handed over because it was hot, or kept on disk for a restart: it
 	// counts as read, so that the next invalidation rebuilds it.
-	w.markRead(e, w.cache.clock.Now())
-	w.cache.store.Set(e.Key, e)
+	markRead(it, w.cache.clock.Now())
+	w.cache.store.Set(e.Key, it)
 	return true
 }
 

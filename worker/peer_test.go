@@ -275,7 +275,7 @@ func TestPeekOwned(t *testing.T) {
 		t.Fatal(err)
 	}
 	hits := w.Stats().Hits
-	if p, ok := w.PeekOwned(key, Settings{}); !ok || p != e {
+	if p, ok := w.PeekOwned(key, Settings{}); !ok || p.it != e.it || string(p.Value) != string(e.Value) || !p.CreatedAt.Equal(e.CreatedAt) {
 		t.Fatalf("PeekOwned of a fresh entry: %v %v", p, ok)
 	}
 	if w.Stats().Hits != hits+1 {

@@ -62,14 +62,12 @@ func (t *Typed[T]) Worker() *Worker { return t.w }
 
 // Get returns the value of args.
 func (t *Typed[T]) Get(ctx context.Context, args Args) (T, error) {
-	v, _, _, err := t.GetEntry(ctx, args, Settings{})
-	return v, err
+	return t.getValue(ctx, args, Settings{})
 }
 
 // GetWith returns the value of args with per-call overrides.
 func (t *Typed[T]) GetWith(ctx context.Context, args Args, ov Settings) (T, error) {
-	v, _, _, err := t.GetEntry(ctx, args, ov)
-	return v, err
+	return t.getValue(ctx, args, ov)
 }
 
 // GetEntry returns the value of args with its whole entry (the
@@ -85,6 +83,17 @@ func (t *Typed[T]) GetEntry(ctx context.Context, args Args, ov Settings) (T, *En
 		return zero, nil, 0, err
 	}
 	return v, e, st, nil
+}
+
+// getValue is GetEntry for the callers that want the value only: the
+// entry is built on the stack.
+func (t *Typed[T]) getValue(ctx context.Context, args Args, ov Settings) (T, error) {
+	var zero T
+	var e Entry
+	if _, err := t.w.GetInto(ctx, args, ov, &e); err != nil {
+		return zero, err
+	}
+	return Decode[T](&e)
 }
 
 // Decode returns the value of e as T: the Go value kept by a local fill, or

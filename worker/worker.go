@@ -116,14 +116,28 @@ func (w *Worker) PolicyFor(ov Settings) (Policy, error) {
 // [Fallback]. Errors: [ErrBadArgs], [ErrConfig] for bad overrides, errors
 // wrapping [ErrFill] from the getter, the context's error, [ErrClosed].
 func (w *Worker) Get(ctx context.Context, args Args, ov Settings) (*Entry, Status, error) {
-	return w.get(ctx, args, ov, true)
+	return w.get(ctx, args, ov, true, nil)
+}
+
+// GetInto is Get writing the entry into *dst: a hit builds it there and
+// allocates no Entry (the store keeps entries packed and builds one per
+// read). The Entry's Value shares the store's bytes.
+func (w *Worker) GetInto(ctx context.Context, args Args, ov Settings, dst *Entry) (Status, error) {
+	e, st, err := w.get(ctx, args, ov, true, dst)
+	if err != nil {
+		return 0, err
+	}
+	if e != dst {
+		*dst = *e
+	}
+	return st, nil
 }
 
 // GetOwned is Get for a key this node owns, as asked by a peer: it never
 // forwards the request to another node, whatever the ring says, so that two
 // nodes whose rings disagree for a moment cannot bounce a request forever.
 func (w *Worker) GetOwned(ctx context.Context, args Args, ov Settings) (*Entry, Status, error) {
-	return w.get(ctx, args, ov, false)
+	return w.get(ctx, args, ov, false, nil)
 }
 
 // PeekOwned returns the entry of key that GetOwned would answer at once as
@@ -132,29 +146,47 @@ func (w *Worker) GetOwned(ctx context.Context, args Args, ov Settings) (*Entry, 
 // wait for the rebuilt value). It never blocks and never starts a
 // computation, except the early refresh a hit may start in the background;
 // when it reports false, call GetOwned. An entry it returns counts as a hit.
+// Its Args are nil: the peer that asks has them (decoding them is most of
+// what building the entry would cost).
 func (w *Worker) PeekOwned(key string, ov Settings) (*Entry, bool) {
+	e := new(Entry)
+	if !w.PeekOwnedInto(key, ov, e) {
+		return nil, false
+	}
+	return e, true
+}
+
+// PeekOwnedInto is PeekOwned writing the entry into *dst.
+func (w *Worker) PeekOwnedInto(key string, ov Settings, dst *Entry) bool {
 	pol, err := w.PolicyFor(ov)
 	if err != nil {
-		return nil, false
+		return false
 	}
 	now := w.cache.clock.Now()
-	e, ok := w.cache.store.GetIfPresent(key)
-	if !ok || e.Expired(now) || !fresh(e, pol, now) || w.Busy(key) {
-		return nil, false
+	it, ok := w.cache.store.GetIfPresent(key)
+	if !ok || it.expired(now.UnixNano()) || !freshItem(it, pol, now) || w.Busy(key) {
+		return false
 	}
 	w.stats.hits.Add(1)
-	w.markRead(e, now)
-	w.maybeRefreshEarly(e, now, pol, false)
-	return e, true
+	markRead(it, now)
+	it.fillArgs(dst, key, nil, false)
+	w.maybeRefreshEarly(dst, now, pol, false)
+	return true
 }
 
 // markRead notes that e was read at now, at most once a second per entry
 // so that hot keys do not write one cache line from every core.
 func (w *Worker) markRead(e *Entry, now time.Time) {
-	n := now.UnixNano()
-	if old := atomic.LoadInt64(&e.readAt); old >= 0 && n-old >= int64(time.Second) {
+	if e.it != nil {
+		markRead(e.it, now)
+	}
+}
+
+func markRead(it *item, now time.Time) {
+	n := uint32(min(max(now.Unix(), 1), itemWithdrawn-1))
+	if old := atomic.LoadUint32(&it.readAt); old != itemWithdrawn && n != old {
 		// A CAS, not a store: a withdrawn entry stays withdrawn.
-		atomic.CompareAndSwapInt64(&e.readAt, old, n)
+		atomic.CompareAndSwapUint32(&it.readAt, old, n)
 	}
 }
 
@@ -164,19 +196,28 @@ func (w *Worker) readRecently(e *Entry, now time.Time) bool {
 	if w.cfg.RefreshIfReadWithin < 0 {
 		return true
 	}
-	r := atomic.LoadInt64(&e.readAt)
-	return r != 0 && now.UnixNano()-r <= int64(w.cfg.RefreshIfReadWithin)
+	if e.it == nil {
+		return false
+	}
+	r := atomic.LoadUint32(&e.it.readAt)
+	// Read times are whole seconds: a read in the second of the window's
+	// start counts.
+	return r != 0 && r != itemWithdrawn && now.Unix()-int64(r) <= int64(w.cfg.RefreshIfReadWithin/time.Second)
 }
 
-func (w *Worker) get(ctx context.Context, args Args, ov Settings, route bool) (*Entry, Status, error) {
-	e, st, err := w.read(ctx, args, ov, route)
-	if err == nil {
+func (w *Worker) get(ctx context.Context, args Args, ov Settings, route bool, dst *Entry) (*Entry, Status, error) {
+	marked := false
+	e, st, err := w.read(ctx, args, ov, route, dst, &marked)
+	if err == nil && !marked {
 		w.markRead(e, w.cache.clock.Now())
 	}
 	return e, st, err
 }
 
-func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool) (*Entry, Status, error) {
+// read answers a Get; a hit is built into dst when it is not nil. A fresh
+// hit is marked read here, with the clock reading of its lookup, and
+// *marked set: a hit reads the clock once.
+func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool, dst *Entry, marked *bool) (*Entry, Status, error) {
 	pol, err := w.PolicyFor(ov)
 	if err != nil {
 		return nil, 0, err
@@ -186,8 +227,8 @@ func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool) (
 		return nil, 0, err
 	}
 	now := w.cache.clock.Now()
-	if e, ok := w.cache.store.GetIfPresent(key); ok && !e.Expired(now) {
-		if fresh(e, pol, now) {
+	if it, ok := w.cache.store.GetIfPresent(key); ok && !it.expired(now.UnixNano()) {
+		if freshItem(it, pol, now) {
 			if !route {
 				// Asked by a peer that will keep what it gets as a near
 				// copy: while an invalidation's rebuild of this key runs,
@@ -208,15 +249,19 @@ func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool) (
 				// No rebuild running now, but one may have ended between
 				// the lookup above and that check, replacing e: answer
 				// what is in place now.
-				if cur, ok := w.cache.store.GetIfPresent(key); ok && cur != e && !cur.Expired(now) {
-					e = cur
+				if cur, ok := w.cache.store.GetIfPresent(key); ok && cur != it && !cur.expired(now.UnixNano()) {
+					it = cur
 				}
 			}
+			e := build(dst, it, key, args)
+			markRead(it, now)
+			*marked = true
 			w.stats.hits.Add(1)
 			w.maybeRefreshEarly(e, now, pol, route)
 			return e, Hit, nil
 		}
 		// Past the soft deadline.
+		e := build(dst, it, key, args)
 		w.stats.staleHits.Add(1)
 		if pol.DelayInvalidation {
 			// Stale-while-revalidate: at most one rebuild per key, however
@@ -280,9 +325,11 @@ func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, ro
 	// value and left between the caller's lookup and now. Flights store
 	// before they leave the map, both under w.mu, so this check cannot miss
 	// a value and start a second fill of it.
-	if e, ok := w.cache.store.GetIfPresent(key); ok && !e.Expired(w.cache.clock.Now()) && fresh(e, pol, w.cache.clock.Now()) {
-		w.mu.Unlock()
-		return e, Hit, nil
+	if now := w.cache.clock.Now(); true {
+		if it, ok := w.cache.store.GetIfPresent(key); ok && !it.expired(now.UnixNano()) && freshItem(it, pol, now) {
+			w.mu.Unlock()
+			return it.entry(key, args), Hit, nil
+		}
 	}
 	if p := w.remoteOwner(key, route); p != nil {
 		// Another node owns the key: this caller fetches it in its own
@@ -425,6 +472,10 @@ func fresh(e *Entry, pol Policy, now time.Time) bool {
 	return !pol.RelevanceInvalidation || now.Before(e.CreatedAt.Add(pol.RelevanceExpires))
 }
 
+func freshItem(it *item, pol Policy, now time.Time) bool {
+	return !pol.RelevanceInvalidation || now.UnixNano() < it.created+int64(pol.RelevanceExpires)
+}
+
 func (f *flight) result() (*Entry, Status, error) {
 	if f.err != nil {
 		return nil, 0, f.err
@@ -460,7 +511,11 @@ func (w *Worker) maybeRefreshEarly(e *Entry, now time.Time, pol Policy, route bo
 		return
 	}
 	w.stats.refreshes.Add(1)
-	w.background(e.Key, e.Args, pol, route, time.Time{})
+	args := e.Args
+	if args == nil && e.it != nil { // a PeekOwned entry
+		args = e.it.args()
+	}
+	w.background(e.Key, args, pol, route, time.Time{})
 }
 
 // startFlightLocked registers a computation of key that callers can join and
@@ -610,7 +665,13 @@ func (w *Worker) finish(key string, gen uint64, f *flight, e *Entry, st Status, 
 	case w.cache.cfg.NoNearCache && e.Owner != w.cache.cfg.Self:
 		// Copies of other nodes' keys are not kept.
 	default:
-		w.cache.store.Set(key, e)
+		it, ierr := w.cache.newItem(e)
+		if ierr != nil {
+			w.cache.cfg.Logger.Error("entry not kept: its arguments cannot be encoded", "label", w.cfg.Label, "key", key, "err", ierr)
+			break
+		}
+		e.it = it
+		w.cache.store.Set(key, it)
 		stored = true
 	}
 	w.mu.Unlock()

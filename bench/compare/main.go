@@ -56,6 +56,8 @@ func main() {
 		os.Exit(groupcachePeerMain())
 	}
 	var c settings
+	memPlot := flag.String("memory-plot", "", "draw the heap samples of `go run ./bench -scenarios memory -memory-samples FILE` into OUT.png (with -memory-plot-out) and exit")
+	memPlotOut := flag.String("memory-plot-out", filepath.Join("..", "..", "docs", "memory-heap.png"), "the PNG of -memory-plot")
 	flag.DurationVar(&c.opts.Duration, "duration", 5*time.Second, "measured time of each remote-hit run")
 	flag.DurationVar(&c.opts.Warmup, "warmup", 500*time.Millisecond, "warm-up before each remote-hit run")
 	flag.IntVar(&c.opts.Callers, "callers", 50, "concurrent callers of the remote hits")
@@ -71,6 +73,13 @@ func main() {
 	flag.StringVar(&c.out, "out", filepath.Join("..", "..", "docs"), "directory of bench-compare.{md,json,png}")
 	flag.StringVar(&c.systems, "systems", "olric,groupcache", "systems compared with cachenode")
 	flag.Parse()
+	if *memPlot != "" {
+		if err := plotMemory(*memPlot, *memPlotOut); err != nil {
+			fmt.Fprintln(os.Stderr, "compare:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	c.opts.Progress = os.Stderr
 	c.opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 

@@ -51,7 +51,7 @@ func (s *Server) ringInfo() client.RingInfo {
 // (near-cache copies of other owners' keys are not counted).
 func (s *Server) ownedKeys() int {
 	self, k := s.node.Name(), 0
-	for e := range s.node.Cache().Entries() {
+	for e := range s.node.Cache().EntriesWithoutArgs() {
 		if e.Owner == self {
 			k++
 		}

@@ -187,7 +187,9 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), ReadTimeout(wk, pol, s.cfg.Slack))
 	defer cancel()
-	e, st, err := s.node.Get(ctx, label, q.Args, q.Overrides)
+	var ent worker.Entry // a hit is built here, without an allocation of its own
+	e := &ent
+	st, err := s.node.GetInto(ctx, label, q.Args, q.Overrides, e)
 	if err != nil {
 		s.readFailed(w, label, wk, err)
 		return

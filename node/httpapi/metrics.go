@@ -257,6 +257,7 @@ var (
 	descRecExpired = prometheus.NewDesc("cachenode_records_expired_total", "Records removed because their key expired.", nil, nil)
 	descRecDegr    = prometheus.NewDesc("cachenode_records_degraded", "1 while a storage fault keeps the records closed (the node serves from memory and reopens them with backoff).", nil, nil)
 	descRecUnwrit  = prometheus.NewDesc("cachenode_records_unwritten_total", "Fills of workers without delay_logging answered while the records were degraded, without the record promised before the answer.", nil, nil)
+	descMemory     = prometheus.NewDesc("cachenode_memory_bytes", "Heap held by the node's cached state, by part (entries, records, pebble, tracked_keys), as the --memory bound counts it.", []string{"part"}, nil)
 	descRecFaults  = prometheus.NewDesc("cachenode_records_faults_total", "Storage faults that degraded the records.", nil, nil)
 
 	originLabels     = []string{"origin"}
@@ -273,7 +274,7 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	for _, d := range []*prometheus.Desc{descMembers, descRingSize, descPartitions, descRingVer, descReady,
-		descEntries, descBytes, descRecords, descRecDropped, descRecExpired, descRecDegr, descRecUnwrit, descRecFaults,
+		descEntries, descBytes, descRecords, descRecDropped, descRecExpired, descRecDegr, descRecUnwrit, descRecFaults, descMemory,
 		descOriginLimit, descOriginFlight, descOriginPeak, descOriginQueued, descOriginBusy, descOriginBP} {
 		ch <- d
 	}
@@ -325,6 +326,9 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRecDegr, prometheus.GaugeValue, degraded)
 	ch <- prometheus.MustNewConstMetric(descRecUnwrit, prometheus.CounterValue, float64(n.UnwrittenRecords()))
 	ch <- prometheus.MustNewConstMetric(descRecFaults, prometheus.CounterValue, float64(h.Faults))
+	for part, b := range n.MemoryBytes() {
+		ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(b), part)
+	}
 }
 
 func collectLimiter(ch chan<- prometheus.Metric, s worker.LimiterStats) {

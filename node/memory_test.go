@@ -1,0 +1,112 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/cachenode/cachenode/worker"
+)
+
+// heapInUse returns the live heap after two collections.
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// TestMemoryBound fills a node with twice what its Memory holds and checks,
+// with runtime.ReadMemStats, the two halves of the bound: the heap the node
+// added stays within twice 1.1 × Memory + 32 MiB (the figure the bench's
+// memory scenario measures is within 1×), and the heap its entries hold is
+// within 1.5× what the store's weigher counts for them, so that an entry
+// that grows (a field, a map) without its weight fails here rather than
+// in a container's OOM kill. Records on disk and in memory, 100-byte and
+// 64 KiB values.
+func TestMemoryBound(t *testing.T) {
+	const memory = 8 << 20
+	for _, tc := range []struct {
+		name string
+		size int
+		disk bool
+	}{
+		{"100B/records-in-memory", 100, false},
+		{"100B/records-on-disk", 100, true},
+		{"64KiB/records-in-memory", 64 << 10, false},
+		{"64KiB/records-on-disk", 64 << 10, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := heapInUse()
+			cfg := Config{
+				Name: "m1", Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0",
+				Membership: steadyMembership(), Memory: memory,
+				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			}
+			if tc.disk {
+				cfg.Data = t.TempDir()
+			}
+			n, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer n.Close()
+			value := make([]byte, tc.size)
+			w, err := n.Cache().Register(worker.Config{Label: "w", Settings: worker.Settings{Expires: time.Hour, DelayLogging: worker.Bool(true)},
+				Getter: worker.GetterFunc(func(ctx context.Context, a worker.Args) (worker.Value, error) {
+					return worker.Value{Data: append([]byte(nil), value...), ContentType: "application/octet-stream"}, nil
+				})})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := n.Start(); err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			// Twice the entries the bound holds, by the weigher's count (the
+			// bench's memory scenario fills 10× a 64 MiB bound).
+			fills := 2 * memory / (tc.size + 200)
+			peak := uint64(0)
+			for i := range fills {
+				if _, _, err := w.Get(ctx, worker.Args{"id": fmt.Sprintf("key-%09d", i)}, worker.Settings{}); err != nil {
+					t.Fatal(err)
+				}
+				if i%(fills/4) == fills/4-1 {
+					peak = max(peak, heapInUse()-base)
+				}
+			}
+			if err := n.Store().Flush(); err != nil {
+				t.Fatal(err)
+			}
+			peak = max(peak, heapInUse()-base)
+			limit := uint64(2 * (11*memory/10 + 32<<20))
+			t.Logf("%d fills: %d entries of weight %d B; heap added %.1f MiB (limit %.1f MiB); memory %v",
+				fills, n.Cache().Len(), n.Cache().Bytes(), float64(peak)/(1<<20), float64(limit)/(1<<20), n.MemoryBytes())
+			if peak > limit {
+				t.Errorf("the node added %.1f MiB of heap with Memory %d MiB: over twice 1.1 × Memory + 32 MiB (%.1f MiB)",
+					float64(peak)/(1<<20), memory>>20, float64(limit)/(1<<20))
+			}
+			if !tc.disk {
+				// An in-memory database's compactions free and take heap
+				// meanwhile: what dropping the entries frees is measured
+				// with the records on disk.
+				return
+			}
+			// The heap the entries hold: what dropping them frees.
+			weight := n.Cache().Bytes()
+			held := heapInUse()
+			n.Cache().DropIf(func(*worker.Entry) bool { return true })
+			waitFor(t, 10*time.Second, "the store to drop its entries", func() bool { return n.Cache().Len() == 0 })
+			freed := int64(held) - int64(heapInUse())
+			t.Logf("dropping the entries freed %.1f MiB for a weight of %.1f MiB", float64(freed)/(1<<20), float64(weight)/(1<<20))
+			if float64(freed) > 1.5*float64(weight) {
+				t.Errorf("the entries held %d B of heap and weighed %d B: the weigher undercounts them", freed, weight)
+			}
+		})
+	}
+}

@@ -110,3 +110,67 @@ func TestMemoryBound(t *testing.T) {
 		})
 	}
 }
+
+// TestNoEntryWithoutItsRecord: a burst of delay_logging fills beyond what
+// the records writer's queue holds (a small --memory makes the queue
+// small) drops some records; the entries of those fills are not kept, so
+// every entry the node holds after the burst has its record, and an
+// invalidation by rule cannot miss it.
+func TestNoEntryWithoutItsRecord(t *testing.T) {
+	n, err := New(Config{
+		Name: "r1", Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0", Data: t.TempDir(),
+		Membership: steadyMembership(), Memory: 1 << 20,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	w, err := n.Cache().Register(worker.Config{Label: "w", Settings: worker.Settings{Expires: time.Hour, DelayLogging: worker.Bool(true)},
+		Getter: worker.GetterFunc(func(ctx context.Context, a worker.Args) (worker.Value, error) {
+			return worker.Value{Data: []byte("v"), ContentType: "text/plain"}, nil
+		})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const callers, per = 16, 2000
+	errs := make(chan error, callers)
+	for c := range callers {
+		go func() {
+			for i := range per {
+				if _, _, err := w.Get(ctx, worker.Args{"id": fmt.Sprintf("%d-%d", c, i)}, worker.Settings{}); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range callers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.Store().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	dropped := n.Store().Stats().Dropped
+	if dropped == 0 {
+		t.Skipf("the writer kept up with %d fills: no record was dropped, nothing to check", callers*per)
+	}
+	held, missing := 0, 0
+	for e := range n.Cache().EntriesWithoutArgs() {
+		held++
+		if _, err := n.Store().Get(e.Key); err != nil {
+			missing++
+		}
+	}
+	t.Logf("%d records dropped, %d entries dropped with them, %d entries held", dropped, n.UnrecordedDrops(), held)
+	if missing > 0 {
+		t.Fatalf("%d of the %d entries held have no record (an invalidation by rule would miss them)", missing, held)
+	}
+}

@@ -68,9 +68,12 @@ type Node struct {
 	// unwritten counts the fills of workers without delay_logging that
 	// were answered without their synchronous record (see record).
 	unwritten atomic.Uint64
-	refused   refusals         // peer requests refused, by op and code
-	outbox    outboxBytes      // bytes of the delayed invalidations queued
-	dropped   droppedListeners // see OnDropped
+	// unrecordedDrops counts the entries dropped because their record
+	// could not be queued (see record).
+	unrecordedDrops atomic.Uint64
+	refused         refusals         // peer requests refused, by op and code
+	outbox          outboxBytes      // bytes of the delayed invalidations queued
+	dropped         droppedListeners // see OnDropped
 
 	done chan struct{} // closed by Close: stops the background loops
 	wg   sync.WaitGroup
@@ -475,9 +478,20 @@ func (n *Node) record(e *worker.Entry, pol worker.Policy) {
 	case err == nil, errors.Is(err, persist.ErrClosed):
 	case errors.Is(err, persist.ErrQueueFull) && n.store.Health().Degraded:
 		// Counted in the store's Dropped; the store logged the fault.
-	case errors.Is(err, persist.ErrOverBudget):
-		// In-memory records beyond their part of --memory: counted in the
-		// store's Dropped (cachenode_records_dropped_total).
+		// While degraded, rule-based invalidations match the in-memory
+		// entries, so the entry stays (the records degrade, not the cache).
+	case errors.Is(err, persist.ErrQueueFull), errors.Is(err, persist.ErrOverBudget):
+		// The writer is behind (a burst of delay_logging fills beyond the
+		// async queue) or in-memory records are beyond their part of
+		// --memory: counted in the store's Dropped
+		// (cachenode_records_dropped_total). No record will index this
+		// entry, so an invalidation by rule could not find it: it is not
+		// kept. The callers of this fill still get the value; the next
+		// read fills again and writes its record.
+		if w, ok := n.cache.Worker(e.Label); ok {
+			w.Drop(e.Key)
+			n.unrecordedDrops.Add(1)
+		}
 	default:
 		n.log.Error("record not written", "key", e.Key, "err", err)
 	}
@@ -491,6 +505,12 @@ func (n *Node) Records() persist.Health { return n.store.Health() }
 // were answered while the records were degraded, so without the record
 // their worker promises before the answer.
 func (n *Node) UnwrittenRecords() uint64 { return n.unwritten.Load() }
+
+// UnrecordedDrops counts the entries not kept because their record could
+// not be queued (the records writer behind, or in-memory records over
+// their budget): an entry without a record would escape invalidations by
+// rule.
+func (n *Node) UnrecordedDrops() uint64 { return n.unrecordedDrops.Load() }
 
 // maintain applies ring changes to the cache: entries whose key moved to
 // another owner are dropped (the new owner fills them once), near-cache

@@ -256,6 +256,7 @@ var (
 	descRecDropped = prometheus.NewDesc("cachenode_records_dropped_total", "Background record writes dropped (queue full) or lost (errors).", nil, nil)
 	descRecExpired = prometheus.NewDesc("cachenode_records_expired_total", "Records removed because their key expired.", nil, nil)
 	descRecDegr    = prometheus.NewDesc("cachenode_records_degraded", "1 while a storage fault keeps the records closed (the node serves from memory and reopens them with backoff).", nil, nil)
+	descRecUnkept  = prometheus.NewDesc("cachenode_entries_unrecorded_dropped_total", "Entries not kept because their record could not be queued (the records writer behind, or in-memory records over their budget): an entry without a record would escape invalidations by rule.", nil, nil)
 	descRecUnwrit  = prometheus.NewDesc("cachenode_records_unwritten_total", "Fills of workers without delay_logging answered while the records were degraded, without the record promised before the answer.", nil, nil)
 	descMemory     = prometheus.NewDesc("cachenode_memory_bytes", "Heap held by the node's cached state, by part (entries, records, pebble, tracked_keys), as the --memory bound counts it.", []string{"part"}, nil)
 	descRecFaults  = prometheus.NewDesc("cachenode_records_faults_total", "Storage faults that degraded the records.", nil, nil)
@@ -274,7 +275,7 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	for _, d := range []*prometheus.Desc{descMembers, descRingSize, descPartitions, descRingVer, descReady,
-		descEntries, descBytes, descRecords, descRecDropped, descRecExpired, descRecDegr, descRecUnwrit, descRecFaults, descMemory,
+		descEntries, descBytes, descRecords, descRecDropped, descRecExpired, descRecDegr, descRecUnwrit, descRecUnkept, descRecFaults, descMemory,
 		descOriginLimit, descOriginFlight, descOriginPeak, descOriginQueued, descOriginBusy, descOriginBP} {
 		ch <- d
 	}
@@ -325,6 +326,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descRecDegr, prometheus.GaugeValue, degraded)
 	ch <- prometheus.MustNewConstMetric(descRecUnwrit, prometheus.CounterValue, float64(n.UnwrittenRecords()))
+	ch <- prometheus.MustNewConstMetric(descRecUnkept, prometheus.CounterValue, float64(n.UnrecordedDrops()))
 	ch <- prometheus.MustNewConstMetric(descRecFaults, prometheus.CounterValue, float64(h.Faults))
 	for part, b := range n.MemoryBytes() {
 		ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(b), part)

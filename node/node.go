@@ -117,7 +117,7 @@ func New(cfg Config) (*Node, error) {
 	n.store, err = persist.Open(persist.Config{Dir: cfg.Data, Logger: n.log, FS: cfg.DataFS,
 		OnCorruption: cfg.DataOnCorruption, KeepCorrupt: cfg.DataKeepCorrupt,
 		ReopenBackoff: cfg.DataReopenBackoff, ReopenBackoffMax: max(cfg.DataReopenBackoff, persist.DefaultReopenBackoffMax),
-		MemoryBudget: recordsBudget(cfg.Memory)})
+		MemoryBudget: recordsBudget(cfg.Memory), OnBudgetRemoved: n.dropUnrecorded})
 	if err != nil {
 		return nil, fmt.Errorf("node: records: %w", err)
 	}
@@ -488,10 +488,7 @@ func (n *Node) record(e *worker.Entry, pol worker.Policy) {
 		// entry, so an invalidation by rule could not find it: it is not
 		// kept. The callers of this fill still get the value; the next
 		// read fills again and writes its record.
-		if w, ok := n.cache.Worker(e.Label); ok {
-			w.Drop(e.Key)
-			n.unrecordedDrops.Add(1)
-		}
+		n.dropUnrecorded([]string{e.Key})
 	default:
 		n.log.Error("record not written", "key", e.Key, "err", err)
 	}
@@ -505,6 +502,23 @@ func (n *Node) Records() persist.Health { return n.store.Health() }
 // were answered while the records were degraded, so without the record
 // their worker promises before the answer.
 func (n *Node) UnwrittenRecords() uint64 { return n.unwritten.Load() }
+
+// dropUnrecorded drops the entries of keys, whose records the store could
+// not queue or removed to stay within its memory budget: an entry no record
+// indexes would escape invalidations by rule. The store calls it only once
+// it holds records, so after fills, so after New set n.cache.
+func (n *Node) dropUnrecorded(keys []string) {
+	for _, key := range keys {
+		e, ok := n.cache.Lookup(key)
+		if !ok {
+			continue
+		}
+		if w, ok := n.cache.Worker(e.Label); ok {
+			w.Drop(key)
+			n.unrecordedDrops.Add(1)
+		}
+	}
+}
 
 // UnrecordedDrops counts the entries not kept because their record could
 // not be queued (the records writer behind, or in-memory records over

@@ -260,6 +260,7 @@ func (s *Store) moveAside() (string, error) {
 func (s *Store) degrade() {
 	s.mu.Lock()
 	s.mu.degraded = true
+	s.wakeRoomLocked()
 	s.mu.Unlock()
 	s.closeMu.Lock()
 	db := s.db

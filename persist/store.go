@@ -80,6 +80,18 @@ type Config struct {
 	// or within MemoryBudget an eighth of it at 1 KiB a record (at least
 	// two batches).
 	QueueSize int
+	// OnBudgetRemoved is called with the keys whose records an in-memory
+	// database removed to stay within MemoryBudget (the records that
+	// expire first), not those removed at their expiry: the node drops
+	// their entries, which no record indexes any longer. Default nil.
+	OnBudgetRemoved func(keys []string)
+	// QueueWait is how long PutAsync waits for room in a full queue (the
+	// writer is behind a burst) before it drops the record with
+	// ErrQueueFull: a bounded queue pushes back on its producers rather
+	// than lose what they asked to record. It does not wait while the
+	// store is degraded (nothing drains the queue then). Default 1s;
+	// negative: never wait.
+	QueueWait time.Duration
 	// BatchSize is the most async records the writer commits in one batch.
 	// Default 1024.
 	BatchSize int
@@ -190,6 +202,9 @@ func (c Config) withDefaults() (Config, error) {
 			c.QueueSize = int(min(max(c.MemoryBudget/8/1024, int64(2*c.BatchSize)), DefaultQueueSize))
 		}
 	}
+	if c.QueueWait == 0 {
+		c.QueueWait = time.Second
+	}
 	if c.FlushInterval == 0 {
 		c.FlushInterval = DefaultFlushInterval
 	}
@@ -248,7 +263,11 @@ type Store struct {
 		ops      []*op         // synchronous operations for the writer
 		q        asyncQueue    // pending PutAsync records
 		flushes  []flushWaiter // Flush callers waiting for the queue
-		asyncErr error         // first async commit error since the last Flush
+		// space is closed by the writer when it takes records from the
+		// queue, waking the PutAsync callers that wait for room (nil: none
+		// waits).
+		space    chan struct{}
+		asyncErr error // first async commit error since the last Flush
 	}
 	wake chan struct{} // capacity 1: the writer has work
 
@@ -448,6 +467,7 @@ func (s *Store) Close() error {
 		<-s.sweepDone
 		s.mu.Lock()
 		s.mu.closing = true
+		s.wakeRoomLocked()
 		s.mu.Unlock()
 		s.signal()
 		<-s.writerDone // the writer drains every queued operation first
@@ -623,7 +643,11 @@ func (s *Store) enforceMemory() {
 	if n*cost <= limit {
 		return
 	}
-	if _, err := s.RemoveEarliest(int(n - limit*9/10/cost)); err != nil && !errors.Is(err, ErrClosed) {
+	keys, err := s.RemoveEarliest(int(n - limit*9/10/cost))
+	if err != nil && !errors.Is(err, ErrClosed) {
 		s.log.Error("persist: remove records over the memory budget", "err", err)
+	}
+	if len(keys) > 0 && s.cfg.OnBudgetRemoved != nil {
+		s.cfg.OnBudgetRemoved(keys)
 	}
 }

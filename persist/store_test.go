@@ -2,6 +2,7 @@ package persist
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"sync"
@@ -266,7 +267,7 @@ func TestSweepLoop(t *testing.T) {
 
 func TestAsyncQueue(t *testing.T) {
 	// A long flush interval and a big batch: nothing is written until Flush.
-	s := openMem(t, Config{QueueSize: 3, BatchSize: 100, FlushInterval: time.Hour})
+	s := openMem(t, Config{QueueSize: 3, BatchSize: 100, FlushInterval: time.Hour, QueueWait: -1})
 	for _, k := range []string{"a", "b", "c"} {
 		if err := s.PutAsync(rec("L", k, nil)); err != nil {
 			t.Fatal(err)
@@ -583,5 +584,29 @@ func TestReplaceAfterReopen(t *testing.T) {
 	// took and k5, k7, k9 (Q).
 	if got, _ := s.Match("L", nil); len(got) != 50-25-10-3 {
 		t.Errorf("Match(L) = %d records: %v", len(got), keysOf(got))
+	}
+}
+
+// TestFullQueueWaitsForTheWriter: a PutAsync into a full queue waits for
+// the writer to take a batch instead of dropping the record (QueueWait),
+// and every record of a burst far beyond the queue is written.
+func TestFullQueueWaitsForTheWriter(t *testing.T) {
+	s := openMem(t, Config{QueueSize: 4, BatchSize: 2, FlushInterval: time.Hour})
+	const n = 500
+	for i := range n {
+		if err := s.PutAsync(rec("L", fmt.Sprint(i), nil)); err != nil {
+			t.Fatalf("PutAsync %d into a full queue: %v", i, err)
+		}
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Dropped != 0 {
+		t.Errorf("%d records dropped, want 0", st.Dropped)
+	}
+	for i := range n {
+		if _, err := s.Get(fmt.Sprint(i)); err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
 	}
 }

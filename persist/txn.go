@@ -370,8 +370,9 @@ func (t *txn) deleteRecord(key string, log logger) (bool, error) {
 // expireRecords removes up to limit records whose AvailableTo is at or
 // before now, walking the expiry index of the committed state and checking
 // each record through the view (an operation earlier in the batch may have
-// replaced it with a later deadline).
-func (t *txn) expireRecords(now time.Time, limit int, log logger) (int, error) {
+// replaced it with a later deadline). The keys it removes are appended to
+// *removed unless removed is nil.
+func (t *txn) expireRecords(now time.Time, limit int, log logger, removed *[]string) (int, error) {
 	it, err := t.db.NewIter(&pebble.IterOptions{
 		LowerBound: []byte{prefixExpiry},
 		UpperBound: timeUpper(prefixExpiry, now),
@@ -402,6 +403,9 @@ func (t *txn) expireRecords(now time.Time, limit int, log logger) (int, error) {
 		}
 		if _, err := t.deleteRecord(key, log); err != nil {
 			return n, errors.Join(err, it.Close())
+		}
+		if removed != nil {
+			*removed = append(*removed, key)
 		}
 		n++
 	}

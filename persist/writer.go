@@ -52,8 +52,9 @@ type op struct {
 	payload []byte    // opEnqueue: payload; opPutValue: value
 	id      uint64    // opEnqueue: result; opAck: argument
 
-	n, nValues int // opExpire results: records and values removed
-	limit      int // opExpire: the most records to remove (RemoveEarliest); 0: expireChunk, and values
+	n, nValues int      // opExpire results: records and values removed
+	limit      int      // opExpire: the most records to remove (RemoveEarliest); 0: expireChunk, and values
+	removed    []string // opExpire with a limit: the keys whose records it removed
 	found      bool
 	err        error
 	done       chan struct{}
@@ -132,9 +133,17 @@ func (s *Store) PutAsync(rec Record) error {
 		return nil
 	}
 	if q.slots() >= s.cfg.QueueSize {
-		s.mu.Unlock()
-		s.stats.dropped.Add(1)
-		return ErrQueueFull
+		if !s.waitForRoomLocked() {
+			s.mu.Unlock()
+			s.stats.dropped.Add(1)
+			return ErrQueueFull
+		}
+		if p, ok := q.byKey[rec.Key]; ok { // queued meanwhile
+			p.rec = rec
+			s.mu.Unlock()
+			s.stats.replaced.Add(1)
+			return nil
+		}
 	}
 	q.pushLocked(&pending{rec: rec, at: time.Now()})
 	// Wake the writer when the queue becomes non-empty (to arm the flush
@@ -145,6 +154,46 @@ func (s *Store) PutAsync(rec Record) error {
 		s.signal()
 	}
 	return nil
+}
+
+// waitForRoomLocked waits, for at most QueueWait, until the full queue has
+// room, and reports whether it has. It is called and returns with s.mu
+// held; it does not wait while the store is degraded or closing.
+func (s *Store) waitForRoomLocked() bool {
+	if s.cfg.QueueWait < 0 {
+		return false
+	}
+	deadline := time.Now().Add(s.cfg.QueueWait)
+	for s.mu.q.slots() >= s.cfg.QueueSize {
+		wait := time.Until(deadline)
+		if s.mu.degraded || s.mu.closing || wait <= 0 {
+			return false
+		}
+		if s.mu.space == nil {
+			s.mu.space = make(chan struct{})
+		}
+		space := s.mu.space
+		s.mu.Unlock()
+		s.signal() // a full queue is a full batch: the writer takes it
+		t := time.NewTimer(wait)
+		select {
+		case <-space:
+		case <-t.C:
+		}
+		t.Stop()
+		s.mu.Lock()
+	}
+	return true
+}
+
+// wakeRoomLocked wakes the PutAsync callers waiting for room in the queue:
+// the writer took records, or the store degraded or is closing (they then
+// give up at once).
+func (s *Store) wakeRoomLocked() {
+	if s.mu.space != nil {
+		close(s.mu.space)
+		s.mu.space = nil
+	}
 }
 
 // Delete removes the record of key, its index entries and its stored
@@ -178,19 +227,19 @@ func (s *Store) RemoveExpired(now time.Time) (int, error) {
 }
 
 // RemoveEarliest removes up to n records, those that expire first, and
-// returns how many it removed: what the store drops when an in-memory
-// database is over its memory budget (see Config.MemoryBudget).
-func (s *Store) RemoveEarliest(n int) (int, error) {
-	total := 0
-	for total < n {
-		o := &op{kind: opExpire, t: time.Unix(1<<40, 0), limit: min(n-total, expireChunk)}
+// returns the keys it removed them of: what the store drops when an
+// in-memory database is over its memory budget (see Config.MemoryBudget).
+func (s *Store) RemoveEarliest(n int) ([]string, error) {
+	var keys []string
+	for len(keys) < n {
+		o := &op{kind: opExpire, t: time.Unix(1<<40, 0), limit: min(n-len(keys), expireChunk)}
 		err := s.do(o)
-		total += o.n
+		keys = append(keys, o.removed...)
 		if err != nil || o.n == 0 {
-			return total, err
+			return keys, err
 		}
 	}
-	return total, nil
+	return keys, nil
 }
 
 // Flush waits until every PutAsync that returned before the call was
@@ -273,13 +322,15 @@ func (s *Store) writeLoop() {
 		q := &s.mu.q
 		// Someone is waiting: write everything that is pending now rather
 		// than waiting for a full batch or the flush interval.
-		eager := len(ops) > 0 || len(s.mu.flushes) > 0 || s.mu.closing
+		// So is a PutAsync waiting for room in the full queue.
+		eager := len(ops) > 0 || len(s.mu.flushes) > 0 || s.mu.closing || s.mu.space != nil
 		var recs []Record
 		var wait time.Duration
 		if q.live > 0 {
 			age := time.Since(q.oldestLocked())
 			if eager || q.live >= s.cfg.BatchSize || age >= s.cfg.FlushInterval {
 				recs = q.popLocked(s.cfg.BatchSize)
+				s.wakeRoomLocked()
 			} else {
 				wait = s.cfg.FlushInterval - age
 			}
@@ -582,10 +633,10 @@ func (s *Store) applyOp(t *txn, o *op) error {
 	case opExpire:
 		var err error
 		if o.limit > 0 { // RemoveEarliest
-			o.n, err = t.expireRecords(o.t, o.limit, s.log)
+			o.n, err = t.expireRecords(o.t, o.limit, s.log, &o.removed)
 			return err
 		}
-		o.n, err = t.expireRecords(o.t, expireChunk, s.log)
+		o.n, err = t.expireRecords(o.t, expireChunk, s.log, nil)
 		if err != nil {
 			return err
 		}

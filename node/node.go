@@ -507,6 +507,11 @@ func (n *Node) UnwrittenRecords() uint64 { return n.unwritten.Load() }
 // not queue or removed to stay within its memory budget: an entry no record
 // indexes would escape invalidations by rule. The store calls it only once
 // it holds records, so after fills, so after New set n.cache.
+//
+// The entries go just after their records: until then (a Drop each, which
+// for thousands of keys on a loaded machine takes seconds) an invalidation
+// by rule can miss them. Withdrawing the entries before the records are
+// removed would close that window.
 func (n *Node) dropUnrecorded(keys []string) {
 	for _, key := range keys {
 		e, ok := n.cache.Lookup(key)

@@ -194,9 +194,11 @@ func memoryNode(name string, job MemoryJob, memory int64, join string) (*node.No
 // owner (owner entries), then reads them through the other (near-cache
 // copies), and measures the heap each step added.
 func nodeEntries(job MemoryJob) (MemoryOutcome, error) {
-	// No eviction, and no more room for the records store's caches than
-	// such a node would have.
-	memory := int64(job.N) * int64(job.Size+300) * 2
+	// No eviction, of entries nor of in-memory records (their quarter of
+	// the bound holds the N records; an entry whose record the bound
+	// removes is dropped with it), and no more room for the records
+	// store's caches than such a node would have.
+	memory := int64(job.N) * int64(job.Size+300) * 6
 	owner, err := memoryNode("m1", job, memory, "")
 	if err != nil {
 		return MemoryOutcome{}, err

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/node"
+	"github.com/cachenode/cachenode/node/nodetest"
 	"github.com/cachenode/cachenode/worker"
 )
 
@@ -87,33 +88,22 @@ type member struct {
 	addr string
 }
 
-func steady() node.Membership {
-	m := node.LocalMembership()
-	m.ProbeInterval = time.Second
-	m.ProbeTimeout = 500 * time.Millisecond
-	m.SuspicionMult = 6
-	return m
-}
-
 // startCluster starts size nodes on loopback, each with a RESP front, and
 // waits until they agree on the ring.
 func startCluster(t *testing.T, size int, token string, o *origin) []*member {
 	t.Helper()
+	c, err := nodetest.Start(context.Background(), nodetest.Config{
+		Size:      size,
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Configure: func(i int, cfg *node.Config) { cfg.HTTP = "127.0.0.1:1" },
+		Setup:     func(i int, n *node.Node) error { o.register(t, n); return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
 	var ms []*member
-	for i := range size {
-		cfg := node.Config{Name: fmt.Sprintf("n%d", i+1), Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0", HTTP: "127.0.0.1:1",
-			Membership: steady(), Memory: 32 << 20, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		if len(ms) > 0 {
-			cfg.Join = []string{ms[0].node.GossipAddr()}
-		}
-		n, err := node.New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		o.register(t, n)
-		if err := n.Start(); err != nil {
-			t.Fatal(err)
-		}
+	for _, n := range c.Nodes() {
 		srv, err := New(Config{Node: n, Token: token, TrackingTableMaxKeys: 1000})
 		if err != nil {
 			t.Fatal(err)
@@ -124,38 +114,20 @@ func startCluster(t *testing.T, size int, token string, o *origin) []*member {
 		}
 		served := make(chan error, 1)
 		go func() { served <- srv.Serve(ln) }()
-		m := &member{node: n, srv: srv, addr: ln.Addr().String()}
-		ms = append(ms, m)
+		ms = append(ms, &member{node: n, srv: srv, addr: ln.Addr().String()})
 		t.Cleanup(func() {
 			srv.Close()
 			<-served
-			n.Close()
 		})
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		agreed := true
-		for _, m := range ms {
-			r := m.node.Ring()
-			if !m.node.Ready() || r == nil || r.Len() != size || r.Version() != ms[0].node.Ring().Version() {
-				agreed = false
-			}
-		}
-		if agreed {
-			return ms
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d nodes did not agree on the ring", size)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return ms
 }
 
 // joinTo starts a node n2 (without a RESP front) that joins m.
 func joinTo(t *testing.T, m *member, o *origin) {
 	t.Helper()
 	n, err := node.New(node.Config{Name: "n2", Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0", HTTP: "127.0.0.1:1",
-		Membership: steady(), Memory: 32 << 20, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Membership: nodetest.Steady(), Memory: 32 << 20, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Join: []string{m.node.GossipAddr()}})
 	if err != nil {
 		t.Fatal(err)

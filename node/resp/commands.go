@@ -868,20 +868,32 @@ func (c *conn) cmdTracking(args [][]byte) {
 
 func (c *conn) cmdSubscribe(args [][]byte) bool {
 	for _, ch := range args[1:] {
-		c.wmu.Lock()
+		c.setSubscribed(ch, true)
+	}
+	return false
+}
+
+// setSubscribed subscribes the connection to ch or unsubscribes it, and
+// answers as Redis does: the kind, the channel and the count left.
+func (c *conn) setSubscribed(ch []byte, on bool) {
+	kind := "unsubscribe"
+	c.wmu.Lock()
+	if on {
+		kind = "subscribe"
 		if c.subscribed == nil {
 			c.subscribed = make(map[string]struct{})
 		}
 		c.subscribed[string(ch)] = struct{}{}
-		n := len(c.subscribed)
-		c.subs.Store(int32(n))
-		c.wmu.Unlock()
-		c.out.push(3)
-		c.out.bulkString("subscribe")
-		c.out.bulk(ch)
-		c.out.int(int64(n))
+	} else {
+		delete(c.subscribed, string(ch))
 	}
-	return false
+	n := len(c.subscribed)
+	c.subs.Store(int32(n))
+	c.wmu.Unlock()
+	c.out.push(3)
+	c.out.bulkString(kind)
+	c.out.bulk(ch)
+	c.out.int(int64(n))
 }
 
 func (c *conn) cmdUnsubscribe(args [][]byte) bool {
@@ -901,15 +913,7 @@ func (c *conn) cmdUnsubscribe(args [][]byte) bool {
 		return false
 	}
 	for _, ch := range chans {
-		c.wmu.Lock()
-		delete(c.subscribed, string(ch))
-		n := len(c.subscribed)
-		c.subs.Store(int32(n))
-		c.wmu.Unlock()
-		c.out.push(3)
-		c.out.bulkString("unsubscribe")
-		c.out.bulk(ch)
-		c.out.int(int64(n))
+		c.setSubscribed(ch, false)
 	}
 	return false
 }

@@ -360,6 +360,24 @@ var (
 	errLagging   = errors.New("pgsource: past max_lag")
 )
 
+// connect opens a connection with pc, within 10 s.
+func connect(ctx context.Context, pc *pgconn.Config) (*pgconn.PgConn, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgconn.ConnectConfig(cctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return conn, nil
+}
+
+// closeConn closes conn, waiting at most a second for the server.
+func closeConn(conn *pgconn.PgConn) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = conn.Close(ctx)
+}
+
 // consume connects, prepares the publication and the slot, and streams
 // until an error, the end of ctx, or another node becoming the consumer.
 // progressed says that it applied something (the backoff starts again).
@@ -369,17 +387,11 @@ func (s *Source) consume(ctx context.Context) (progressed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	conn, err := pgconn.ConnectConfig(cctx, pc)
-	cancel()
+	conn, err := connect(ctx, pc)
 	if err != nil {
-		return false, fmt.Errorf("connect: %w", err)
+		return false, err
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = conn.Close(cctx)
-	}()
+	defer closeConn(conn)
 	start, err := s.prepare(ctx, conn)
 	if err != nil {
 		return false, err
@@ -400,17 +412,11 @@ func (s *Source) consume(ctx context.Context) (progressed bool, err error) {
 	// that reads the database then would cache the old rows as fresh.
 	qc := pc.Copy()
 	delete(qc.RuntimeParams, "replication")
-	cctx, cancel = context.WithTimeout(ctx, 10*time.Second)
-	vis, err := pgconn.ConnectConfig(cctx, qc)
-	cancel()
+	vis, err := connect(ctx, qc)
 	if err != nil {
-		return false, fmt.Errorf("connect: %w", err)
+		return false, err
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = vis.Close(cctx)
-	}()
+	defer closeConn(vis)
 	s.update(func(st *state) { st.confirmed = start; st.LastError = "" })
 	s.setState(StateStreaming)
 	s.log.Info("source: consuming", "from", start.String())

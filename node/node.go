@@ -117,7 +117,7 @@ func New(cfg Config) (*Node, error) {
 	n.store, err = persist.Open(persist.Config{Dir: cfg.Data, Logger: n.log, FS: cfg.DataFS,
 		OnCorruption: cfg.DataOnCorruption, KeepCorrupt: cfg.DataKeepCorrupt,
 		ReopenBackoff: cfg.DataReopenBackoff, ReopenBackoffMax: max(cfg.DataReopenBackoff, persist.DefaultReopenBackoffMax),
-		MemoryBudget: recordsBudget(cfg.Memory), OnBudgetRemoved: n.dropUnrecorded})
+		MemoryBudget: recordsBudget(cfg.Memory), OnBudgetRemoved: n.dropUnrecordedKeys})
 	if err != nil {
 		return nil, fmt.Errorf("node: records: %w", err)
 	}
@@ -488,7 +488,7 @@ func (n *Node) record(e *worker.Entry, pol worker.Policy) {
 		// entry, so an invalidation by rule could not find it: it is not
 		// kept. The callers of this fill still get the value; the next
 		// read fills again and writes its record.
-		n.dropUnrecorded([]string{e.Key})
+		n.dropUnrecorded(e.Label, e.Key)
 	default:
 		n.log.Error("record not written", "key", e.Key, "err", err)
 	}
@@ -503,7 +503,7 @@ func (n *Node) Records() persist.Health { return n.store.Health() }
 // their worker promises before the answer.
 func (n *Node) UnwrittenRecords() uint64 { return n.unwritten.Load() }
 
-// dropUnrecorded drops the entries of keys, whose records the store could
+// dropUnrecordedKeys drops the entries of keys, whose records the store could
 // not queue or removed to stay within its memory budget: an entry no record
 // indexes would escape invalidations by rule. The store calls it only once
 // it holds records, so after fills, so after New set n.cache.
@@ -512,16 +512,20 @@ func (n *Node) UnwrittenRecords() uint64 { return n.unwritten.Load() }
 // for thousands of keys on a loaded machine takes seconds) an invalidation
 // by rule can miss them. Withdrawing the entries before the records are
 // removed would close that window.
-func (n *Node) dropUnrecorded(keys []string) {
+func (n *Node) dropUnrecordedKeys(keys []string) {
 	for _, key := range keys {
-		e, ok := n.cache.Lookup(key)
-		if !ok {
-			continue
+		if e, ok := n.cache.Lookup(key); ok {
+			n.dropUnrecorded(e.Label, key)
 		}
-		if w, ok := n.cache.Worker(e.Label); ok {
-			w.Drop(key)
-			n.unrecordedDrops.Add(1)
-		}
+	}
+}
+
+// dropUnrecorded drops the entry of key, of the worker of label, whose
+// record is lost (see dropUnrecordedKeys).
+func (n *Node) dropUnrecorded(label, key string) {
+	if w, ok := n.cache.Worker(label); ok {
+		w.Drop(key)
+		n.unrecordedDrops.Add(1)
 	}
 }
 

@@ -4,7 +4,8 @@
 // and the HTTP hit against a bare net/http handler answering 100 bytes
 // with wrk (-t2 -c50, a Lua script picking 1,000 ids). Runs alternate
 // (bare, cachenode, bare, cachenode, ...) and the rows give each run and
-// the ratio of the medians. The node runs in this process; with -cpuprofile
+// the ratio of the medians. The node runs in this process, the bare handler
+// (this program with -bare ADDR) and redis-server each in their own; with -cpuprofile
 // DIR it writes a CPU profile of the node during its RESP and HTTP runs.
 //
 //	go run ./bench/ceilings -duration 8s -rounds 3 -md /tmp/ceilings.md
@@ -45,7 +46,15 @@ func main() {
 	rounds := flag.Int("rounds", 3, "alternating rounds of each pair")
 	md := flag.String("md", "", "write the Markdown rows to this file too")
 	profDir := flag.String("cpuprofile", "", "write CPU profiles of the node's RESP and HTTP runs to this directory")
+	bareAddr := flag.String("bare", "", "serve only the bare net/http handler on this address (the bench starts itself so, in a process of its own)")
 	flag.Parse()
+	if *bareAddr != "" {
+		if err := serveBare(*bareAddr); err != nil {
+			fmt.Fprintln(os.Stderr, "ceilings: bare:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(*duration, *rounds, *md, *profDir); err != nil {
 		fmt.Fprintln(os.Stderr, "ceilings:", err)
 		os.Exit(1)
@@ -53,6 +62,15 @@ func main() {
 }
 
 var value = bytes.Repeat([]byte("v"), 100)
+
+// serveBare answers every request with the 100 bytes, as the node's hit
+// does, and nothing else.
+func serveBare(addr string) error {
+	return http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(value)
+	}))
+}
 
 func freePort() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -109,16 +127,28 @@ func run(d time.Duration, rounds int, mdPath, profDir string) error {
 	}
 	go rs.Serve(respLn)
 	defer rs.Close()
-	bareLn, err := net.Listen("tcp", "127.0.0.1:0")
+	// The bare handler runs in a process of its own, as redis-server does:
+	// beside the node in this one it would share its heap and scheduler.
+	bareAddr, err := freePort()
 	if err != nil {
 		return err
 	}
-	bare := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Write(value)
-	})}
-	go bare.Serve(bareLn)
-	defer bare.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	bare := exec.Command(self, "-bare", bareAddr)
+	bare.Stderr = os.Stderr
+	if err := bare.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		_ = bare.Process.Kill()
+		_ = bare.Wait()
+	}()
+	if err := waitPort(bareAddr); err != nil {
+		return fmt.Errorf("bare handler: %w", err)
+	}
 
 	var rows []string
 	add := func(s string) {
@@ -207,7 +237,7 @@ func run(d time.Duration, rounds int, mdPath, profDir string) error {
 		if err := os.WriteFile(script, []byte(`request = function() return wrk.format("GET", "/v1/cache/bench?id=" .. math.random(0, 999)) end`+"\n"), 0o644); err != nil {
 			return err
 		}
-		cnURL, bareURL := "http://"+httpLn.Addr().String(), "http://"+bareLn.Addr().String()
+		cnURL, bareURL := "http://"+httpLn.Addr().String(), "http://"+bareAddr
 		if _, err := wrkRun(wrk, script, cnURL, 2*time.Second); err != nil { // fills the 1,000 keys
 			return err
 		}

@@ -19,7 +19,7 @@
 // re-route again, against cachenode processes that the bench starts, with
 // an origin it serves), origin (issue 21: the origin's peak concurrency
 // under 3,000 distinct misses and a 10,000-key refresh, and the hits of
-// another worker during the refresh against an idle node's, with and
+// another worker during the refresh against the same hits before it, with and
 // without the limit), memory (issue 14: heap per entry and overhead over
 // key and value for cachenode, raw otter and redis-server, each in its own
 // process, and the heap through a fill of 10× --memory). The comparison with groupcache and olric is the

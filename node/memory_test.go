@@ -118,116 +118,105 @@ func TestMemoryBound(t *testing.T) {
 // entries), and a burst of delay_logging fills beyond the writer's queue
 // waits for room and, past the wait, drops its records with their entries.
 func TestNoEntryWithoutItsRecord(t *testing.T) {
-	// Records on disk: a full queue waits for the writer (persist's
-	// TestFullQueueWaitsForTheWriter), and the fill whose record is dropped
-	// past the wait takes the same path as below (Node.dropUnrecorded).
-	for _, disk := range []bool{false} {
-		t.Run("records-in-memory", func(t *testing.T) {
-			cfg := Config{
-				Name: "r1", Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0",
-				Membership: steadyMembership(), Memory: 1 << 20,
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-			}
-			if disk {
-				cfg.Data = t.TempDir()
-			}
-			n, err := New(cfg)
-			if err != nil {
+	// Records in memory. On disk, a full queue waits for the writer
+	// (persist's TestFullQueueWaitsForTheWriter), and a fill whose record
+	// is dropped past the wait takes the same path (Node.dropUnrecorded).
+	cfg := Config{
+		Name: "r1", Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0",
+		Membership: steadyMembership(), Memory: 1 << 20,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	w, err := n.Cache().Register(worker.Config{Label: "w", Settings: worker.Settings{Expires: time.Hour, DelayLogging: worker.Bool(true)},
+		Getter: worker.GetterFunc(func(ctx context.Context, a worker.Args) (worker.Value, error) {
+			return worker.Value{Data: []byte("v"), ContentType: "text/plain"}, nil
+		})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	// Bursts of fills of new keys until records were lost (the
+	// store enforces its budget in its sweep, once a second), or
+	// for at most 20 s.
+	const callers, per = 16, 1000
+	// Hot keys that expire first, so that the budget removes their
+	// records first, read again between the bursts so that the
+	// cache keeps their entries.
+	hot := func() {
+		for i := range 200 {
+			if _, _, err := w.Get(ctx, worker.Args{"hot": i}, worker.Settings{Expires: 30 * time.Minute}); err != nil {
 				t.Fatal(err)
 			}
-			defer n.Close()
-			w, err := n.Cache().Register(worker.Config{Label: "w", Settings: worker.Settings{Expires: time.Hour, DelayLogging: worker.Bool(true)},
-				Getter: worker.GetterFunc(func(ctx context.Context, a worker.Args) (worker.Value, error) {
-					return worker.Value{Data: []byte("v"), ContentType: "text/plain"}, nil
-				})})
-			if err != nil {
+		}
+	}
+	hot()
+	fills := 0
+	for start := time.Now(); time.Since(start) < 20*time.Second; {
+		errs := make(chan error, callers)
+		for c := range callers {
+			go func() {
+				for i := range per {
+					if _, _, err := w.Get(ctx, worker.Args{"id": fmt.Sprintf("%d-%d-%d", fills, c, i)}, worker.Settings{}); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range callers {
+			if err := <-errs; err != nil {
 				t.Fatal(err)
 			}
-			if err := n.Start(); err != nil {
-				t.Fatal(err)
-			}
-			ctx := context.Background()
-			// Bursts of fills of new keys until records were lost (the
-			// store enforces its budget in its sweep, once a second), or
-			// for at most 20 s.
-			const callers, per = 16, 1000
-			// Hot keys that expire first, so that the budget removes their
-			// records first, read again between the bursts so that the
-			// cache keeps their entries.
-			hot := func() {
-				for i := range 200 {
-					if _, _, err := w.Get(ctx, worker.Args{"hot": i}, worker.Settings{Expires: 30 * time.Minute}); err != nil {
-						t.Fatal(err)
-					}
+		}
+		fills += callers * per
+		hot()
+		hot()
+		if err := n.Store().Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if n.UnrecordedDrops() > 0 {
+			break
+		}
+	}
+	if n.UnrecordedDrops() == 0 {
+		t.Fatalf("%d fills of 1 MiB of in-memory records dropped no entry", fills)
+	}
+	// The store's sweep may be removing records over the budget
+	// right now: the entries go just after their records (one
+	// worker Drop each, seconds for thousands under -race on a
+	// loaded machine).
+	held, missing := 0, 0
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		held, missing = 0, 0
+		var sample []string
+		for e := range n.Cache().EntriesWithoutArgs() {
+			held++
+			if _, err := n.Store().Get(e.Key); err != nil {
+				missing++
+				if len(sample) < 3 {
+					sample = append(sample, e.Key+": "+err.Error())
 				}
 			}
-			hot()
-			fills := 0
-			lost := func() uint64 { return n.Store().Stats().Dropped + n.UnrecordedDrops() }
-			for start := time.Now(); time.Since(start) < 20*time.Second; {
-				errs := make(chan error, callers)
-				for c := range callers {
-					go func() {
-						for i := range per {
-							if _, _, err := w.Get(ctx, worker.Args{"id": fmt.Sprintf("%d-%d-%d", fills, c, i)}, worker.Settings{}); err != nil {
-								errs <- err
-								return
-							}
-						}
-						errs <- nil
-					}()
-				}
-				for range callers {
-					if err := <-errs; err != nil {
-						t.Fatal(err)
-					}
-				}
-				fills += callers * per
-				hot()
-				hot()
-				if err := n.Store().Flush(); err != nil {
-					t.Fatal(err)
-				}
-				if (disk && lost() > 0) || (!disk && n.UnrecordedDrops() > 0) {
-					break
-				}
-			}
-			if !disk && n.UnrecordedDrops() == 0 {
-				t.Fatalf("%d fills of 1 MiB of in-memory records dropped no entry", fills)
-			}
-			if lost() == 0 {
-				t.Skipf("the writer kept up with %d fills: no record was lost, nothing to check", fills)
-			}
-			// The store's sweep may be removing records over the budget
-			// right now: the entries go just after their records (one
-			// worker Drop each, seconds for thousands under -race on a
-			// loaded machine).
-			held, missing := 0, 0
-			deadline := time.Now().Add(60 * time.Second)
-			for {
-				held, missing = 0, 0
-				var sample []string
-				for e := range n.Cache().EntriesWithoutArgs() {
-					held++
-					if _, err := n.Store().Get(e.Key); err != nil {
-						missing++
-						if len(sample) < 3 {
-							sample = append(sample, e.Key+": "+err.Error())
-						}
-					}
-				}
-				if missing > 0 && time.Now().After(deadline) {
-					t.Logf("missing %d, e.g. %v", missing, sample)
-				}
-				if missing == 0 || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			t.Logf("%d records dropped at the queue, %d entries dropped with their records, %d entries held", n.Store().Stats().Dropped, n.UnrecordedDrops(), held)
-			if missing > 0 {
-				t.Fatalf("%d of the %d entries held have no record (an invalidation by rule would miss them)", missing, held)
-			}
-		})
+		}
+		if missing > 0 && time.Now().After(deadline) {
+			t.Logf("missing %d, e.g. %v", missing, sample)
+		}
+		if missing == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("%d records dropped at the queue, %d entries dropped with their records, %d entries held", n.Store().Stats().Dropped, n.UnrecordedDrops(), held)
+	if missing > 0 {
+		t.Fatalf("%d of the %d entries held have no record (an invalidation by rule would miss them)", missing, held)
 	}
 }

@@ -175,12 +175,12 @@ func (n *Node) redeliver(id string, payload []byte, missed []string) {
 	go func() {
 		defer n.wg.Done()
 		for {
-			t := time.NewTimer(redeliverPeriod)
+			t := n.cfg.Clock.NewTimer(redeliverPeriod)
 			select {
 			case <-n.done:
 				t.Stop()
 				return
-			case <-t.C:
+			case <-t.Chan():
 			}
 			r := n.route.Load()
 			s.mu.Lock()

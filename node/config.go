@@ -131,7 +131,16 @@ type Config struct {
 	// peer's name, the call's duration and its error: the hook for latency
 	// metrics. It must not block. Default nil.
 	OnPeerCall func(op, peer string, d time.Duration, err error)
-	// Clock is the time source of the cache. Default the system clock.
+	// Clock is the node's time source for what it decides about cached
+	// data: entry TTLs and relevance, wait budgets, the origin limiter's
+	// queue, records' expiry in persist, invalidation timestamps and the
+	// invalidation core's logical time, the outbox's due times, redelivery
+	// rounds and the pause watchdog. Tests give a clockwork.FakeClock and
+	// Advance it instead of sleeping (an Advance longer than the suspicion
+	// timeout reads as a pause and drops the cache, as a SIGSTOP would).
+	// Network timeouts, retries, membership and latency figures stay on the
+	// system clock: memberlist and sockets know no other. Default the
+	// system clock.
 	Clock worker.Clock
 	// Logger receives the node's logs. Default: discarded.
 	Logger *slog.Logger

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"github.com/jonboulle/clockwork"
+
 	"context"
 	"fmt"
 	"slices"
@@ -476,13 +478,15 @@ func TestEventOfferedOnPushPullOnlyAfterTheOwnersRound(t *testing.T) {
 // within 31 ms after a SIGCONT).
 func TestEventsAfterAPauseDoNotRebuildWhatThePauseDrops(t *testing.T) {
 	db := newFooDB()
-	c := newCluster(t, 1, db.register)
+	clock := clockwork.NewFakeClock()
+	c := startCluster(&cluster{t: t, setup: db.register, membership: steadyMembership(),
+		configure: func(cfg *Config) { cfg.Clock = clock }}, 1)
 	n := c.nodes[0]
 	v := worker.Args{"attr1": 1, "attr2": "a"}
 	get(t, n, "filtered_foos", v)
 	fills := db.count("filtered_foos", v)
 
-	n.pause.last.Add(-int64(n.pauseLimit() + 50*time.Millisecond))
+	clock.Advance(n.pauseLimit() + 50*time.Millisecond)
 	n.mergeState(pushPullState(t, invalidation.Event{ID: invalidation.NewID(), Origin: "elsewhere", Targets: []invalidation.Target{
 		{Label: "filtered_foos", Kind: invalidation.KindKey, Args: v},
 	}}))

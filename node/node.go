@@ -107,7 +107,9 @@ func New(cfg Config) (*Node, error) {
 		rules: invalidation.NewRules(), outboxWake: make(chan struct{}, 1)}
 	n.mu.members = make(map[string]*Member)
 	n.events = newEventState()
-	n.pause.epoch = time.Now()
+	// A nanosecond back, so that no tick is at 0 ("not started"), also on a
+	// fake clock that has not moved.
+	n.pause.epoch = cfg.Clock.Now().Add(-time.Nanosecond)
 	n.bcast = &memberlist.TransmitLimitedQueue{RetransmitMult: 3, NumNodes: func() int {
 		if r := n.route.Load(); r != nil {
 			return r.ring.Len()
@@ -117,7 +119,7 @@ func New(cfg Config) (*Node, error) {
 	n.store, err = persist.Open(persist.Config{Dir: cfg.Data, Logger: n.log, FS: cfg.DataFS,
 		OnCorruption: cfg.DataOnCorruption, KeepCorrupt: cfg.DataKeepCorrupt,
 		ReopenBackoff: cfg.DataReopenBackoff, ReopenBackoffMax: max(cfg.DataReopenBackoff, persist.DefaultReopenBackoffMax),
-		MemoryBudget: recordsBudget(cfg.Memory), OnBudgetRemoved: n.dropUnrecordedKeys})
+		MemoryBudget: recordsBudget(cfg.Memory), OnBudgetRemoved: n.dropUnrecordedKeys, Now: cfg.Clock.Now})
 	if err != nil {
 		return nil, fmt.Errorf("node: records: %w", err)
 	}

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"github.com/jonboulle/clockwork"
+
 	"context"
 	"errors"
 	"fmt"
@@ -445,9 +447,13 @@ func TestSplitAtBootMerges(t *testing.T) {
 // pause is simulated by moving the watchdog's last tick back; the read that
 // comes first after the pause must not be answered from the cache (after a
 // SIGCONT the reads blocked in the kernel may run before the watchdog).
+// The pause is the node's clock moved on past the limit: the read may come
+// before or after the watchdog's tick sees it.
 func TestPausedProcessDropsItsCache(t *testing.T) {
 	g := newCounting(0)
-	c := newCluster(t, 1, withWorker(g, worker.Settings{}))
+	clock := clockwork.NewFakeClock()
+	c := startCluster(&cluster{t: t, setup: withWorker(g, worker.Settings{}), membership: steadyMembership(),
+		configure: func(cfg *Config) { cfg.Clock = clock }}, 1)
 	n := c.nodes[0]
 	for k := range 10 {
 		if _, _, err := n.Get(context.Background(), "w", worker.Args{"id": k}, worker.Settings{}); err != nil {
@@ -461,7 +467,7 @@ func TestPausedProcessDropsItsCache(t *testing.T) {
 		t.Fatalf("%d entries cached, want 10", n.Cache().Len())
 	}
 	// A stop just longer than the floor of the others' suspicion timeout.
-	n.pause.last.Add(-int64(n.pauseLimit() + 50*time.Millisecond))
+	clock.Advance(n.pauseLimit() + 50*time.Millisecond)
 	_, st, err := n.Get(context.Background(), "w", worker.Args{"id": 3}, worker.Settings{})
 	if err != nil {
 		t.Fatal(err)

@@ -18,14 +18,14 @@ import (
 func (n *Node) outboxLoop() {
 	defer n.wg.Done()
 	for {
-		t := time.NewTimer(outboxPoll)
+		t := n.cfg.Clock.NewTimer(outboxPoll)
 		select {
 		case <-n.done:
 			t.Stop()
 			return
 		case <-n.outboxWake:
 			t.Stop()
-		case <-t.C:
+		case <-t.Chan():
 		}
 		if !n.Ready() {
 			continue

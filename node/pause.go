@@ -11,9 +11,11 @@ const pauseTick = 100 * time.Millisecond
 
 // pauseWatcher notices when this process was stopped (SIGSTOP, a VM pause,
 // a long stall): the others may have declared it dead meanwhile and applied
-// invalidations without it, so nothing it cached can be trusted.
+// invalidations without it, so nothing it cached can be trusted. It reads
+// Config.Clock: on a fake clock, an Advance longer than pauseLimit is a
+// pause.
 type pauseWatcher struct {
-	epoch time.Time    // the monotonic clock's origin
+	epoch time.Time    // the clock's origin
 	last  atomic.Int64 // the watchdog's last tick, in nanoseconds since epoch; 0 before it runs
 	mu    sync.Mutex   // one drop per pause
 }
@@ -22,16 +24,16 @@ type pauseWatcher struct {
 func (n *Node) pauseWatch() {
 	defer n.wg.Done()
 	p := &n.pause
-	p.last.Store(int64(time.Since(p.epoch)))
+	p.last.Store(int64(n.cfg.Clock.Since(p.epoch)))
 	for {
-		t := time.NewTimer(pauseTick)
+		t := n.cfg.Clock.NewTimer(pauseTick)
 		select {
 		case <-n.done:
 			t.Stop()
 			return
-		case <-t.C:
+		case <-t.Chan():
 			n.noticePause()
-			p.last.Store(int64(time.Since(p.epoch)))
+			p.last.Store(int64(n.cfg.Clock.Since(p.epoch)))
 		}
 	}
 }
@@ -53,17 +55,17 @@ func (n *Node) pauseLimit() time.Duration {
 func (n *Node) noticePause() bool {
 	p := &n.pause
 	limit := n.pauseLimit()
-	if last := p.last.Load(); last == 0 || time.Since(p.epoch)-time.Duration(last) < limit {
+	if last := p.last.Load(); last == 0 || n.cfg.Clock.Since(p.epoch)-time.Duration(last) < limit {
 		return false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	gap := time.Since(p.epoch) - time.Duration(p.last.Load())
+	gap := n.cfg.Clock.Since(p.epoch) - time.Duration(p.last.Load())
 	if gap < limit {
 		return false // another reader, or the watchdog, dropped it
 	}
 	n.log.Warn("this process was paused: dropping every cached entry", "for", gap.Round(time.Millisecond))
 	n.dropAll()
-	p.last.Store(int64(time.Since(p.epoch)))
+	p.last.Store(int64(n.cfg.Clock.Since(p.epoch)))
 	return true
 }

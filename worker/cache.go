@@ -116,7 +116,7 @@ func NewCache(cfg CacheConfig) (*Cache, error) {
 			return time.Duration(oe.Value.avail - c.clock.Now().UnixNano())
 		}),
 	}
-	if _, real := cfg.Clock.(systemClock); !real {
+	if !isSystemClock(cfg.Clock) {
 		opts.Clock = otterClock{cfg.Clock}
 	}
 	store, err := otter.New(opts)
@@ -155,7 +155,7 @@ func (c *Cache) Register(cfg Config) (*Worker, error) {
 	lim := cfg.Limiter
 	if lim == nil && cfg.MaxConcurrentFills >= 0 {
 		var err error
-		if lim, err = NewLimiter(LimiterConfig{Name: cfg.Label, MaxConcurrent: cfg.MaxConcurrentFills}); err != nil {
+		if lim, err = NewLimiter(LimiterConfig{Name: cfg.Label, MaxConcurrent: cfg.MaxConcurrentFills, Clock: c.clock}); err != nil {
 			return nil, fmt.Errorf("worker %q: %w", cfg.Label, err)
 		}
 	}

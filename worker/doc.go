@@ -25,5 +25,5 @@
 // # Concurrency
 //
 // A [Cache] and its workers are safe for concurrent use. Time comes from an
-// injectable [Clock]; [ManualClock] makes TTL and tick tests instant.
+// injectable [Clock]; a clockwork FakeClock makes TTL and tick tests instant.
 package worker

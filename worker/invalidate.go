@@ -134,7 +134,7 @@ func (w *Worker) InvalidateKeysScope(ctx context.Context, keys []string, scope S
 	var pending []*flight
 	acted := 0
 	spread := w.spread(len(keys))
-	now := time.Now()
+	now := w.cache.clock.Now()
 	// The keys go in batches under one hold of w.mu: taking it once per
 	// key, beside the rebuilds that finish under it, makes a storm of
 	// 10,000 keys a convoy of 10,000 lock hand-offs, seconds long on a
@@ -319,7 +319,7 @@ func (w *Worker) Sweep() int {
 		stale = append(stale, e)
 	}
 	spread := w.spread(len(stale))
-	wall := time.Now()
+	wall := w.cache.clock.Now()
 	for _, e := range stale {
 		w.background(e.Key, e.Args, w.base, false, w.due(wall, spread))
 	}
@@ -332,7 +332,7 @@ func (w *Worker) sweepLoop() {
 	for {
 		t := c.clock.NewTimer(w.cfg.SweepInterval)
 		select {
-		case <-t.C():
+		case <-t.Chan():
 			w.Sweep()
 		case <-c.ctx.Done():
 			t.Stop()

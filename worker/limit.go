@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/jonboulle/clockwork"
 )
 
 // ErrOriginBusy is wrapped by the error of a fill that never reached the
@@ -72,6 +74,9 @@ type LimiterConfig struct {
 	// 10,000 keys starts them over 10 s by default). Batches that fit in
 	// the limit start at once. Default 1s; negative: no spreading.
 	RefreshSpread time.Duration
+	// Clock times the queue: read budgets, spread rebuilds and origin
+	// pauses. Default SystemClock; a Cache's own limiter uses the cache's.
+	Clock Clock
 }
 
 // DefaultLimiterConfig returns the defaults: 64 in flight, 4,096 reads
@@ -120,8 +125,8 @@ type Limiter struct {
 		queue    ticketHeap // waiting reads first, then refreshes by due time
 		reads    int        // tickets of read priority in queue
 		seq      uint64
-		paused   time.Time   // no grant before it (origin back-pressure)
-		timer    *time.Timer // wakes the queue at timerAt; nil until needed
+		paused   time.Time       // no grant before it (origin back-pressure)
+		timer    clockwork.Timer // wakes the queue at timerAt; nil until needed
 		timerAt  time.Time
 	}
 	admitted, busy, backPressure atomic.Int64
@@ -148,6 +153,9 @@ func NewLimiter(cfg LimiterConfig) (*Limiter, error) {
 	}
 	if cfg.RefreshSpread == 0 {
 		cfg.RefreshSpread = d.RefreshSpread
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock()
 	}
 	return &Limiter{cfg: cfg}, nil
 }
@@ -236,11 +244,11 @@ func (l *Limiter) retryAfter(now time.Time) time.Duration {
 	return max(d, time.Second)
 }
 
-// acquire waits for a slot for a read's fill, at most budget on clock (not
-// at all when budget is 0) and until ctx ends. On success the caller must
+// acquire waits for a slot for a read's fill, at most budget on the
+// limiter's clock (not at all when budget is 0) and until ctx ends. On success the caller must
 // call release once the origin answered.
-func (l *Limiter) acquire(ctx context.Context, clock Clock, budget time.Duration) error {
-	now := time.Now()
+func (l *Limiter) acquire(ctx context.Context, budget time.Duration) error {
+	now := l.cfg.Clock.Now()
 	l.mu.Lock()
 	// Every change of the queue ends with dispatchLocked, so a free slot
 	// here means no read is queued: taking it jumps nobody.
@@ -259,12 +267,12 @@ func (l *Limiter) acquire(ctx context.Context, clock Clock, budget time.Duration
 	l.dispatchLocked(now)
 	l.mu.Unlock()
 
-	timer := clock.NewTimer(budget)
+	timer := l.cfg.Clock.NewTimer(budget)
 	select {
 	case <-t.ready:
 		timer.Stop()
 		return nil
-	case <-timer.C():
+	case <-timer.Chan():
 	case <-ctx.Done():
 		timer.Stop()
 	}
@@ -276,7 +284,7 @@ func (l *Limiter) acquire(ctx context.Context, clock Clock, budget time.Duration
 	}
 	// A fill that never started does not run later for nobody: the
 	// caller's budget is over, it is told to come back.
-	return l.busyError("queue wait", time.Now())
+	return l.busyError("queue wait", l.cfg.Clock.Now())
 }
 
 // schedule queues a rebuild not to start before due (zero: as soon as a
@@ -288,7 +296,7 @@ func (l *Limiter) acquire(ctx context.Context, clock Clock, budget time.Duration
 // a large storm on a loaded machine runs past the first due times): it is
 // queued, so that its invalidation does not wait for it.
 func (l *Limiter) schedule(due time.Time, grant func()) *ticket {
-	now := time.Now()
+	now := l.cfg.Clock.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if due.IsZero() && l.mu.inFlight < l.cfg.MaxConcurrent && !now.Before(l.mu.paused) {
@@ -313,7 +321,7 @@ func (l *Limiter) promote(t *ticket) {
 	t.prio = prioRead
 	l.mu.reads++
 	heap.Fix(&l.mu.queue, t.index)
-	l.dispatchLocked(time.Now())
+	l.dispatchLocked(l.cfg.Clock.Now())
 }
 
 // cancel removes t from the queue and reports whether it was still there
@@ -334,7 +342,7 @@ func (l *Limiter) cancel(t *ticket) bool {
 // release returns a slot. pause, when positive, is the origin's request to
 // send nothing for that long.
 func (l *Limiter) release(pause time.Duration) {
-	now := time.Now()
+	now := l.cfg.Clock.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.mu.inFlight--
@@ -386,13 +394,13 @@ func (l *Limiter) dispatchLocked(now time.Time) {
 
 // wakeAtLocked makes sure the queue is looked at again at at.
 func (l *Limiter) wakeAtLocked(at time.Time) {
-	now := time.Now()
+	now := l.cfg.Clock.Now()
 	if l.mu.timer != nil && l.mu.timerAt.After(now) && !l.mu.timerAt.After(at) {
 		return // an earlier wake-up is set
 	}
 	l.mu.timerAt = at
 	if l.mu.timer == nil {
-		l.mu.timer = time.AfterFunc(at.Sub(now), l.wake)
+		l.mu.timer = l.cfg.Clock.AfterFunc(at.Sub(now), l.wake)
 		return
 	}
 	l.mu.timer.Reset(at.Sub(now))
@@ -401,5 +409,5 @@ func (l *Limiter) wakeAtLocked(at time.Time) {
 func (l *Limiter) wake() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.dispatchLocked(time.Now())
+	l.dispatchLocked(l.cfg.Clock.Now())
 }

@@ -306,13 +306,13 @@ func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, ro
 		case <-f.done:
 			t.Stop()
 			return f.result()
-		case <-t.C():
+		case <-t.Chan():
 			w.stats.waitTimeouts.Add(1)
 			if f.queued.Load() {
 				// The computation has not reached the origin yet: a second
 				// request would only queue behind it.
 				w.stats.originBusy.Add(1)
-				return nil, 0, w.lim.busyError("queue wait", time.Now())
+				return nil, 0, w.lim.busyError("queue wait", w.lim.cfg.Clock.Now())
 			}
 			// The budget ran out: compute it ourselves, as the original did.
 			return w.computeDirect(ctx, key, args, pol, route)
@@ -419,7 +419,8 @@ func (w *Worker) leadFetch(ctx context.Context, p Peer, key string, args Args, p
 
 // callerEnded reports whether ctx has ended or its deadline has passed: a
 // context's Err turns non-nil only once its timer has fired, a little after
-// the deadline that a fetch bounded by it has already seen pass.
+// the deadline that a fetch bounded by it has already seen pass. Contexts
+// run on the system clock, so this reads it, not the cache's.
 func callerEnded(ctx context.Context) bool {
 	if ctx.Err() != nil {
 		return true
@@ -711,7 +712,8 @@ func (w *Worker) compute(ctx context.Context, key string, args Args, pol Policy,
 	return e, Miss, nil
 }
 
-// fetch asks the owner p for key, waiting at most the wait budget.
+// fetch asks the owner p for key, waiting at most the wait budget. The
+// deadline bounds a network call, so it is on the system clock.
 func (w *Worker) fetch(ctx context.Context, p Peer, key string, args Args, pol Policy) (*Entry, Status, error) {
 	w.stats.peerFetches.Add(1)
 	return p.Fetch(ctx, FetchRequest{Label: w.cfg.Label, Key: key, Args: args, Overrides: overridesOf(pol, w.base),
@@ -793,7 +795,7 @@ func (w *Worker) fill(ctx context.Context, key string, args Args, pol Policy, s 
 			if s.f != nil {
 				s.f.queued.Store(true)
 			}
-			err := lim.acquire(ctx, clock, pol.Budget())
+			err := lim.acquire(ctx, pol.Budget())
 			if err == nil && s.f != nil {
 				// Left queued on failure: a caller joining the flight
 				// until it ends is told the origin is busy.

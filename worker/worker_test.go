@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jonboulle/clockwork"
 )
 
 // gate is a getter whose runs block until released, one release per run.
@@ -104,11 +106,11 @@ func TestWaitersComputeAfterExactlyTheBudget(t *testing.T) {
 			}
 		}()
 	}
-	waitFor(t, "waiters on the clock", func() bool { return clock.Timers() == waiters })
+	blockUntil(t, clock, waiters)
 	clock.Advance(budget - time.Nanosecond)
-	if n := clock.Timers(); n != waiters {
-		t.Fatalf("%d waiters gave up before the budget", waiters-n)
-	}
+	// A waiter whose timer fired early has left the clock: fewer than
+	// waiters remain, and this wait runs out.
+	blockUntil(t, clock, waiters)
 	if n := g.calls.Load(); n != 1 {
 		t.Fatalf("getter ran %d times before the budget ran out", n)
 	}
@@ -127,7 +129,7 @@ func TestWaitersComputeAfterExactlyTheBudget(t *testing.T) {
 }
 
 func TestNotConcurrentSkipsWaiting(t *testing.T) {
-	c, clock := newTestCache(t, CacheConfig{})
+	c, _ := newTestCache(t, CacheConfig{})
 	g := newGate()
 	w := register(t, c, Config{Label: "nc", Getter: g, Settings: Settings{IsConcurrent: Bool(false)}})
 	done := make(chan struct{}, 2)
@@ -135,7 +137,7 @@ func TestNotConcurrentSkipsWaiting(t *testing.T) {
 		go func() { w.Get(context.Background(), Args{}, Settings{}); done <- struct{}{} }()
 	}
 	waitFor(t, "two getter runs", func() bool { return g.calls.Load() == 2 })
-	if clock.Timers() != 0 || w.Stats().Waits != 0 {
+	if w.Stats().Waits != 0 {
 		t.Fatal("a caller waited although is_concurrent is off")
 	}
 	g.release <- "a"
@@ -441,7 +443,7 @@ func TestSweepRebuildsUnreadStaleEntries(t *testing.T) {
 	for i := range 3 {
 		w.Get(ctx, Args{"i": i}, Settings{})
 	}
-	waitFor(t, "sweep loop on the clock", func() bool { return clock.Timers() == 1 })
+	blockUntil(t, clock, 1) // the sweep loop's ticker
 	clock.Advance(5 * time.Second)
 	waitFor(t, "three rebuilds", func() bool { return n.Load() == 6 })
 	waitFor(t, "fresh entries", func() bool {
@@ -499,7 +501,7 @@ func TestStoreBoundedByBytes(t *testing.T) {
 }
 
 func TestCloseIsIdempotentAndStopsFills(t *testing.T) {
-	c, err := NewCache(CacheConfig{Clock: NewManualClock(epoch)})
+	c, err := NewCache(CacheConfig{Clock: clockwork.NewFakeClockAt(epoch)})
 	if err != nil {
 		t.Fatal(err)
 	}

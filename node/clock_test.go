@@ -43,6 +43,6 @@ func TestDelayedInvalidationIsDueOnTheNodesClock(t *testing.T) {
 	// On the system clock, the item would wait its two minutes and this
 	// wait run out.
 	clock.Advance(countdown)
-	waitFor(t, 10*time.Second, "the outbox to apply the item", func() bool { return pending() == 0 })
+	advanceUntil(t, clock, outboxPoll, 10*time.Second, "the outbox to apply the item", func() bool { return pending() == 0 })
 	waitFor(t, 10*time.Second, "the rebuild", func() bool { return db.count("filtered_foos", v) == 2 })
 }

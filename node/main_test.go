@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"go.uber.org/goleak"
 
 	"github.com/cachenode/cachenode/worker"
@@ -178,6 +179,22 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) t
 		time.Sleep(2 * time.Millisecond)
 	}
 	return time.Since(start)
+}
+
+// advanceUntil moves clock on by step until cond holds, for at most limit of
+// real time. The loops on the clock (outbox, redelivery) each wait on a
+// timer that they set after their previous round, so one jump of the
+// clock can come before a loop set its next timer: moving on in steps
+// reaches every loop whenever it sets it.
+func advanceUntil(t *testing.T, clock *clockwork.FakeClock, step, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	waitFor(t, limit, what, func() bool {
+		if cond() {
+			return true
+		}
+		clock.Advance(step)
+		return false
+	})
 }
 
 // countingGetter returns a getter that counts its runs per key.

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"github.com/jonboulle/clockwork"
+
 	"context"
 	"os"
 	"path/filepath"
@@ -80,10 +82,12 @@ func TestPartitionedMemberServesNoInvalidatedValueAfterHeal(t *testing.T) {
 
 func TestDelayedInvalidationSurvivesRestart(t *testing.T) {
 	db := newFooDB()
-	c := newCluster(t, 2, db.register)
+	clock := clockwork.NewFakeClock()
+	c := startCluster(&cluster{t: t, setup: db.register, membership: steadyMembership(),
+		configure: func(cfg *Config) { cfg.Clock = clock }}, 2)
 	dir := t.TempDir()
 	cfg := Config{Name: "n3", Gossip: "127.0.0.1:0", Peer: "127.0.0.1:0", Membership: steadyMembership(),
-		Data: filepath.Join(dir, "n3"), Join: []string{c.nodes[0].GossipAddr()}}
+		Data: filepath.Join(dir, "n3"), Join: []string{c.nodes[0].GossipAddr()}, Clock: clock}
 	start := func() *Node {
 		n, err := New(cfg)
 		if err != nil {
@@ -124,7 +128,7 @@ func TestDelayedInvalidationSurvivesRestart(t *testing.T) {
 	}
 	n3 = start()
 	defer n3.Close()
-	waitFor(t, 10*time.Second, "the delayed invalidation", func() bool { return db.count("filtered_foos", v) == 2 })
+	advanceUntil(t, clock, outboxPoll, 10*time.Second, "the delayed invalidation", func() bool { return db.count("filtered_foos", v) == 2 })
 	waitFor(t, 5*time.Second, "the outbox to empty", func() bool {
 		items, err := n3.Store().Pending()
 		return err == nil && len(items) == 0
@@ -141,7 +145,9 @@ func TestDelayedInvalidationSurvivesRestart(t *testing.T) {
 // gracefully before its countdown was never applied.
 func TestDelayedInvalidationOfALeavingNodeIsApplied(t *testing.T) {
 	db := newFooDB()
-	c := newCluster(t, 3, db.register)
+	clock := clockwork.NewFakeClock()
+	c := startCluster(&cluster{t: t, setup: db.register, membership: steadyMembership(),
+		configure: func(cfg *Config) { cfg.Clock = clock }}, 3)
 	v := worker.Args{"attr1": 1, "attr2": "a"}
 	for _, n := range c.nodes {
 		get(t, n, "filtered_foos", v)
@@ -155,7 +161,7 @@ func TestDelayedInvalidationOfALeavingNodeIsApplied(t *testing.T) {
 	if err := leaving.Close(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the handed-over invalidation", func() bool { return db.count("filtered_foos", v) == 2 })
+	advanceUntil(t, clock, outboxPoll, 10*time.Second, "the handed-over invalidation", func() bool { return db.count("filtered_foos", v) == 2 })
 }
 
 // TestHandoffSkipsKeysBeingRebuilt is the regression test of chaos K7: a

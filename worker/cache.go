@@ -223,7 +223,7 @@ func (c *Cache) Lookup(key string) (*Entry, bool) {
 	if !ok || it.expired(c.clock.Now().UnixNano()) {
 		return nil, false
 	}
-	return it.entry(key, nil), true
+	return it.entry(&c.meta, key, nil), true
 }
 
 // Entries iterates over the entries in the store, in no particular order.
@@ -231,7 +231,7 @@ func (c *Cache) Lookup(key string) (*Entry, bool) {
 func (c *Cache) Entries() iter.Seq[*Entry] {
 	return func(yield func(*Entry) bool) {
 		for k, it := range c.store.All() {
-			if !yield(it.entry(k, nil)) {
+			if !yield(it.entry(&c.meta, k, nil)) {
 				return
 			}
 		}
@@ -245,7 +245,7 @@ func (c *Cache) EntriesWithoutArgs() iter.Seq[*Entry] {
 	return func(yield func(*Entry) bool) {
 		for k, it := range c.store.All() {
 			e := new(Entry)
-			it.fillArgs(e, k, nil, false)
+			it.fillArgs(&c.meta, e, k, nil, false)
 			if !yield(e) {
 				return
 			}
@@ -261,7 +261,7 @@ func (c *Cache) EntriesWithoutArgs() iter.Seq[*Entry] {
 func (c *Cache) Hottest() iter.Seq[*Entry] {
 	return func(yield func(*Entry) bool) {
 		for oe := range c.store.Hottest() {
-			if !yield(oe.Value.entry(oe.Key, nil)) {
+			if !yield(oe.Value.entry(&c.meta, oe.Key, nil)) {
 				return
 			}
 		}
@@ -275,7 +275,7 @@ func (c *Cache) Hottest() iter.Seq[*Entry] {
 func (c *Cache) DropIf(drop func(*Entry) bool) int {
 	n := 0
 	for k, it := range c.store.All() {
-		if drop(it.entry(k, nil)) {
+		if drop(it.entry(&c.meta, k, nil)) {
 			if _, ok := c.store.Invalidate(k); ok {
 				n++
 			}

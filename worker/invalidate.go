@@ -210,7 +210,7 @@ func (w *Worker) invalidateScopeLocked(key string, action Action, args Args, sco
 	it, cached := w.cache.store.GetIfPresent(key)
 	var e *Entry
 	if cached {
-		e = it.entry(key, nil)
+		e = it.entry(&w.cache.meta, key, nil)
 	}
 	// A near-cache copy, or a fetch from the owner in flight: the owner
 	// rebuilds; this node forgets what it has.

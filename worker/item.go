@@ -10,84 +10,114 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 )
 
-// item is how the store keeps an entry: 64 bytes and, besides the key, one
-// allocation for the bytes. An [Entry] is built from it on read.
+// item is how the store keeps an entry: a 40-byte header without pointers,
+// followed in the same allocation by the arguments' encoding and the value,
+// so that an entry is one allocation besides its key and the store's node,
+// and one the garbage collector does not scan. An [Entry] is built from it
+// on read.
 //
 // Why not the Entry itself: an Entry is 208 bytes of headers (three
 // time.Time, four strings, a slice) and its Args a map with its own groups,
 // together about 600 bytes an entry before the store's node; the item keeps
 // the deadlines as unix nanoseconds, the label, owner and content type as
-// one pointer to an interned triple, and the arguments msgpack-encoded in
-// front of the value, in one allocation with it.
+// the index of an interned triple, and the arguments msgpack-encoded in
+// front of the value.
+//
+// The few items that need pointers (a typed worker's decoded copy, a
+// triple the interner has no room for, arguments over 64 KiB) are boxed: a
+// [boxedItem] whose header has meta 0.
 type item struct {
-	data    *byte  // args encoding (argsLen bytes), then the value
-	n       uint32 // len of data
-	argsLen uint32
 	created int64 // unix nanoseconds on the cache's clock
 	avail   int64
-	relev   int64 // 0: no relevance deadline
+	relev   int64  // 0: no relevance deadline
+	n       uint32 // len of the bytes: the args encoding, then the value
 	fillUS  uint32
 	// readAt is when the entry was last read, in unix seconds on the
 	// cache's clock (0: never; itemWithdrawn: withdrawn), accessed
 	// atomically: written at most once a second, so that hot keys do not
 	// write one cache line from every core.
-	readAt uint32
-	meta   *meta
-	ext    *itemExt // nil unless the entry keeps a decoded copy
+	readAt  uint32
+	argsLen uint16
+	metaID  uint16 // 1 + the index of the interned triple; 0: boxed
+}
+
+// itemHeader is the size of an item's header, where its bytes start.
+const itemHeader = int(unsafe.Sizeof(item{}))
+
+// boxedItem is an item with what cannot live in a pointer-free header.
+type boxedItem struct {
+	item
+	data    []byte // args encoding (argsN bytes), then the value
+	argsN   int
+	m       *meta
+	decoded any // the Go value of a typed worker's local fill, or nil
+}
+
+// boxedExtra is what a boxed item costs more than a packed one.
+const boxedExtra = int64(unsafe.Sizeof(boxedItem{})) - int64(itemHeader) + 48
+
+func (it *item) boxed() *boxedItem {
+	if it.metaID != 0 {
+		return nil
+	}
+	return (*boxedItem)(unsafe.Pointer(it))
 }
 
 // itemWithdrawn marks an item withdrawn by an invalidation whose rebuild is
 // queued: it counts as expired until the rebuild replaces it.
 const itemWithdrawn = math.MaxUint32
 
-// itemExt holds what few items have: the Go value of a typed worker's local
-// fill, which spares its local hits a decode.
-type itemExt struct{ decoded any }
-
 // meta is the label, owner and content type of entries, interned by the
 // cache: a store holds few distinct triples.
 type meta struct{ label, owner, contentType string }
 
-// itemSize is the heap an item costs besides its key and data: the item
-// (64 B), the store's node and table slot for it and the rounding of the key
-// and data to allocation size classes (about 128 B more, measured
-// with the memory scenario of bench; see docs/BENCHMARKS.md). The store's
-// weigher counts it for each entry.
-const itemSize = 192
+// itemSize is the heap an item costs besides its key and bytes: its header
+// (40 B), the store's node and table slot for it and the rounding of the
+// key and of the item to allocation size classes (measured with the memory
+// scenario of bench; see docs/BENCHMARKS.md). The store's weigher counts it
+// for each entry.
+const itemSize = 160
 
 // maxInterned bounds the interned triples; beyond it (an origin answering
-// with endless content types) triples are allocated per entry, and weighed.
+// with endless content types) items are boxed with their own triple, and
+// weighed.
 const maxInterned = 4096
 
-// interner interns meta triples.
+// interner interns meta triples; an item holds 1 + the index of its
+// triple, read without a lock.
 type interner struct {
-	mu sync.RWMutex
-	m  map[meta]*meta
+	mu    sync.RWMutex
+	m     map[meta]uint16
+	slots [maxInterned]atomic.Pointer[meta]
 }
 
-func (in *interner) get(label, owner, ct string) (*meta, bool) {
+// get returns the index+1 of the triple, 0 when the interner is full.
+func (in *interner) get(label, owner, ct string) uint16 {
 	k := meta{label, owner, ct}
 	in.mu.RLock()
-	p, ok := in.m[k]
+	i, ok := in.m[k]
 	in.mu.RUnlock()
 	if ok {
-		return p, true
+		return i
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if p, ok := in.m[k]; ok {
-		return p, true
+	if i, ok := in.m[k]; ok {
+		return i
 	}
 	if in.m == nil {
-		in.m = make(map[meta]*meta)
+		in.m = make(map[meta]uint16)
 	}
-	p = &meta{label, owner, ct}
 	if len(in.m) >= maxInterned {
-		return p, false
+		return 0
 	}
-	in.m[k] = p
-	return p, true
+	i = uint16(len(in.m) + 1)
+	in.slots[i-1].Store(&meta{label, owner, ct})
+	in.m[k] = i
+	return i
 }
+
+func (in *interner) at(i uint16) *meta { return in.slots[i-1].Load() }
 
 // newItem packs e; an error means its arguments cannot be encoded.
 func (c *Cache) newItem(e *Entry) (*item, error) {
@@ -99,38 +129,57 @@ func (c *Cache) newItem(e *Entry) (*item, error) {
 		}
 		args = b
 	}
-	it := &item{
-		argsLen: uint32(len(args)),
+	n := len(args) + len(e.Value)
+	hdr := item{
 		created: e.CreatedAt.UnixNano(),
 		avail:   e.AvailableTo.UnixNano(),
+		n:       uint32(n),
 		fillUS:  uint32(min(max(e.FillDuration/time.Microsecond, 0), math.MaxUint32)),
 	}
 	if !e.RelevanceTo.IsZero() {
-		it.relev = e.RelevanceTo.UnixNano()
-	}
-	if n := len(args) + len(e.Value); n > 0 {
-		buf := make([]byte, 0, n)
-		buf = append(append(buf, args...), e.Value...)
-		it.data, it.n = unsafe.SliceData(buf), uint32(n)
-	}
-	it.meta, _ = c.meta.get(e.Label, e.Owner, e.ContentType)
-	if e.decoded != nil {
-		it.ext = &itemExt{decoded: e.decoded}
+		hdr.relev = e.RelevanceTo.UnixNano()
 	}
 	if e.it != nil {
-		it.readAt = atomic.LoadUint32(&e.it.readAt)
-		if it.readAt == itemWithdrawn {
-			it.readAt = 0
+		hdr.readAt = atomic.LoadUint32(&e.it.readAt)
+		if hdr.readAt == itemWithdrawn {
+			hdr.readAt = 0
 		}
 	}
+	var m uint16
+	if e.decoded == nil && len(args) <= math.MaxUint16 {
+		m = c.meta.get(e.Label, e.Owner, e.ContentType)
+	}
+	if m == 0 {
+		b := &boxedItem{item: hdr, argsN: len(args), m: &meta{e.Label, e.Owner, e.ContentType}, decoded: e.decoded}
+		if n > 0 {
+			b.data = append(append(make([]byte, 0, n), args...), e.Value...)
+		}
+		return &b.item, nil
+	}
+	hdr.argsLen, hdr.metaID = uint16(len(args)), m
+	// One pointer-free allocation: the header, then the bytes.
+	buf := make([]byte, itemHeader+n)
+	it := (*item)(unsafe.Pointer(unsafe.SliceData(buf)))
+	*it = hdr
+	copy(buf[itemHeader+copy(buf[itemHeader:], args):], e.Value)
 	return it, nil
 }
 
 func (it *item) bytes() []byte {
-	if it.data == nil {
+	if b := it.boxed(); b != nil {
+		return b.data
+	}
+	if it.n == 0 {
 		return nil
 	}
-	return unsafe.Slice(it.data, it.n)
+	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(it), itemHeader)), it.n)
+}
+
+func (it *item) argsSize() int {
+	if b := it.boxed(); b != nil {
+		return b.argsN
+	}
+	return int(it.argsLen)
 }
 
 func (it *item) value() []byte {
@@ -138,16 +187,17 @@ func (it *item) value() []byte {
 	if b == nil {
 		return nil
 	}
-	return b[it.argsLen:len(b):len(b)]
+	return b[it.argsSize():len(b):len(b)]
 }
 
 // args decodes the item's arguments.
 func (it *item) args() Args {
-	if it.argsLen == 0 {
+	a := it.argsSize()
+	if a == 0 {
 		return nil
 	}
 	var m map[string]any
-	if err := msgpack.Unmarshal(it.bytes()[:it.argsLen], &m); err != nil {
+	if err := msgpack.Unmarshal(it.bytes()[:a], &m); err != nil {
 		return nil // written by newItem: cannot happen
 	}
 	if m == nil {
@@ -171,56 +221,66 @@ func (it *item) withdraw() { atomic.StoreUint32(&it.readAt, itemWithdrawn) }
 // weight is what the store's weigher counts for an item of key.
 func (it *item) weight(key string) uint32 {
 	w := int64(len(key)) + int64(it.n) + itemSize
-	if it.ext != nil {
-		// The decoded copy: a Go value is rarely larger than twice its
-		// msgpack encoding.
-		w += 16 + 2*int64(it.n-it.argsLen)
+	if b := it.boxed(); b != nil {
+		w += boxedExtra + int64(len(b.m.label)+len(b.m.owner)+len(b.m.contentType))
+		if b.decoded != nil {
+			// The decoded copy: a Go value is rarely larger than twice its
+			// msgpack encoding.
+			w += 16 + 2*int64(int(it.n)-b.argsN)
+		}
 	}
 	return uint32(min(w, math.MaxUint32))
 }
 
-// fill sets e from the item of key; args are the entry's arguments when the
-// caller has them (the arguments of a Get, whose key is the item's), nil to
-// decode them.
-func (it *item) fill(e *Entry, key string, args Args) { it.fillArgs(e, key, args, true) }
+// fill sets e from the item of key, whose triple in holds; args are the
+// entry's arguments when the caller has them (the arguments of a Get, whose
+// key is the item's), nil to decode them.
+func (it *item) fill(in *interner, e *Entry, key string, args Args) {
+	it.fillArgs(in, e, key, args, true)
+}
 
 // fillArgs is fill that leaves Args nil, without decoding them, when args
 // is nil and decode false.
-func (it *item) fillArgs(e *Entry, key string, args Args, decode bool) {
+func (it *item) fillArgs(in *interner, e *Entry, key string, args Args, decode bool) {
 	if args == nil && decode {
 		args = it.args()
 	}
+	var m *meta
+	var decoded any
+	if b := it.boxed(); b != nil {
+		m, decoded = b.m, b.decoded
+	} else {
+		m = in.at(it.metaID)
+	}
 	*e = Entry{
-		Label:        it.meta.label,
+		Label:        m.label,
 		Key:          key,
 		Args:         args,
 		Value:        it.value(),
-		ContentType:  it.meta.contentType,
-		Owner:        it.meta.owner,
+		ContentType:  m.contentType,
+		Owner:        m.owner,
 		CreatedAt:    time.Unix(0, it.created),
 		AvailableTo:  time.Unix(0, it.avail),
 		FillDuration: time.Duration(it.fillUS) * time.Microsecond,
+		decoded:      decoded,
 		it:           it,
 	}
 	if it.relev != 0 {
 		e.RelevanceTo = time.Unix(0, it.relev)
 	}
-	if it.ext != nil {
-		e.decoded = it.ext.decoded
-	}
 }
 
 // build fills dst from the item of key, or a new Entry when dst is nil.
-func build(dst *Entry, it *item, key string, args Args) *Entry {
+func build(in *interner, dst *Entry, it *item, key string, args Args) *Entry {
 	if dst == nil {
 		dst = new(Entry)
 	}
-	it.fill(dst, key, args)
+	it.fill(in, dst, key, args)
 	return dst
 }
 
-func (it *item) entry(key string, args Args) *Entry {
+func (it *item) entry(in *interner, key string, args Args) *Entry {
 	e := new(Entry)
-	it.fill(e, key, args)
+	it.fill(in, e, key, args)
 	return e
 }

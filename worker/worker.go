@@ -169,7 +169,7 @@ func (w *Worker) PeekOwnedInto(key string, ov Settings, dst *Entry) bool {
 	}
 	w.stats.hits.Add(1)
 	markRead(it, now)
-	it.fillArgs(dst, key, nil, false)
+	it.fillArgs(&w.cache.meta, dst, key, nil, false)
 	w.maybeRefreshEarly(dst, now, pol, false)
 	return true
 }
@@ -253,7 +253,7 @@ func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool, d
 					it = cur
 				}
 			}
-			e := build(dst, it, key, args)
+			e := build(&w.cache.meta, dst, it, key, args)
 			markRead(it, now)
 			*marked = true
 			w.stats.hits.Add(1)
@@ -261,7 +261,7 @@ func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool, d
 			return e, Hit, nil
 		}
 		// Past the soft deadline.
-		e := build(dst, it, key, args)
+		e := build(&w.cache.meta, dst, it, key, args)
 		w.stats.staleHits.Add(1)
 		if pol.DelayInvalidation {
 			// Stale-while-revalidate: at most one rebuild per key, however
@@ -328,7 +328,7 @@ func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, ro
 	if now := w.cache.clock.Now(); true {
 		if it, ok := w.cache.store.GetIfPresent(key); ok && !it.expired(now.UnixNano()) && freshItem(it, pol, now) {
 			w.mu.Unlock()
-			return it.entry(key, args), Hit, nil
+			return it.entry(&w.cache.meta, key, args), Hit, nil
 		}
 	}
 	if p := w.remoteOwner(key, route); p != nil {

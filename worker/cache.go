@@ -6,12 +6,11 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
-
-	"github.com/maypok86/otter/v2"
 )
 
 // Errors returned by a [Cache].
@@ -72,7 +71,7 @@ type CacheConfig struct {
 type Cache struct {
 	cfg   CacheConfig
 	clock Clock
-	store *otter.Cache[string, *item]
+	store *store
 	meta  interner
 
 	ctx    context.Context // cancelled by Close: stops fills and loops
@@ -109,31 +108,15 @@ func NewCache(cfg CacheConfig) (*Cache, error) {
 		cfg.Rand = rand.Float64
 	}
 	c := &Cache{cfg: cfg, clock: cfg.Clock, workers: make(map[string]*Worker)}
-	opts := &otter.Options[string, *item]{
-		MaximumWeight: uint64(cfg.MaxBytes),
-		Weigher:       func(key string, it *item) uint32 { return it.weight(key) },
-		ExpiryCalculator: otter.ExpiryWritingFunc(func(oe otter.Entry[string, *item]) time.Duration {
-			return time.Duration(oe.Value.avail - c.clock.Now().UnixNano())
-		}),
-	}
-	if !isSystemClock(cfg.Clock) {
-		opts.Clock = otterClock{cfg.Clock}
-	}
-	store, err := otter.New(opts)
+	store, err := newStore(cfg.MaxBytes, cfg.Clock)
 	if err != nil {
 		return nil, fmt.Errorf("worker: store: %w", err)
 	}
 	c.store = store
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.wg.Go(func() { store.reap(c.ctx) })
 	return c, nil
 }
-
-// otterClock lets the store expire entries on the cache's clock. It has no
-// ticks: expired entries of a manual clock are removed lazily.
-type otterClock struct{ c Clock }
-
-func (o otterClock) NowNano() int64                      { return o.c.Now().UnixNano() }
-func (o otterClock) Tick(time.Duration) <-chan time.Time { return nil }
 
 // Register adds a worker. The worker's settings are resolved against the
 // cache's defaults and validated; errors wrap [ErrConfig] and name the field,
@@ -219,7 +202,7 @@ func (c *Cache) Clock() Clock { return c.clock }
 
 // Lookup returns the unexpired entry of key, without counting a hit.
 func (c *Cache) Lookup(key string) (*Entry, bool) {
-	it, ok := c.store.GetIfPresent(key)
+	it, ok := c.store.get(key)
 	if !ok || it.expired(c.clock.Now().UnixNano()) {
 		return nil, false
 	}
@@ -230,7 +213,7 @@ func (c *Cache) Lookup(key string) (*Entry, bool) {
 // Each is built for the iteration (its arguments decoded).
 func (c *Cache) Entries() iter.Seq[*Entry] {
 	return func(yield func(*Entry) bool) {
-		for k, it := range c.store.All() {
+		for k, it := range c.store.all(c.clock.Now().UnixNano()) {
 			if !yield(it.entry(&c.meta, k, nil)) {
 				return
 			}
@@ -243,7 +226,7 @@ func (c *Cache) Entries() iter.Seq[*Entry] {
 // (a ring change over a million entries).
 func (c *Cache) EntriesWithoutArgs() iter.Seq[*Entry] {
 	return func(yield func(*Entry) bool) {
-		for k, it := range c.store.All() {
+		for k, it := range c.store.all(c.clock.Now().UnixNano()) {
 			e := new(Entry)
 			it.fillArgs(&c.meta, e, k, nil, false)
 			if !yield(e) {
@@ -260,8 +243,8 @@ func (c *Cache) EntriesWithoutArgs() iter.Seq[*Entry] {
 // collect the entries first (see node's handoff).
 func (c *Cache) Hottest() iter.Seq[*Entry] {
 	return func(yield func(*Entry) bool) {
-		for oe := range c.store.Hottest() {
-			if !yield(oe.Value.entry(&c.meta, oe.Key, nil)) {
+		for it := range c.store.hottest(c.clock.Now().UnixNano()) {
+			if !yield(it.entry(&c.meta, it.key(), nil)) {
 				return
 			}
 		}
@@ -274,9 +257,10 @@ func (c *Cache) Hottest() iter.Seq[*Entry] {
 // [Worker.Drop] for invalidations.
 func (c *Cache) DropIf(drop func(*Entry) bool) int {
 	n := 0
-	for k, it := range c.store.All() {
+	for k, it := range c.store.all(math.MinInt64) { // expired ones too
+
 		if drop(it.entry(&c.meta, k, nil)) {
-			if _, ok := c.store.Invalidate(k); ok {
+			if c.store.remove(k) {
 				n++
 			}
 		}
@@ -285,10 +269,10 @@ func (c *Cache) DropIf(drop func(*Entry) bool) int {
 }
 
 // Len returns the number of entries held.
-func (c *Cache) Len() int { return c.store.EstimatedSize() }
+func (c *Cache) Len() int { return c.store.len() }
 
 // Bytes returns the weight of the entries held, in bytes.
-func (c *Cache) Bytes() uint64 { return c.store.WeightedSize() }
+func (c *Cache) Bytes() uint64 { return c.store.bytes() }
 
 // Close stops background rebuilds and sweeps and waits for them. Getters
 // still running see their context cancelled. Safe to call twice.
@@ -309,7 +293,7 @@ func (c *Cache) Close() error {
 		w.cancelQueued()
 	}
 	c.wg.Wait()
-	c.store.StopAllGoroutines()
+	c.store.close()
 	return nil
 }
 

@@ -207,7 +207,7 @@ func (w *Worker) invalidateScope(key string, action Action, args Args, scope Sco
 
 // invalidateScopeLocked is invalidateScope with w.mu held.
 func (w *Worker) invalidateScopeLocked(key string, action Action, args Args, scope Scope, due time.Time) (f *flight, present bool, err error) {
-	it, cached := w.cache.store.GetIfPresent(key)
+	it, cached := w.cache.store.get(key)
 	var e *Entry
 	if cached {
 		e = it.entry(&w.cache.meta, key, nil)
@@ -256,7 +256,7 @@ func (w *Worker) invalidateScopeLocked(key string, action Action, args Args, sco
 		}
 	}
 	if action == Drop || args == nil {
-		w.cache.store.Invalidate(key)
+		w.cache.store.remove(key)
 		return nil, present, nil
 	}
 	w.stats.refreshes.Add(1)
@@ -289,7 +289,7 @@ func (w *Worker) Put(e *Entry) bool {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if cur, ok := w.cache.store.GetIfPresent(e.Key); ok && cur.created > e.CreatedAt.UnixNano() {
+	if cur, ok := w.cache.store.get(e.Key); ok && cur.created > e.CreatedAt.UnixNano() {
 		return false
 	}
 	it, err := w.cache.newItem(e)
@@ -299,7 +299,7 @@ func (w *Worker) Put(e *Entry) bool {
 	// Handed over because it was hot, or kept on disk for a restart: it
 	// counts as read, so that the next invalidation rebuilds it.
 	markRead(it, w.cache.clock.Now())
-	w.cache.store.Set(e.Key, it)
+	w.cache.store.set(it)
 	return true
 }
 

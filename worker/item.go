@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"encoding/binary"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -11,9 +12,10 @@ import (
 )
 
 // item is how the store keeps an entry: a 40-byte header without pointers,
-// followed in the same allocation by the arguments' encoding and the value,
-// so that an entry is one allocation besides its key and the store's node,
-// and one the garbage collector does not scan. An [Entry] is built from it
+// followed in the same allocation by the key (after its length as a
+// uvarint), the arguments' encoding and the value, so that an entry is one
+// allocation besides the store's node, and one the garbage collector does
+// not scan. An [Entry] is built from it
 // on read.
 //
 // Why not the Entry itself: an Entry is 208 bytes of headers (three
@@ -30,7 +32,7 @@ type item struct {
 	created int64 // unix nanoseconds on the cache's clock
 	avail   int64
 	relev   int64  // 0: no relevance deadline
-	n       uint32 // len of the bytes: the args encoding, then the value
+	n       uint32 // len of the bytes: the key with its length, the args encoding, the value
 	fillUS  uint32
 	// readAt is when the entry was last read, in unix seconds on the
 	// cache's clock (0: never; itemWithdrawn: withdrawn), accessed
@@ -47,7 +49,7 @@ const itemHeader = int(unsafe.Sizeof(item{}))
 // boxedItem is an item with what cannot live in a pointer-free header.
 type boxedItem struct {
 	item
-	data    []byte // args encoding (argsN bytes), then the value
+	data    []byte // the key with its length, the args encoding (argsN bytes), the value
 	argsN   int
 	m       *meta
 	decoded any // the Go value of a typed worker's local fill, or nil
@@ -71,12 +73,11 @@ const itemWithdrawn = math.MaxUint32
 // cache: a store holds few distinct triples.
 type meta struct{ label, owner, contentType string }
 
-// itemSize is the heap an item costs besides its key and bytes: its header
-// (40 B), the store's node and table slot for it and the rounding of the
-// key and of the item to allocation size classes (measured with the memory
-// scenario of bench; see docs/BENCHMARKS.md). The store's weigher counts it
-// for each entry.
-const itemSize = 160
+// itemSlot is the heap an item costs in the store besides its own
+// allocation: otter's node for it (48 B) and its slot in otter's table
+// (about 28 B), measured with the memory scenario of bench (see
+// docs/BENCHMARKS.md).
+const itemSlot = 80
 
 // maxInterned bounds the interned triples; beyond it (an origin answering
 // with endless content types) items are boxed with their own triple, and
@@ -121,6 +122,8 @@ func (in *interner) at(i uint16) *meta { return in.slots[i-1].Load() }
 
 // newItem packs e; an error means its arguments cannot be encoded.
 func (c *Cache) newItem(e *Entry) (*item, error) {
+	var klen [binary.MaxVarintLen64]byte
+	kl := binary.PutUvarint(klen[:], uint64(len(e.Key)))
 	var args []byte // nil Args stay nil: an entry without them is not rebuilt
 	if e.Args != nil {
 		b, err := msgpack.Marshal(map[string]any(e.Args))
@@ -129,7 +132,7 @@ func (c *Cache) newItem(e *Entry) (*item, error) {
 		}
 		args = b
 	}
-	n := len(args) + len(e.Value)
+	n := kl + len(e.Key) + len(args) + len(e.Value)
 	hdr := item{
 		created: e.CreatedAt.UnixNano(),
 		avail:   e.AvailableTo.UnixNano(),
@@ -151,9 +154,7 @@ func (c *Cache) newItem(e *Entry) (*item, error) {
 	}
 	if m == 0 {
 		b := &boxedItem{item: hdr, argsN: len(args), m: &meta{e.Label, e.Owner, e.ContentType}, decoded: e.decoded}
-		if n > 0 {
-			b.data = append(append(make([]byte, 0, n), args...), e.Value...)
-		}
+		b.data = append(append(append(append(make([]byte, 0, n), klen[:kl]...), e.Key...), args...), e.Value...)
 		return &b.item, nil
 	}
 	hdr.argsLen, hdr.metaID = uint16(len(args)), m
@@ -161,7 +162,10 @@ func (c *Cache) newItem(e *Entry) (*item, error) {
 	buf := make([]byte, itemHeader+n)
 	it := (*item)(unsafe.Pointer(unsafe.SliceData(buf)))
 	*it = hdr
-	copy(buf[itemHeader+copy(buf[itemHeader:], args):], e.Value)
+	b := buf[itemHeader:]
+	b = b[copy(b, klen[:kl]):]
+	b = b[copy(b, e.Key):]
+	copy(b[copy(b, args):], e.Value)
 	return it, nil
 }
 
@@ -169,10 +173,21 @@ func (it *item) bytes() []byte {
 	if b := it.boxed(); b != nil {
 		return b.data
 	}
-	if it.n == 0 {
-		return nil
-	}
 	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(it), itemHeader)), it.n)
+}
+
+// keyBytes returns the key and the bytes after it.
+func (it *item) keyBytes() (key string, rest []byte) {
+	b := it.bytes()
+	kl, n := binary.Uvarint(b)
+	b = b[n:]
+	return unsafe.String(unsafe.SliceData(b), int(kl)), b[kl:]
+}
+
+// key returns the item's key; it shares the item's bytes.
+func (it *item) key() string {
+	k, _ := it.keyBytes()
+	return k
 }
 
 func (it *item) argsSize() int {
@@ -183,11 +198,12 @@ func (it *item) argsSize() int {
 }
 
 func (it *item) value() []byte {
-	b := it.bytes()
-	if b == nil {
-		return nil
+	_, b := it.keyBytes()
+	a := it.argsSize()
+	if len(b) == 0 && a == 0 {
+		return nil // as stored: no args and no value
 	}
-	return b[it.argsSize():len(b):len(b)]
+	return b[a:len(b):len(b)]
 }
 
 // args decodes the item's arguments.
@@ -197,7 +213,8 @@ func (it *item) args() Args {
 		return nil
 	}
 	var m map[string]any
-	if err := msgpack.Unmarshal(it.bytes()[:a], &m); err != nil {
+	_, b := it.keyBytes()
+	if err := msgpack.Unmarshal(b[:a], &m); err != nil {
 		return nil // written by newItem: cannot happen
 	}
 	if m == nil {
@@ -218,15 +235,19 @@ func (it *item) withdrawn() bool { return atomic.LoadUint32(&it.readAt) == itemW
 // store's maintenance), and the rebuild's store writes it anyway.
 func (it *item) withdraw() { atomic.StoreUint32(&it.readAt, itemWithdrawn) }
 
-// weight is what the store's weigher counts for an item of key.
-func (it *item) weight(key string) uint32 {
-	w := int64(len(key)) + int64(it.n) + itemSize
+// weight is what the store's weigher counts for an item: its allocation,
+// with up to an eighth more for the rounding to the allocator's size
+// classes (at most 12.5 % below 32 KiB, and 8 KiB pages above), and its slot
+// in the store.
+func (it *item) weight() uint32 {
+	alloc := int64(itemHeader) + int64(it.n)
+	w := alloc + alloc/8 + itemSlot
 	if b := it.boxed(); b != nil {
 		w += boxedExtra + int64(len(b.m.label)+len(b.m.owner)+len(b.m.contentType))
 		if b.decoded != nil {
 			// The decoded copy: a Go value is rarely larger than twice its
 			// msgpack encoding.
-			w += 16 + 2*int64(int(it.n)-b.argsN)
+			w += 16 + 2*int64(len(it.value()))
 		}
 	}
 	return uint32(min(w, math.MaxUint32))

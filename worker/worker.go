@@ -163,7 +163,7 @@ func (w *Worker) PeekOwnedInto(key string, ov Settings, dst *Entry) bool {
 		return false
 	}
 	now := w.cache.clock.Now()
-	it, ok := w.cache.store.GetIfPresent(key)
+	it, ok := w.cache.store.get(key)
 	if !ok || it.expired(now.UnixNano()) || !freshItem(it, pol, now) || w.Busy(key) {
 		return false
 	}
@@ -227,7 +227,7 @@ func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool, d
 		return nil, 0, err
 	}
 	now := w.cache.clock.Now()
-	if it, ok := w.cache.store.GetIfPresent(key); ok && !it.expired(now.UnixNano()) {
+	if it, ok := w.cache.store.get(key); ok && !it.expired(now.UnixNano()) {
 		if freshItem(it, pol, now) {
 			if !route {
 				// Asked by a peer that will keep what it gets as a near
@@ -249,7 +249,7 @@ func (w *Worker) read(ctx context.Context, args Args, ov Settings, route bool, d
 				// No rebuild running now, but one may have ended between
 				// the lookup above and that check, replacing e: answer
 				// what is in place now.
-				if cur, ok := w.cache.store.GetIfPresent(key); ok && cur != it && !cur.expired(now.UnixNano()) {
+				if cur, ok := w.cache.store.get(key); ok && cur != it && !cur.expired(now.UnixNano()) {
 					it = cur
 				}
 			}
@@ -326,7 +326,7 @@ func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, ro
 	// before they leave the map, both under w.mu, so this check cannot miss
 	// a value and start a second fill of it.
 	if now := w.cache.clock.Now(); true {
-		if it, ok := w.cache.store.GetIfPresent(key); ok && !it.expired(now.UnixNano()) && freshItem(it, pol, now) {
+		if it, ok := w.cache.store.get(key); ok && !it.expired(now.UnixNano()) && freshItem(it, pol, now) {
 			w.mu.Unlock()
 			return it.entry(&w.cache.meta, key, args), Hit, nil
 		}
@@ -661,7 +661,7 @@ func (w *Worker) finish(key string, gen uint64, f *flight, e *Entry, st Status, 
 	case err != nil || st == Fallback:
 		if refresh {
 			// The invalidated value must not be served any longer.
-			w.cache.store.Invalidate(key)
+			w.cache.store.remove(key)
 		}
 	case w.cache.cfg.NoNearCache && e.Owner != w.cache.cfg.Self:
 		// Copies of other nodes' keys are not kept.
@@ -672,7 +672,7 @@ func (w *Worker) finish(key string, gen uint64, f *flight, e *Entry, st Status, 
 			break
 		}
 		e.it = it
-		w.cache.store.Set(key, it)
+		w.cache.store.set(it)
 		stored = true
 	}
 	w.mu.Unlock()

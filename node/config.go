@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/cachenode/cachenode/node/peer"
 	"github.com/cachenode/cachenode/persist"
@@ -144,6 +145,15 @@ type Config struct {
 	Clock worker.Clock
 	// Logger receives the node's logs. Default: discarded.
 	Logger *slog.Logger
+	// Tracer, when set, traces the reads that reach another member: a
+	// client span around each fetch from an owner, whose W3C traceparent
+	// goes with the request, and on the owner a server span, parent of the
+	// getter's context (the origin's request, when the getter traces it). A
+	// read that carries no span (see httpapi.Config.Tracer) starts a new
+	// trace. Hits that an owner answers from its connection's read loop are
+	// not spanned there; a fetch that carries a traceparent takes the
+	// owner's usual path. Default nil: no spans, nothing on the wire.
+	Tracer trace.TracerProvider
 
 	// hook wraps the node's sockets; tests use it to cut a node off.
 	hook netHook

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/cachenode/cachenode/node/peer"
 	"github.com/cachenode/cachenode/worker"
@@ -120,10 +122,17 @@ var reqBufs = sync.Pool{New: func() any { return new([]byte) }}
 // Fetch asks the owner for a key. The owner's getter errors come back
 // wrapping worker.ErrFill, so that the caller does not run the getter a
 // second time; every other failure lets the caller fall back.
-func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.Entry, worker.Status, error) {
+func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (e *worker.Entry, st worker.Status, err error) {
+	if p.n.tracer != nil {
+		var end func(error)
+		ctx, end = p.n.startSpan(ctx, "cachenode.peer.fetch", trace.SpanKindClient,
+			attribute.String("cachenode.peer", p.name), attribute.String("cachenode.label", req.Label), attribute.String("cachenode.key", req.Key))
+		defer func() { end(err) }()
+	}
 	buf := reqBufs.Get().(*[]byte)
 	defer reqBufs.Put(buf)
-	body, err := appendFetchReq((*buf)[:0], &fetchReq{Label: req.Label, Key: req.Key, Args: req.Args, Ov: toWireSettings(req.Overrides)})
+	body, err := appendFetchReq((*buf)[:0], &fetchReq{Label: req.Label, Key: req.Key, Args: req.Args, Ov: toWireSettings(req.Overrides),
+		Trace: p.n.traceparent(ctx)})
 	*buf = body[:0]
 	if err != nil {
 		return nil, 0, fmt.Errorf("node: encode fetch: %w", err)
@@ -149,7 +158,7 @@ func (p *remote) Fetch(ctx context.Context, req worker.FetchRequest) (*worker.En
 	if err := decodeAnswer(resp, req.Label, req.Key, p.name, &we); err != nil {
 		return nil, 0, fmt.Errorf("node: fetch from %s: bad answer: %w", p.name, err)
 	}
-	e := we.entry()
+	e = we.entry()
 	e.Args = req.Args // not sent back: the caller has them
 	return e, worker.Status(we.Status), nil
 }
@@ -219,10 +228,16 @@ func (n *Node) handlePeer(ctx context.Context, op byte, payload []byte) ([]byte,
 // forwarded to that member once, as final, rather than filled here: a fill
 // here would be a second fill of the key for the cluster, kept by a node
 // that does not own it.
-func (n *Node) handleFetch(ctx context.Context, payload []byte, final bool) ([]byte, error) {
+func (n *Node) handleFetch(ctx context.Context, payload []byte, final bool) (resp []byte, err error) {
 	var req fetchReq
 	if err := unmarshal(payload, &req); err != nil {
 		return nil, &peer.RemoteError{Code: codeBadRequest, Message: err.Error()}
+	}
+	if req.Trace != "" && n.tracer != nil {
+		var end func(error)
+		ctx, end = n.startSpan(withTraceparent(ctx, req.Trace), "cachenode.peer.serve", trace.SpanKindServer,
+			attribute.String("cachenode.label", req.Label), attribute.String("cachenode.key", req.Key))
+		defer func() { end(err) }()
 	}
 	w, ok := n.cache.Worker(req.Label)
 	if !ok {

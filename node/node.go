@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/node/peer"
@@ -35,10 +36,11 @@ var (
 // Node is one member of a cachenode cluster. See the package documentation
 // for its lifecycle. It is safe for concurrent use.
 type Node struct {
-	cfg   Config
-	log   *slog.Logger
-	cache *worker.Cache
-	store *persist.Store
+	cfg    Config
+	log    *slog.Logger
+	tracer trace.Tracer // nil: no tracing
+	cache  *worker.Cache
+	store  *persist.Store
 
 	client   *peer.Client
 	server   *peer.Server
@@ -106,6 +108,9 @@ func New(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Name), changed: make(chan struct{}, 1), done: make(chan struct{}),
 		rules: invalidation.NewRules(), outboxWake: make(chan struct{}, 1)}
 	n.mu.members = make(map[string]*Member)
+	if cfg.Tracer != nil {
+		n.tracer = cfg.Tracer.Tracer(tracerName)
+	}
 	n.events = newEventState()
 	// A nanosecond back, so that no tick is at 0 ("not started"), also on a
 	// fake clock that has not moved.

@@ -72,6 +72,9 @@ type fetchReq struct {
 	Key   string       `msgpack:"k"`
 	Args  worker.Args  `msgpack:"a"`
 	Ov    wireSettings `msgpack:"o,omitempty"`
+	// Trace is the W3C traceparent of the asker's span, "" when it does
+	// not trace: then the field is not sent (older members skip it).
+	Trace string `msgpack:"t,omitempty"`
 }
 
 // wireSettings are per-call overrides on the wire: zero means unset, and
@@ -264,13 +267,21 @@ func (r *fetchReq) EncodeMsgpack(enc *msgpack.Encoder) error {
 		o := r.Ov // a copy: r itself does not escape
 		ov = &o
 	}
-	return firstErr(
-		enc.EncodeArrayLen(fetchReqFields),
+	n := fetchReqFields
+	if r.Trace != "" {
+		n++
+	}
+	err := firstErr(
+		enc.EncodeArrayLen(n),
 		enc.EncodeString(r.Label),
 		enc.EncodeString(r.Key),
 		encodeArgs(enc, r.Args),
 		enc.Encode(ov),
 	)
+	if err == nil && r.Trace != "" {
+		err = enc.EncodeString(r.Trace)
+	}
+	return err
 }
 
 // DecodeMsgpack implements msgpack.CustomDecoder.
@@ -293,6 +304,12 @@ func (r *fetchReq) DecodeMsgpack(dec *msgpack.Decoder) error {
 	}
 	if err = dec.Decode(&r.Ov); err != nil {
 		return err
+	}
+	if n > fetchReqFields {
+		if r.Trace, err = dec.DecodeString(); err != nil {
+			return err
+		}
+		n--
 	}
 	return skipFields(dec, n-fetchReqFields)
 }
@@ -414,7 +431,8 @@ func fetchKey(b []byte) (label, key string, ok bool) {
 	defer c.put()
 	c.in.Reset(b)
 	n, err := c.dec.DecodeArrayLen()
-	if err != nil || n < fetchReqFields {
+	// A fetch with a traceparent takes the usual path, which spans it.
+	if err != nil || n != fetchReqFields {
 		return "", "", false
 	}
 	if label, err = c.dec.DecodeString(); err != nil {

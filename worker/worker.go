@@ -339,7 +339,7 @@ func (w *Worker) load(ctx context.Context, key string, args Args, pol Policy, ro
 		w.mu.Unlock()
 		return w.leadFetch(ctx, p, key, args, pol, f, gen)
 	}
-	f, err := w.startFlightLocked(key, args, pol, route, false)
+	f, err := w.startFlightLocked(ctx, key, args, pol, route, false)
 	w.mu.Unlock()
 	if err != nil {
 		return nil, 0, err
@@ -521,9 +521,11 @@ func (w *Worker) maybeRefreshEarly(e *Entry, now time.Time, pol Policy, route bo
 
 // startFlightLocked registers a computation of key that callers can join and
 // runs it in its own goroutine, bounded by the cache's lifetime rather than
-// by one caller's context. refresh marks a rebuild ordered by an
-// invalidation: if it fails, the old entry must go. w.mu must be held.
-func (w *Worker) startFlightLocked(key string, args Args, pol Policy, route, refresh bool) (*flight, error) {
+// by one caller's context. The getter's context carries the values of from,
+// the context of the caller that started it (a trace span), when not nil,
+// but not its cancellation or deadline. refresh marks a rebuild ordered by
+// an invalidation: if it fails, the old entry must go. w.mu must be held.
+func (w *Worker) startFlightLocked(from context.Context, key string, args Args, pol Policy, route, refresh bool) (*flight, error) {
 	c := w.cache
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -534,7 +536,14 @@ func (w *Worker) startFlightLocked(key string, args Args, pol Policy, route, ref
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		e, st, err := w.compute(c.ctx, key, args, pol, route, &slot{f: f})
+		ctx := c.ctx
+		if from != nil {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithCancel(context.WithoutCancel(from))
+			stop := context.AfterFunc(c.ctx, cancel)
+			defer func() { stop(); cancel() }()
+		}
+		e, st, err := w.compute(ctx, key, args, pol, route, &slot{f: f})
 		w.finish(key, gen, f, e, st, err, pol, refresh)
 	}()
 	return f, nil
@@ -548,7 +557,7 @@ func (w *Worker) scheduleFlightLocked(key string, args Args, pol Policy, route, 
 	if w.lim == nil || w.remoteOwner(key, route) != nil {
 		// No origin request to bound: a fetch from the owner, which
 		// bounds its own.
-		f, err = w.startFlightLocked(key, args, pol, route, refresh)
+		f, err = w.startFlightLocked(nil, key, args, pol, route, refresh)
 		return f, false, err
 	}
 	c := w.cache

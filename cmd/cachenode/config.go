@@ -20,12 +20,14 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+	"go.yaml.in/yaml/v3"
+
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/invalidation/pgsource"
 	"github.com/cachenode/cachenode/node"
 	"github.com/cachenode/cachenode/ring"
 	"github.com/cachenode/cachenode/worker"
-	"go.yaml.in/yaml/v3"
 )
 
 // fileConfig is the YAML config file. Every field can be left out.
@@ -75,6 +77,16 @@ type fileConfig struct {
 	// Sources are the databases whose committed changes become change
 	// events (sources.go).
 	Sources map[string]sourceConfig `yaml:"sources"`
+	// Tracing sends OpenTelemetry spans of reads, peer fetches and origin
+	// requests to an OTLP collector; off without otlp.
+	Tracing tracingConfig `yaml:"tracing"`
+}
+
+// tracingConfig is the tracing block.
+type tracingConfig struct {
+	// OTLP is the URL of an OTLP/HTTP traces endpoint, such as
+	// http://collector:4318/v1/traces; "": no tracing.
+	OTLP string `yaml:"otlp"`
 }
 
 // limitsConfig is the limits block: node.Config.Limits.
@@ -453,6 +465,11 @@ type runConfig struct {
 	MaxConcurrentRequests int
 	// Sources are the change sources (sources.go), not yet wired to a node.
 	Sources []pgsource.Config
+	// TracingOTLP is tracing.otlp: the OTLP/HTTP traces endpoint; "": off.
+	TracingOTLP string
+	// Tracer, when set, replaces the OTLP exporter (tests record spans in
+	// memory with it).
+	Tracer trace.TracerProvider
 }
 
 // flagNames are the flags of serve, in the contract's order.
@@ -573,6 +590,13 @@ func resolve(fc fileConfig, set map[string]string) (*runConfig, error) {
 	}
 	rc.HTTPAdvertise = fc.HTTPAdvertise
 	rc.RESP = str("resp", fc.RESP)
+	if fc.Tracing.OTLP != "" {
+		u, err := url.Parse(fc.Tracing.OTLP)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, usagef("tracing.otlp: want an http:// or https:// URL of an OTLP/HTTP endpoint, got %q", fc.Tracing.OTLP)
+		}
+		rc.TracingOTLP = fc.Tracing.OTLP
+	}
 	for field, addr := range map[string]string{"http": rc.HTTP, "http_advertise": rc.HTTPAdvertise, "resp": rc.RESP} {
 		if _, _, err := net.SplitHostPort(addr); addr != "" && err != nil {
 			return nil, usagef("%s: %q is not HOST:PORT", field, addr)

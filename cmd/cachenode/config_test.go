@@ -143,6 +143,8 @@ func TestBadConfig(t *testing.T) {
 		want string
 	}{
 		{"name: a\nnmae: b\n", nil, "line 2: nmae: unknown field"},
+		{"tracing:\n  otlp: collector:4318\n", nil, "tracing.otlp: want an http:// or https:// URL"},
+		{"tracing:\n  otpl: http://collector:4318\n", nil, "line 2: tracing.otpl: unknown field"},
 		{"workers:\n  w:\n    origin: http://x/\n    expirse: 1s\n", nil, "line 4: workers.w.expirse: unknown field"},
 		{"workers:\n  w:\n    origin: http://x/\n    expires: soon\n", nil, `line 4: workers.w.expires: bad duration "soon"`},
 		{"workers:\n  w:\n    origin: http://x/\n    tick_amount: ten\n", nil, "line 4: workers.w.tick_amount: cannot unmarshal"},

@@ -14,6 +14,11 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/cachenode/cachenode/worker"
 )
 
@@ -55,6 +60,7 @@ type originGetter struct {
 	client  *http.Client
 	maxSize int64
 	agent   string
+	tracer  trace.Tracer // nil: no spans, no traceparent sent
 }
 
 func newOriginGetter(raw string, client *http.Client, maxSize int64, agent string) (*originGetter, error) {
@@ -139,7 +145,19 @@ func transportError(ctx context.Context, err error) error {
 var errTooManyRedirects = errors.New("origin: more than 3 redirects")
 
 // Get asks the origin for the value of args.
-func (g *originGetter) Get(ctx context.Context, args worker.Args) (worker.Value, error) {
+func (g *originGetter) Get(ctx context.Context, args worker.Args) (v worker.Value, err error) {
+	if g.tracer != nil {
+		var span trace.Span
+		ctx, span = g.tracer.Start(ctx, "cachenode.origin", trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(attribute.String("http.request.method", http.MethodGet), attribute.String("url.full", g.shown)))
+		defer func() {
+			if err != nil {
+				span.RecordError(err)
+				span.SetStatus(codes.Error, err.Error())
+			}
+			span.End()
+		}()
+	}
 	u := *g.base
 	q := u.Query()
 	names := make([]string, 0, len(args))
@@ -158,11 +176,15 @@ func (g *originGetter) Get(ctx context.Context, args worker.Args) (worker.Value,
 		return worker.Value{}, errors.New("origin: cannot build the request")
 	}
 	req.Header.Set("User-Agent", g.agent)
+	if g.tracer != nil {
+		propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(req.Header))
+	}
 	resp, err := g.client.Do(req)
 	if err != nil {
 		return worker.Value{}, transportError(ctx, err)
 	}
 	defer resp.Body.Close()
+	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		// Read a little so that the connection can be reused.
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))

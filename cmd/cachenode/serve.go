@@ -32,6 +32,8 @@ type running struct {
 	// resp is the RESP front (nil when off), respAddr its bound address.
 	resp     *resp.Server
 	respAddr string
+	// stopTracer sends the buffered spans and stops the tracer provider.
+	stopTracer func(context.Context) error
 }
 
 // startNode builds, starts and serves one node. Configuration errors are
@@ -41,16 +43,23 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 	nc := rc.Node
 	nc.Logger = log
 	nc.OnPeerCall = metrics.ObservePeerCall
+	tp, stopTracer, err := newTracer(rc)
+	if err != nil {
+		return nil, err
+	}
+	nc.Tracer = tp
 	// Listen on HTTP first: the published address must carry the real port
 	// when the config asks for port 0.
 	ln, err := net.Listen("tcp", rc.HTTP)
 	if err != nil {
+		stopTracer(context.Background())
 		return nil, fmt.Errorf("http: %w", err)
 	}
 	nc.HTTP = advertisedHTTP(rc, ln.Addr().(*net.TCPAddr))
 	n, err := node.New(nc)
 	if err != nil {
 		ln.Close()
+		stopTracer(context.Background())
 		if errors.Is(err, node.ErrConfig) {
 			return nil, usageError{err.Error()}
 		}
@@ -59,6 +68,7 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 	fail := func(err error) (*running, error) {
 		ln.Close()
 		n.Close()
+		stopTracer(context.Background())
 		return nil, err
 	}
 	agent := "cachenode/" + version() + " (" + nc.Name + ")"
@@ -67,6 +77,9 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 		g, err := newOriginGetter(wc.origin(), origins, int64(wc.MaxSize), agent)
 		if err != nil {
 			return fail(usagef("workers.%s.origin: not a URL", label)) // the error would repeat it, secrets and all
+		}
+		if tp != nil {
+			g.tracer = tp.Tracer("github.com/cachenode/cachenode/cmd/cachenode")
 		}
 		host, _ := originHost(wc.origin()) // checked by resolve
 		if _, err := n.Cache().Register(wc.workerDef(label, n.Cache().Defaults(), metrics.WrapGetter(label, g), rc.Limiters[host])); err != nil {
@@ -79,7 +92,7 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 		}
 	}
 	api, err := httpapi.New(httpapi.Config{Node: n, Token: rc.Token, Insecure: rc.OpenHTTP, Metrics: metrics, Logger: log,
-		MaxConcurrentRequests: rc.MaxConcurrentRequests})
+		MaxConcurrentRequests: rc.MaxConcurrentRequests, Tracer: tp})
 	if err != nil {
 		return fail(err)
 	}
@@ -106,7 +119,8 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 		log.Warn("INSECURE: the HTTP port is open to the network without an admin token (insecure: true): anyone who reaches it can invalidate every value and use the admin pages; set admin_token_file",
 			"http", rc.HTTP)
 	}
-	r := &running{node: n, api: api, http: api.HTTPServer(rc.HTTP), ln: ln, log: log, served: make(chan error, 1), sources: srcs}
+	r := &running{node: n, api: api, http: api.HTTPServer(rc.HTTP), ln: ln, log: log, served: make(chan error, 1), sources: srcs,
+		stopTracer: stopTracer}
 	scheme := "http"
 	if rc.TLS.Cert != "" {
 		scheme = "https"
@@ -117,7 +131,7 @@ func startNode(rc *runConfig, log *slog.Logger, origins *http.Client) (*running,
 			log.Warn("INSECURE: the RESP port is open to the network without an admin token (insecure: true): anyone who reaches it can invalidate every value; set admin_token_file",
 				"resp", rc.RESP)
 		}
-		rs, err := resp.New(resp.Config{Node: n, Token: rc.Token, Logger: log})
+		rs, err := resp.New(resp.Config{Node: n, Token: rc.Token, Logger: log, Tracer: tp})
 		if err != nil {
 			respLn.Close()
 			return fail(err)
@@ -184,6 +198,9 @@ func (r *running) stop(grace time.Duration) error {
 	r.sources.stop() // releases the slots before the node leaves the ring
 	if err := r.node.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("node close: %w", err))
+	}
+	if err := r.stopTracer(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("tracing: %w", err))
 	}
 	return errors.Join(errs...)
 }

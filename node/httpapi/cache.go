@@ -14,6 +14,11 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/cachenode/cachenode/worker"
 )
 
@@ -185,14 +190,30 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "override_not_allowed", err.Error())
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), ReadTimeout(wk, pol, s.cfg.Slack))
+	ctx := r.Context()
+	if s.tracer != nil {
+		var span trace.Span
+		ctx, span = s.tracer.Start(propagation.TraceContext{}.Extract(ctx, propagation.HeaderCarrier(r.Header)), "cachenode.get",
+			trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attribute.String("cachenode.label", label)))
+		defer span.End()
+	}
+	ctx, cancel := context.WithTimeout(ctx, ReadTimeout(wk, pol, s.cfg.Slack))
 	defer cancel()
 	var ent worker.Entry // a hit is built here, without an allocation of its own
 	e := &ent
 	st, err := s.node.GetInto(ctx, label, q.Args, q.Overrides, e)
 	if err != nil {
+		if s.tracer != nil {
+			span := trace.SpanFromContext(ctx)
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
 		s.readFailed(w, label, wk, err)
 		return
+	}
+	if s.tracer != nil {
+		span := trace.SpanFromContext(ctx)
+		span.SetAttributes(attribute.String("cachenode.key", e.Key), attribute.String("cachenode.status", st.String()))
 	}
 	owner := e.Owner
 	if st == worker.Fallback {

@@ -23,6 +23,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/node"
 )
@@ -78,6 +80,11 @@ type Config struct {
 	// and health endpoints are not counted. Default 4096; negative: no
 	// cap.
 	MaxConcurrentRequests int
+	// Tracer, when set, spans each read of GET /v1/cache (a server span
+	// named cachenode.get) under the W3C traceparent of the request, if it
+	// has one; the node's own spans (node.Config.Tracer) follow it to the
+	// owner. Default nil: no spans, the header is not read.
+	Tracer trace.TracerProvider
 }
 
 // Server serves the HTTP API of one node. It is safe for concurrent use.
@@ -94,6 +101,7 @@ type Server struct {
 	started  time.Time
 	page     *template.Template
 	sources  atomic.Pointer[func() []SourceStatus] // set by SetSources (sources.go)
+	tracer   trace.Tracer                          // nil: no tracing
 }
 
 var _ http.Handler = (*Server)(nil)
@@ -133,6 +141,9 @@ func New(cfg Config) (*Server, error) {
 		mux: http.NewServeMux(), log: cfg.Logger.With("node", cfg.Node.Name()), started: time.Now(),
 		page: newPageTemplate()}
 	s.tokenSum = sha256.Sum256([]byte(cfg.Token))
+	if cfg.Tracer != nil {
+		s.tracer = cfg.Tracer.Tracer("github.com/cachenode/cachenode/node/httpapi")
+	}
 	s.metrics.attach(cfg.Node)
 	s.metrics.attachSecurity(s)
 	s.routes()

@@ -1,6 +1,7 @@
 package resp
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -8,6 +9,11 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/cachenode/cachenode/invalidation"
 	"github.com/cachenode/cachenode/node/httpapi"
@@ -57,6 +63,8 @@ func commandTable() map[string]*command {
 		summary: "As DEL", run: (*conn).cmdDel})
 	add(&command{name: "CN.INVALIDATE", arity: 2, flags: []string{"write"}, group: "cachenode",
 		summary: "Apply an invalidation: the JSON body of POST /v1/invalidate", run: (*conn).cmdInvalidate})
+	add(&command{name: "CN.TRACEPARENT", arity: 2, flags: []string{"fast"}, group: "cachenode",
+		summary: "The W3C traceparent of the next command: its reads are spanned under it (when the node traces)", run: (*conn).cmdTraceparent})
 	add(&command{name: "PTTL", arity: 2, flags: []string{"readonly", "fast"}, first: 1, last: 1, step: 1, group: "generic",
 		summary: "Milliseconds the value held here stays fresh; -1 when none is held", run: (*conn).cmdPTTL})
 	add(&command{name: "TTL", arity: 2, flags: []string{"readonly", "fast"}, first: 1, last: 1, step: 1, group: "generic",
@@ -130,6 +138,9 @@ func (c *conn) exec(args [][]byte) (quit bool) {
 	c.emit(tracked)
 	if cmd.name != "MULTI" && cmd.name != "CLIENT" {
 		c.caching = 0 // CLIENT CACHING is for the next command (or transaction)
+	}
+	if cmd.name != "MULTI" && cmd.name != "CN.TRACEPARENT" {
+		c.traceparent = "" // as CLIENT CACHING: for the next command (or transaction)
 	}
 	return quit
 }
@@ -304,10 +315,25 @@ func (c *conn) read(key string, track bool) (r result) {
 		r.wkey = p.wkey
 		c.s.track.track(c.id, key, p.wkey, label, q.Args)
 	}
-	ctx := withDeadline(c.ctx, httpapi.ReadTimeout(wk, pol, c.s.cfg.Slack))
-	defer ctx.release()
+	dctx := withDeadline(c.ctx, httpapi.ReadTimeout(wk, pol, c.s.cfg.Slack))
+	defer dctx.release()
+	var ctx context.Context = dctx
+	if c.s.tracer != nil {
+		if c.traceparent != "" {
+			ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": c.traceparent})
+		}
+		var span trace.Span
+		ctx, span = c.s.tracer.Start(ctx, "cachenode.resp.get", trace.WithSpanKind(trace.SpanKindServer),
+			trace.WithAttributes(attribute.String("cachenode.label", label)))
+		defer span.End()
+	}
 	e, st, err := c.s.node.Get(ctx, label, q.Args, q.Overrides)
 	if err != nil {
+		if c.s.tracer != nil {
+			span := trace.SpanFromContext(ctx)
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
 		_, word := httpapi.StatusOf(err)
 		msg := err.Error()
 		if word == "origin_error" {
@@ -653,6 +679,18 @@ func (c *conn) cmdPing(args [][]byte) bool {
 }
 
 func (c *conn) cmdEcho(args [][]byte) bool { c.out.bulk(args[1]); return false }
+
+func (c *conn) cmdTraceparent(args [][]byte) bool {
+	tp := string(args[1])
+	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": tp})
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		c.out.err("ERR bad_request not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
+		return false
+	}
+	c.traceparent = tp
+	c.out.ok()
+	return false
+}
 
 func (c *conn) cmdQuit(args [][]byte) bool { c.out.ok(); return true }
 

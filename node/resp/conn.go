@@ -41,6 +41,9 @@ type conn struct {
 	inMulti bool
 	queued  [][][]byte
 	caching int8 // CLIENT CACHING: 1 yes, -1 no, for the next command
+	// traceparent is the W3C traceparent CN.TRACEPARENT gave the next
+	// command: the parent of its reads' spans.
+	traceparent string
 
 	wmu sync.Mutex
 	// bw is the connection's buffered writer; guarded by wmu.

@@ -30,6 +30,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/cachenode/cachenode/node"
 	"github.com/cachenode/cachenode/node/httpapi"
 )
@@ -74,6 +76,11 @@ type Config struct {
 	TrackingTableMaxKeys int
 	// Logger receives connection errors. Default: discarded.
 	Logger *slog.Logger
+	// Tracer, when set, spans each read (a server span named
+	// cachenode.resp.get) under the W3C traceparent that CN.TRACEPARENT
+	// gave the connection for its next command, if any; the node's own
+	// spans (node.Config.Tracer) follow it to the owner. Default nil.
+	Tracer trace.TracerProvider
 }
 
 // ErrConfig is returned by New for an unusable Config.
@@ -93,7 +100,8 @@ type Server struct {
 	stats    stats
 	cmds     map[string]*command
 	parsed   parseCache
-	cmdNames []string // sorted
+	cmdNames []string     // sorted
+	tracer   trace.Tracer // nil: no tracing
 
 	mu struct {
 		sync.Mutex
@@ -147,6 +155,9 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, node: cfg.Node, inv: cfg.Invalidator, log: cfg.Logger.With("node", cfg.Node.Name(), "front", "resp"),
 		started: time.Now()}
 	s.tokenSum = sha256.Sum256([]byte(cfg.Token))
+	if cfg.Tracer != nil {
+		s.tracer = cfg.Tracer.Tracer("github.com/cachenode/cachenode/node/resp")
+	}
 	s.cmds = commandTable()
 	for name := range s.cmds {
 		s.cmdNames = append(s.cmdNames, name)
